@@ -1,0 +1,62 @@
+"""ingest: S3 object-created events under incoming/<model>/ -> curated/ or quarantine/."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import S3Model
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mlops import aws
+from mlops.config import load_config
+from mlops.ingest import ingest_object
+from mlops.settings import resources
+from mlops.storage import ObjectStore
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+# One S3 event redelivered (same object, version and etag) is processed once.
+idempotency = IdempotencyConfig(event_key_jmespath="[bucket, key, version_id, etag]", expires_after_seconds=7 * 86400)
+persistence = DynamoDBPersistenceLayer(table_name=resources.idempotency_table, boto3_client=aws.client("dynamodb"))
+
+
+@idempotent_function(data_keyword_argument="obj", config=idempotency, persistence_store=persistence)
+def ingest_one(obj: dict[str, Any]) -> dict[str, Any]:
+    outcome = ingest_object(
+        bucket=obj["bucket"], key=obj["key"], version_id=obj["version_id"], etag=obj["etag"], size=obj["size"],
+        config=load_config(), store=ObjectStore(aws.client("s3"), obj["bucket"]),
+    )
+    logger.info("ingested", extra=outcome.to_dict())
+    metrics.add_metric(name=f"Files{outcome.status.capitalize()}", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="RowsCurated", unit=MetricUnit.Count, value=outcome.rows_curated)
+    metrics.add_metric(name="RowsQuarantined", unit=MetricUnit.Count, value=outcome.rows_quarantined)
+    return outcome.to_dict()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
+    records = parse(event=event, model=S3Model).Records
+    results = [
+        ingest_one(obj={
+            "bucket": r.s3.bucket.name,
+            "key": unquote_plus(r.s3.object.key),  # S3 event keys arrive URL-encoded
+            "version_id": r.s3.object.versionId,
+            "etag": r.s3.object.eTag,
+            "size": r.s3.object.size,
+        })
+        for r in records
+    ]
+    return {"results": results}

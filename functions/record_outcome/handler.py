@@ -1,0 +1,38 @@
+"""record_outcome: a rejected candidate or a failed run, recorded in the registry for people to read."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mlops import aws
+from mlops.pipeline import PipelineInput, record_outcome
+from mlops.registry import Registry
+from mlops.settings import resources
+from mlops.step_errors import translate_step_errors
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class OutcomeInput(PipelineInput):
+    outcome: Literal["rejected", "failed"]
+    evaluation: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@translate_step_errors
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    state = OutcomeInput.model_validate(event)
+    result = record_outcome(state, outcome=state.outcome, evaluation=state.evaluation, error=state.error,
+                            registry=Registry(aws.client("dynamodb"), resources.registry_table))
+    metrics.add_metric(name=f"Runs{state.outcome.capitalize()}", unit=MetricUnit.Count, value=1)
+    logger.warning("run not registered", extra={"model": state.model, "outcome": result})
+    return result

@@ -1,0 +1,42 @@
+"""register: a candidate that passed the gate becomes a registered version with its lineage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mlops import aws
+from mlops.config import load_config
+from mlops.pipeline import PipelineInput, register_step
+from mlops.registry import Registry
+from mlops.settings import resources
+from mlops.step_errors import translate_step_errors
+from mlops.storage import ObjectStore
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class RegisterInput(PipelineInput):
+    train: dict[str, Any]
+    evaluation: dict[str, Any]
+    execution_arn: str | None = None
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@translate_step_errors
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    state = RegisterInput.model_validate(event)
+    result = register_step(state, state.train, state.evaluation, config=load_config(),
+                           models=ObjectStore(aws.client("s3"), resources.models_bucket),
+                           registry=Registry(aws.client("dynamodb"), resources.registry_table),
+                           execution_arn=state.execution_arn)
+    metrics.add_metric(name="ModelsRegistered", unit=MetricUnit.Count, value=1)
+    logger.info("registered", extra={"model": state.model, "registration": result})
+    return result

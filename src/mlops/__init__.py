@@ -1,0 +1,1 @@
+"""serverless-mlops core package."""

@@ -1,0 +1,139 @@
+"""The ``mlops`` command.
+
+Exit codes: 0 success, 1 the work ran but its outcome is negative (no model registered), 2 bad input or
+configuration (one clear message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+
+
+def _progress(line: str) -> None:
+    print(f"  .. {line}", file=sys.stderr, flush=True)
+
+
+def _params(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MlopsError(f"--params must be a JSON object, e.g. '{{\"C\": 0.5}}': {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise MlopsError("--params must be a JSON object, e.g. '{\"C\": 0.5}'")
+    return value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mlops.experiments import run_training
+
+    result = run_training(
+        Path(args.data), args.target, family=args.model_family, task=args.task, params=_params(args.params),
+        seed=args.seed, test_size=args.test_size, out_dir=Path(args.out) if args.out else None,
+        progress=None if args.json else _progress,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    metrics = result["metrics"]
+    print(f"model        {result['manifest']['family']} ({result['manifest']['task']})")
+    print(f"rows         {result['rows']['used']} used, {result['rows']['quarantined']} quarantined")
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "r2", "rmse", "mae"):
+        if metrics.get(name) is not None:
+            print(f"{name:<12} {metrics[name]:.4f}")
+    print(f"parity       max |sklearn - onnx| = {result['parity_max_abs_diff']:.2e}")
+    latency = result["latency_ms"]
+    print(f"latency      p50 {latency['p50']:.3f} ms, p95 {latency['p95']:.3f} ms (ONNX, one row)")
+    for name, path in (result.get("artefacts") or {}).items():
+        print(f"{name:<12} {path}")
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from mlops.experiments import compare_families
+
+    families = args.families.split(",") if args.families else None
+    rows = compare_families(Path(args.data), args.target, families=families, task=args.task, seed=args.seed,
+                            test_size=args.test_size, progress=None if args.json else _progress)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    metric_names = [m for m in ("accuracy", "f1", "roc_auc", "r2", "rmse") if any(m in r["metrics"] for r in rows)]
+    header = ["family", *metric_names, "parity", "p50 ms", "p95 ms", "fit s", "onnx KiB"]
+    table = [header]
+    for r in rows:
+        table.append([
+            r["family"], *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in metric_names),
+            f"{r['parity_max_abs_diff']:.1e}", f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p95']:.3f}",
+            f"{r['fit_seconds']:.2f}", f"{r['onnx_bytes'] / 1024:.0f}",
+        ])
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mlops.config import config_path
+    from mlops.demo import main as demo_main
+
+    return demo_main(Path(args.config) if args.config else config_path(), Path(args.out), verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description="serverless-mlops: the ML loop on AWS serverless parts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def offline(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", required=True, help="a CSV file with a header row")
+        p.add_argument("--target", required=True, help="the column to predict")
+        p.add_argument("--task", choices=["binary", "multiclass", "regression"],
+                       help="default: inferred from the target column")
+        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--test-size", type=float, default=0.2, help="share of rows held out (default 0.2)")
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+
+    train = sub.add_parser("train", help="train, export to ONNX and evaluate one model on this machine, no cloud")
+    offline(train)
+    train.add_argument("--model-family", default="logistic_regression",
+                       help="logistic_regression | random_forest | hist_gradient_boosting | linear_regression")
+    train.add_argument("--params", help="hyperparameters as a JSON object")
+    train.add_argument("--out", help="write model.onnx, manifest.json and contract.json to this folder")
+    train.set_defaults(func=_cmd_train)
+
+    experiment = sub.add_parser("experiment", help="compare model families on the same split")
+    offline(experiment)
+    experiment.add_argument("--families", help="comma-separated families (default: all that fit the task)")
+    experiment.set_defaults(func=_cmd_experiment)
+
+    demo = sub.add_parser("demo", help="run the training pipeline on an embedded local cloud with a bundled dataset")
+    demo.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
+    demo.add_argument("--out", default="demo-out", help="where to copy the registered artefacts")
+    demo.add_argument("--verbose", action="store_true", help="also show the functions' JSON logs and metrics")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except MlopsError as exc:
+        print(f"mlops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlops {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

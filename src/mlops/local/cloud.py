@@ -1,0 +1,128 @@
+"""Provision the platform into moto from the declarative description in ``mlops.platform``.
+
+Works against embedded moto (``mock_aws``) or a moto server (clients built with its endpoint). The
+functions are real zips of ``functions/<name>/`` plus the project's ``mlops.toml``, exactly what the CDK
+app bundles; the in-process runtime (``mlops.local.lambda_runtime``) executes them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops import platform, settings
+from mlops.config import CONFIG_FILE, load_config
+
+ACCOUNT = "123456789012"
+
+
+def function_zip(spec: platform.FunctionSpec, config_file: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(spec.code_dir.rglob("*.py")):
+            archive.write(path, path.relative_to(spec.code_dir).as_posix())
+        archive.write(config_file, CONFIG_FILE)
+    return buffer.getvalue()
+
+
+@dataclass
+class Deployment:
+    project: str
+    region: str
+    names: dict[str, str]
+    topic_arn: str = ""
+    state_machine_arn: str = ""
+    function_arns: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_bucket(self) -> str:
+        return self.names["data"]
+
+    @property
+    def models_bucket(self) -> str:
+        return self.names["models"]
+
+    def env_value(self, variable: str) -> str:
+        return {
+            settings.DATA_BUCKET: self.names["data"],
+            settings.MODELS_BUCKET: self.names["models"],
+            settings.REGISTRY_TABLE: self.names["registry"],
+            settings.IDEMPOTENCY_TABLE: self.names["idempotency"],
+            settings.NOTIFICATIONS_TOPIC_ARN: self.topic_arn,
+            settings.TRAINING_STATE_MACHINE_ARN: self.state_machine_arn,
+        }[variable]
+
+    def function_env(self, spec: platform.FunctionSpec) -> dict[str, str]:
+        return {
+            **{variable: self.env_value(variable) for variable in spec.env},
+            "POWERTOOLS_SERVICE_NAME": spec.name,
+            "POWERTOOLS_METRICS_NAMESPACE": self.project,
+            # no X-Ray daemon locally; on AWS the CDK app turns active tracing on
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+
+
+def training_definition(deployment: Deployment) -> str:
+    text = platform.TRAINING_ASL.read_text()
+    for placeholder, function in platform.ASL_SUBSTITUTIONS.items():
+        text = text.replace(f"${{{placeholder}}}", deployment.function_arns[function])
+    return text.replace(f"${{{platform.ASL_TOPIC_SUBSTITUTION}}}", deployment.topic_arn)
+
+
+def provision(client: Callable[[str], Any], *, config_file: Path, region: str = "us-east-1") -> Deployment:
+    config = load_config(config_file)
+    deployment = Deployment(config.project, region, platform.resource_names(config.project))
+    s3, ddb = client("s3"), client("dynamodb")
+    for bucket in platform.BUCKETS:
+        s3.create_bucket(Bucket=deployment.names[bucket])
+        s3.put_bucket_versioning(Bucket=deployment.names[bucket], VersioningConfiguration={"Status": "Enabled"})
+    for table, key in (("registry", [("pk", "HASH"), ("sk", "RANGE")]), ("idempotency", [("id", "HASH")])):
+        ddb.create_table(
+            TableName=deployment.names[table], BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in key],
+            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name, _ in key],
+        )
+    deployment.topic_arn = client("sns").create_topic(Name=deployment.names["notifications"])["TopicArn"]
+    role = client("iam").create_role(
+        RoleName=f"{config.project}-local-lambda",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+            "Action": "sts:AssumeRole"}]}),
+    )["Role"]["Arn"]
+    lam = client("lambda")
+    # The state machine ARN is known before it exists; functions that start it get it in their environment.
+    deployment.state_machine_arn = f"arn:aws:states:{region}:{ACCOUNT}:stateMachine:{deployment.names['training']}"
+    for spec in platform.FUNCTIONS:
+        created = lam.create_function(
+            FunctionName=spec.physical_name(config.project), Runtime="python3.12", Role=role,
+            Handler="handler.handler", Code={"ZipFile": function_zip(spec, config_file)},
+            Description=spec.description, Timeout=spec.timeout_s, MemorySize=spec.memory_mb,
+            Environment={"Variables": deployment.function_env(spec)},
+        )
+        deployment.function_arns[spec.name] = created["FunctionArn"]
+    sm = client("stepfunctions").create_state_machine(
+        name=deployment.names["training"], definition=training_definition(deployment), roleArn=role)
+    assert sm["stateMachineArn"] == deployment.state_machine_arn
+    for bucket in platform.BUCKETS:
+        triggers = [t for t in platform.S3_TRIGGERS if t.bucket == bucket]
+        if not triggers:
+            continue
+        s3.put_bucket_notification_configuration(
+            Bucket=deployment.names[bucket],
+            NotificationConfiguration={"LambdaFunctionConfigurations": [
+                {
+                    "LambdaFunctionArn": deployment.function_arns[t.function],
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [
+                        {"Name": name, "Value": value}
+                        for name, value in (("prefix", t.prefix), ("suffix", t.suffix)) if value]}},
+                }
+                for t in triggers
+            ]},
+        )
+    return deployment

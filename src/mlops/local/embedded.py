@@ -1,0 +1,75 @@
+"""The platform on embedded moto in this process: what ``mlops demo`` and the integration tests run on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlops import aws
+from mlops.local.cloud import Deployment, provision
+from mlops.local.lambda_runtime import InProcessRuntime
+from mlops.registry import Registry
+from mlops.storage import ObjectStore
+
+
+@dataclass
+class EmbeddedCloud:
+    deployment: Deployment
+    runtime: InProcessRuntime
+
+    def client(self, service: str) -> Any:
+        return aws.client(service)
+
+    @property
+    def data(self) -> ObjectStore:
+        return ObjectStore(aws.client("s3"), self.deployment.data_bucket)
+
+    @property
+    def models(self) -> ObjectStore:
+        return ObjectStore(aws.client("s3"), self.deployment.models_bucket)
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(aws.client("dynamodb"), self.deployment.names["registry"])
+
+    def upload(self, model: str, name: str, body: bytes) -> str:
+        key = f"incoming/{model}/{name}"
+        aws.client("s3").put_object(Bucket=self.deployment.data_bucket, Key=key, Body=body)
+        return key
+
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = aws.client("stepfunctions")
+        return list(sfn.list_executions(stateMachineArn=self.deployment.state_machine_arn)["executions"])
+
+    def wait_for_executions(self, count: int, timeout: float = 180.0) -> list[dict[str, Any]]:
+        """Wait until at least `count` executions exist and none is running; returns their descriptions."""
+        sfn = aws.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            executions = self.executions()
+            if len(executions) >= count and all(e["status"] != "RUNNING" for e in executions):
+                return [sfn.describe_execution(executionArn=e["executionArn"]) for e in executions]
+            time.sleep(0.2)
+        failures = [f"{i.function}: {i.result.get('errorType')}: {i.result.get('errorMessage')}"
+                    for i in self.runtime.invocations if i.errored]
+        raise TimeoutError(f"{count} pipeline execution(s) did not finish within {timeout:.0f}s; "
+                           f"{len(self.executions())} started; function errors: {failures or 'none'}")
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        return list(aws.client("stepfunctions").get_execution_history(executionArn=execution_arn)["events"])
+
+
+@contextmanager
+def embedded_cloud(config_file: Path) -> Iterator[EmbeddedCloud]:
+    from moto import mock_aws
+
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), InProcessRuntime() as runtime:
+        aws.client.cache_clear()
+        try:
+            yield EmbeddedCloud(provision(aws.client, config_file=config_file), runtime)
+        finally:
+            aws.client.cache_clear()

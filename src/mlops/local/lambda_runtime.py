@@ -1,0 +1,198 @@
+"""An in-process Lambda runtime for moto, which would otherwise need Docker to invoke a function.
+
+moto routes every invocation (the Invoke API, Step Functions tasks, S3/SNS/SQS triggers) through
+``LambdaFunction._invoke_lambda(self, event) -> (payload, errored, logs)``; this module replaces that one
+method. The deployed zip is extracted once per (function, version, code sha256), its handler module is
+imported once per such execution environment (module state survives between invocations, as in a warm
+Lambda) and every invocation runs with that version's own environment variables.
+
+Handlers run in this process, so ``os.environ`` is swapped for the duration of a call under a re-entrant
+lock: one invocation at a time, nested ones (an S3 write inside a handler triggering another function)
+allowed. Log output of handlers goes to stderr, never to stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from moto.awslambda.models import LambdaFunction
+
+_ORIGINAL = LambdaFunction._invoke_lambda
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of the real context object that Powertools and handlers read."""
+
+    function_name: str
+    function_version: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    timeout_s: int
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    _deadline: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class Invocation:
+    function: str
+    version: str
+    event: Any
+    result: Any
+    errored: bool
+    seconds: float
+
+
+@dataclass
+class _Environment:
+    root: Path
+    module: ModuleType
+    handler: Callable[[Any, Any], Any]
+
+
+def complete_s3_event(event: Any) -> Any:
+    """moto's S3 notifications omit fields that AWS always sends (and that Powertools' S3Model requires):
+    fill them with what AWS would send, so handlers parse the local event exactly like the real one."""
+    if not isinstance(event, dict) or not isinstance(event.get("Records"), list):
+        return event
+    for record in event["Records"]:
+        if not isinstance(record, dict) or record.get("eventSource") != "aws:s3":
+            continue
+        record.setdefault("userIdentity", {"principalId": "AWS:LOCAL"})
+        record.setdefault("requestParameters", {"sourceIPAddress": "127.0.0.1"})
+        record.setdefault("responseElements", {"x-amz-request-id": uuid.uuid4().hex[:16].upper(),
+                                               "x-amz-id-2": uuid.uuid4().hex})
+        bucket = record.get("s3", {}).get("bucket", {})
+        bucket.setdefault("ownerIdentity", {"principalId": "LOCAL"})
+    return event
+
+
+class InProcessRuntime:
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="mlops-lambda-") if workdir is None else None
+        self.workdir = Path(self._tmp.name) if self._tmp else Path(workdir or ".")
+        self._envs: dict[tuple[str, str, str], _Environment] = {}
+        self._lock = threading.RLock()
+        self.invocations: list[Invocation] = []
+        self.listeners: list[Callable[[Invocation], None]] = []
+
+    # -- install -------------------------------------------------------------------------------------------
+    def install(self) -> None:
+        runtime = self
+
+        def _invoke_lambda(fn: LambdaFunction, event: str | None = None) -> tuple[str, bool, str]:
+            return runtime.invoke(fn, event)
+
+        LambdaFunction._invoke_lambda = _invoke_lambda  # type: ignore[method-assign,assignment]
+
+    def uninstall(self) -> None:
+        LambdaFunction._invoke_lambda = _ORIGINAL  # type: ignore[method-assign]
+        if self._tmp:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> InProcessRuntime:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
+
+    # -- environments --------------------------------------------------------------------------------------
+    def _environment(self, fn: LambdaFunction) -> _Environment:
+        key = (fn.function_name, str(fn.version), fn.code_sha_256)
+        if key in self._envs:
+            return self._envs[key]
+        code = getattr(fn, "code_bytes", None)
+        if not code:
+            raise RuntimeError(f"{fn.function_name} has no zip code; the local runtime runs zip functions only")
+        root = self.workdir / f"{fn.function_name}-{fn.version}-{fn.code_sha_256[:12]}"
+        root.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(code)) as archive:
+            archive.extractall(root)
+        module_file, _, attr = str(fn.handler).rpartition(".")
+        path = root / (module_file.replace(".", "/") + ".py")
+        name = re.sub(r"\W", "_", f"_mlops_lambda_{fn.function_name}_{fn.version}_{fn.code_sha_256[:12]}")
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load handler {fn.handler} from {path}")
+        module = importlib.util.module_from_spec(spec)
+        # Module-level code (loggers, clients) must see the function's environment, as in Lambda's init phase.
+        with self._function_env(fn, root), contextlib.redirect_stdout(sys.stderr):
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        env = _Environment(root, module, getattr(module, attr))
+        self._envs[key] = env
+        return env
+
+    @contextlib.contextmanager
+    def _function_env(self, fn: LambdaFunction, root: Path) -> Iterator[None]:
+        saved = dict(os.environ)
+        os.environ.update({
+            "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": str(fn.version),
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
+            "LAMBDA_TASK_ROOT": str(root),
+            "_HANDLER": str(fn.handler),
+            **{k: str(v) for k, v in (fn.environment_vars or {}).items()},
+        })
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    # -- invoke --------------------------------------------------------------------------------------------
+    def invoke(self, fn: LambdaFunction, event: Any) -> tuple[str, bool, str]:
+        payload = json.loads(event) if isinstance(event, str | bytes) else (event if event is not None else {})
+        payload = complete_s3_event(payload)
+        started = time.perf_counter()
+        with self._lock:
+            try:
+                env = self._environment(fn)
+                context = LambdaContext(fn.function_name, str(fn.version), fn.function_arn,
+                                        int(fn.memory_size), int(fn.timeout))
+                with self._function_env(fn, env.root), contextlib.redirect_stdout(sys.stderr):
+                    result = env.handler(payload, context)
+                errored = False
+            except Exception as exc:  # a handler error is the function's answer, as in Lambda
+                result = {
+                    "errorType": type(exc).__name__,
+                    "errorMessage": str(exc),
+                    "stackTrace": traceback.format_exception(exc),
+                }
+                errored = True
+        record = Invocation(fn.function_name, str(fn.version), payload, result, errored,
+                            time.perf_counter() - started)
+        self.invocations.append(record)
+        if errored:
+            # S3 and other async triggers swallow errors in moto; say it where a person looks.
+            print(f"[lambda] {fn.function_name}:{fn.version} failed: {result['errorType']}: "
+                  f"{result['errorMessage'][:500]}", file=sys.stderr, flush=True)
+        for listener in self.listeners:
+            listener(record)
+        return json.dumps(result, default=str), errored, ""

@@ -1,0 +1,260 @@
+"""The model registry: versions, aliases (``champion``/``challenger``) and run outcomes on DynamoDB,
+artefacts in S3.
+
+One table, one partition per model::
+
+    pk=MODEL#<name>  sk=META              latest_version
+                     sk=VERSION#000007    the version record (status, URIs, sha256, metrics, lineage)
+                     sk=ALIAS#champion    version
+                     sk=RUN#<run_id>      outcome of a pipeline run: registered | rejected | failed
+                     sk=DATASET#<sha256>  the run that claimed this dataset (a dataset trains once)
+
+A version exists only once its record is written, and it is written in one transaction together with
+the version counter, its alias and its run outcome: a failure before that leaves no trace in the registry,
+and the artefacts it uploaded sit under the run's own prefix where nothing points at them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from mlops.errors import RegistryConflict
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _pk(model: str) -> dict[str, str]:
+    return {"S": f"MODEL#{model}"}
+
+
+def _key(model: str, sk: str) -> dict[str, dict[str, str]]:
+    return {"pk": _pk(model), "sk": {"S": sk}}
+
+
+def _version_sk(version: int) -> str:
+    return f"VERSION#{version:06d}"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: int
+    run_id: str
+    status: str
+    created_at: str
+    artefacts_prefix: str  # s3://bucket/models/<model>/runs/<run_id>/
+    onnx_sha256: str
+    dataset_sha256: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def model_uri(self) -> str:
+        return self.artefacts_prefix + "model.onnx"
+
+    @property
+    def manifest_uri(self) -> str:
+        return self.artefacts_prefix + "manifest.json"
+
+    @property
+    def baseline_uri(self) -> str:
+        return self.artefacts_prefix + "baseline.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "run_id": self.run_id,
+            "status": self.status,
+            "aliases": list(self.aliases),
+            "created_at": self.created_at,
+            "model_uri": self.model_uri,
+            "manifest_uri": self.manifest_uri,
+            "baseline_uri": self.baseline_uri,
+            "onnx_sha256": self.onnx_sha256,
+            "dataset_sha256": self.dataset_sha256,
+            "metrics": self.metrics,
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    model: str
+    run_id: str
+    outcome: str
+    reason: str
+    at: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self.db = dynamodb
+        self.table = table
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def _query(self, model: str, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": _pk(model), ":p": {"S": prefix}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.db.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _get(self, model: str, sk: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self.db.get_item(
+            TableName=self.table, Key=_key(model, sk), ConsistentRead=True
+        ).get("Item")
+        return item
+
+    def aliases(self, model: str) -> dict[str, int]:
+        return {i["sk"]["S"].split("#", 1)[1]: int(i["version"]["N"]) for i in self._query(model, "ALIAS#")}
+
+    def alias(self, model: str, alias: str) -> ModelVersion | None:
+        version = self.aliases(model).get(alias)
+        return self.version(model, version) if version is not None else None
+
+    def _to_version(self, item: dict[str, Any], aliases: dict[str, int]) -> ModelVersion:
+        version = int(item["version"]["N"])
+        return ModelVersion(
+            model=item["pk"]["S"].split("#", 1)[1],
+            version=version,
+            run_id=item["run_id"]["S"],
+            status=item["status"]["S"],
+            created_at=item["created_at"]["S"],
+            artefacts_prefix=item["artefacts_prefix"]["S"],
+            onnx_sha256=item["onnx_sha256"]["S"],
+            dataset_sha256=item["dataset_sha256"]["S"],
+            metrics=json.loads(item["metrics"]["S"]),
+            aliases=tuple(sorted(a for a, v in aliases.items() if v == version)),
+        )
+
+    def version(self, model: str, version: int) -> ModelVersion | None:
+        item = self._get(model, _version_sk(version))
+        return self._to_version(item, self.aliases(model)) if item else None
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        aliases = self.aliases(model)
+        return [self._to_version(i, aliases) for i in self._query(model, "VERSION#")]
+
+    def run(self, model: str, run_id: str) -> RunRecord | None:
+        item = self._get(model, f"RUN#{run_id}")
+        if not item:
+            return None
+        return RunRecord(model, run_id, item["outcome"]["S"], item["reason"]["S"], item["at"]["S"],
+                         json.loads(item["details"]["S"]))
+
+    def runs(self, model: str) -> list[RunRecord]:
+        return [
+            RunRecord(model, i["sk"]["S"].split("#", 1)[1], i["outcome"]["S"], i["reason"]["S"], i["at"]["S"],
+                      json.loads(i["details"]["S"]))
+            for i in self._query(model, "RUN#")
+        ]
+
+    def latest_version(self, model: str) -> int:
+        item = self._get(model, "META")
+        return int(item["latest_version"]["N"]) if item else 0
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def claim_dataset(self, model: str, dataset_sha256: str, run_id: str) -> bool:
+        """True for the first claim of a dataset; later claims (duplicates, replays) get False."""
+        try:
+            self.db.put_item(
+                TableName=self.table,
+                Item={**_key(model, f"DATASET#{dataset_sha256}"), "run_id": {"S": run_id}, "at": {"S": now_iso()}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_dataset(self, model: str, dataset_sha256: str) -> None:
+        """Undo a claim whose pipeline could not even start, so the dataset can be retried."""
+        self.db.delete_item(TableName=self.table, Key=_key(model, f"DATASET#{dataset_sha256}"))
+
+    def record_run(self, model: str, run_id: str, outcome: str, reason: str, details: dict[str, Any]) -> RunRecord:
+        record = RunRecord(model, run_id, outcome, reason, now_iso(), details)
+        self.db.put_item(TableName=self.table, Item=self._run_item(record))
+        return record
+
+    @staticmethod
+    def _run_item(record: RunRecord) -> dict[str, Any]:
+        return {
+            **_key(record.model, f"RUN#{record.run_id}"),
+            "outcome": {"S": record.outcome},
+            "reason": {"S": record.reason},
+            "at": {"S": record.at},
+            "details": {"S": json.dumps(record.details, default=str)},
+        }
+
+    def register(self, *, model: str, run_id: str, artefacts_prefix: str, onnx_sha256: str,
+                 dataset_sha256: str, metrics: dict[str, Any], alias: str | None) -> ModelVersion:
+        """Write the next version, its alias and its run outcome in one transaction.
+
+        Idempotent per run: a retried register of the same run returns the version it already made.
+        """
+        previous = self.run(model, run_id)
+        if previous and previous.outcome == "registered":
+            existing = self.version(model, int(previous.details["version"]))
+            if existing:
+                return existing
+        for _attempt in range(5):
+            latest = self.latest_version(model)
+            version = latest + 1
+            created = now_iso()
+            record = RunRecord(model, run_id, "registered", f"registered as version {version}", created,
+                               {"version": version, "alias": alias})
+            items: list[dict[str, Any]] = [
+                {"Update": {
+                    "TableName": self.table, "Key": _key(model, "META"),
+                    "UpdateExpression": "SET latest_version = :v",
+                    "ConditionExpression": "attribute_not_exists(latest_version) OR latest_version = :prev",
+                    "ExpressionAttributeValues": {":v": {"N": str(version)}, ":prev": {"N": str(latest)}},
+                }},
+                {"Put": {
+                    "TableName": self.table,
+                    "Item": {
+                        **_key(model, _version_sk(version)),
+                        "version": {"N": str(version)}, "run_id": {"S": run_id},
+                        "status": {"S": alias or "registered"}, "created_at": {"S": created},
+                        "artefacts_prefix": {"S": artefacts_prefix}, "onnx_sha256": {"S": onnx_sha256},
+                        "dataset_sha256": {"S": dataset_sha256},
+                        "metrics": {"S": json.dumps(metrics, default=str)},
+                    },
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }},
+                {"Put": {"TableName": self.table, "Item": self._run_item(record)}},
+            ]
+            if alias:
+                items.append({"Put": {"TableName": self.table,
+                                      "Item": {**_key(model, f"ALIAS#{alias}"), "version": {"N": str(version)}}}})
+            try:
+                self.db.transact_write_items(TransactItems=items)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] == "TransactionCanceledException":
+                    continue  # another register won this version number; take the next one
+                raise
+            registered = self.version(model, version)
+            assert registered is not None
+            return registered
+        raise RegistryConflict(f"could not allocate a version for {model} after 5 attempts (concurrent registers)")

@@ -1,0 +1,55 @@
+"""Where a function finds its resources: environment variables set by the CDK app and the local cloud
+from the same description (``mlops.platform``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mlops.errors import ConfigError
+
+DATA_BUCKET = "DATA_BUCKET"
+MODELS_BUCKET = "MODELS_BUCKET"
+REGISTRY_TABLE = "REGISTRY_TABLE"
+IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
+NOTIFICATIONS_TOPIC_ARN = "NOTIFICATIONS_TOPIC_ARN"
+TRAINING_STATE_MACHINE_ARN = "TRAINING_STATE_MACHINE_ARN"
+
+
+def require(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set; the function is not deployed with its resources")
+    return value
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resource names read lazily, so a function only needs the variables it uses."""
+
+    @property
+    def data_bucket(self) -> str:
+        return require(DATA_BUCKET)
+
+    @property
+    def models_bucket(self) -> str:
+        return require(MODELS_BUCKET)
+
+    @property
+    def registry_table(self) -> str:
+        return require(REGISTRY_TABLE)
+
+    @property
+    def idempotency_table(self) -> str:
+        return require(IDEMPOTENCY_TABLE)
+
+    @property
+    def notifications_topic_arn(self) -> str:
+        return require(NOTIFICATIONS_TOPIC_ARN)
+
+    @property
+    def training_state_machine_arn(self) -> str:
+        return require(TRAINING_STATE_MACHINE_ARN)
+
+
+resources = Resources()

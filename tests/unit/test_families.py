@@ -1,0 +1,80 @@
+"""Model families: tasks, defaults, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mlops.config import ModelConfig, Task
+from mlops.families import FAMILIES, get_family
+
+
+def test_the_four_families_and_their_tasks() -> None:
+    assert set(FAMILIES) == {
+        "logistic_regression",
+        "linear_regression",
+        "random_forest",
+        "hist_gradient_boosting",
+    }
+    assert FAMILIES["logistic_regression"].tasks == {Task.BINARY, Task.MULTICLASS}
+    assert FAMILIES["linear_regression"].tasks == {Task.REGRESSION}
+    assert FAMILIES["random_forest"].tasks == set(Task)
+    assert FAMILIES["hist_gradient_boosting"].tasks == set(Task)
+
+
+@pytest.mark.parametrize(
+    ("family", "task", "estimator"),
+    [
+        ("logistic_regression", Task.BINARY, "LogisticRegression"),
+        ("logistic_regression", Task.MULTICLASS, "LogisticRegression"),
+        ("linear_regression", Task.REGRESSION, "Ridge"),
+        ("random_forest", Task.BINARY, "RandomForestClassifier"),
+        ("random_forest", Task.REGRESSION, "RandomForestRegressor"),
+        ("hist_gradient_boosting", Task.MULTICLASS, "HistGradientBoostingClassifier"),
+        ("hist_gradient_boosting", Task.REGRESSION, "HistGradientBoostingRegressor"),
+    ],
+)
+def test_factory_builds_the_estimator_with_seed_and_defaults(family: str, task: Task, estimator: str) -> None:
+    est = FAMILIES[family].build(task, None, seed=7)
+    assert type(est).__name__ == estimator
+    assert est.get_params()["random_state"] == 7
+    for key, value in FAMILIES[family].defaults.items():
+        assert est.get_params()[key] == value
+
+
+def test_user_params_override_defaults() -> None:
+    est = FAMILIES["random_forest"].build(Task.BINARY, {"n_estimators": 5}, seed=0)
+    assert est.n_estimators == 5
+    assert est.max_depth == FAMILIES["random_forest"].defaults["max_depth"]
+    assert FAMILIES["random_forest"].effective_params({"n_estimators": 5})["n_estimators"] == 5
+
+
+def test_defaults_keep_models_small_and_converging() -> None:
+    assert FAMILIES["logistic_regression"].defaults["max_iter"] >= 1000
+    rf = FAMILIES["random_forest"].defaults
+    assert rf["n_estimators"] <= 200
+    assert rf["max_depth"] is not None
+
+
+def test_unsupported_task_and_unknown_params_are_clear() -> None:
+    with pytest.raises(ValueError, match="does not support task 'regression'"):
+        FAMILIES["logistic_regression"].build(Task.REGRESSION, None, 0)
+    with pytest.raises(ValueError, match="invalid params for model family 'linear_regression'"):
+        FAMILIES["linear_regression"].build(Task.REGRESSION, {"n_trees": 3}, 0)
+    with pytest.raises(ValueError, match="unknown model family 'svm'"):
+        get_family("svm")
+
+
+def test_config_validation_uses_the_registry() -> None:
+    assert ModelConfig(name="abc", target="y", family="random_forest").family == "random_forest"
+    with pytest.raises(ValueError, match="unknown model family"):
+        ModelConfig(name="abc", target="y", family="svm")
+
+
+def test_importing_families_does_not_import_sklearn() -> None:
+    # mlops.config imports FAMILIES while validating mlops.toml, also in handlers that never train.
+    code = "import sys, mlops.families; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
