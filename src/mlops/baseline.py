@@ -98,9 +98,7 @@ def numeric_summary(values: np.ndarray, bins: int) -> dict[str, Any]:
     }
 
 
-def categorical_summary(
-    values: Sequence[Any] | np.ndarray, max_categories: int = MAX_CATEGORIES
-) -> dict[str, Any]:
+def categorical_summary(values: Sequence[Any] | np.ndarray, max_categories: int = MAX_CATEGORIES) -> dict[str, Any]:
     items = [_category(v) for v in (values.tolist() if isinstance(values, np.ndarray) else values)]
     present = [v for v in items if v != ""]
     # most frequent first; ties by name so the kept set is deterministic
@@ -201,8 +199,6 @@ def build_baseline(
             "size": min(reservoir, len(train_df)),
             "records": reservoir_sample(train_df, columns, reservoir, seed),
         },
-        "predictions": None
-        if predictions is None
-        else prediction_summary(predictions, classes=classes, bins=bins),
+        "predictions": None if predictions is None else prediction_summary(predictions, classes=classes, bins=bins),
         "metrics": metrics,
     }

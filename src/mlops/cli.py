@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,10 +67,12 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    metric_names = [m for m in ("accuracy", "f1", "roc_auc", "r2", "rmse") if any(m in r["metrics"] for r in rows)]
+    metric_names = [m for m in ("accuracy", "f1", "roc_auc", "r2", "rmse")
+                    if any(m in r.get("metrics", {}) for r in rows)]
     header = ["family", *metric_names, "parity", "p50 ms", "p95 ms", "fit s", "onnx KiB"]
     table = [header]
-    for r in rows:
+    failed = [r for r in rows if "error" in r]
+    for r in (r for r in rows if "error" not in r):
         table.append([
             r["family"], *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in metric_names),
             f"{r['parity_max_abs_diff']:.1e}", f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p95']:.3f}",
@@ -78,7 +81,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
-    return 0
+    for r in failed:
+        print(f"{r['family']}: failed: {r['error']}")
+    return 1 if failed and len(failed) == len(rows) else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -132,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mlops {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) went away: not an error of ours; silence the flush at exit too
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     return code
 
 

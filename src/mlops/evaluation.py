@@ -65,15 +65,11 @@ def classification_metrics(
         if binary:
             out["roc_auc"] = _float(metrics.roc_auc_score(yt == labels[1], p[:, 1]))
         else:
-            out["roc_auc"] = _float(
-                metrics.roc_auc_score(yt, p, multi_class="ovr", average="macro", labels=labels)
-            )
+            out["roc_auc"] = _float(metrics.roc_auc_score(yt, p, multi_class="ovr", average="macro", labels=labels))
     return out
 
 
-def regression_metrics(
-    y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray
-) -> dict[str, Any]:
+def regression_metrics(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> dict[str, Any]:
     from sklearn import metrics
 
     yt = np.asarray(y_true, dtype=np.float64)

@@ -33,7 +33,7 @@ MAX_BAD_ROW_FRACTION = 0.5
 
 
 @dataclass
-class _Dataset:
+class LoadedDataset:
     path: Path
     sha256: str
     frame: pd.DataFrame
@@ -70,7 +70,7 @@ def _task(task: Task | str | None) -> Task | None:
 
 def load_dataset(
     data_path: Path | str, target: str, task: Task | str | None = None, progress: Progress | None = None
-) -> _Dataset:
+) -> LoadedDataset:
     """Read, infer the contract, validate: bad rows are dropped and counted, never trained on."""
     from mlops.contract import infer_contract, read_csv, validate
     from mlops.manifest import sha256_bytes
@@ -87,22 +87,18 @@ def load_dataset(
     _say(progress, f"reading {path} ({len(data) / 2**20:.1f} MB)")
     frame = read_csv(data, max_bytes=MAX_BYTES)
     if target not in frame.columns:
-        raise InvalidDataset(
-            f"target column {target!r} is not in {path.name}; columns: {list(frame.columns)}"
-        )
+        raise InvalidDataset(f"target column {target!r} is not in {path.name}; columns: {list(frame.columns)}")
     contract = infer_contract(frame, target)
     checked = validate(frame, contract, max_bad_row_fraction=MAX_BAD_ROW_FRACTION)
     good = checked.good
     rows = {"in": int(checked.rows_in), "used": len(good), "quarantined": len(checked.bad)}
     if len(checked.bad):
-        _say(
-            progress, f"dropped {len(checked.bad)} of {checked.rows_in} rows that break the inferred contract"
-        )
+        _say(progress, f"dropped {len(checked.bad)} of {checked.rows_in} rows that break the inferred contract")
     if good.empty:
         raise InvalidDataset(f"none of the {checked.rows_in} rows of {path.name} is valid")
     resolved = wanted or infer_task(good[target])
     _say(progress, f"{len(good)} rows, {len(contract.feature_columns)} features, task {resolved.value}")
-    return _Dataset(path, sha256_bytes(data), good, contract, resolved, rows)
+    return LoadedDataset(path, sha256_bytes(data), good, contract, resolved, rows)
 
 
 def _export_and_evaluate(

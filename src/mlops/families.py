@@ -105,9 +105,7 @@ FAMILIES: dict[str, Family] = {
             _hist_gradient_boosting,
             # early_stopping off: "auto" switches it on above 10k rows, which would make the
             # number of trees (and the ONNX) depend on the dataset size in a surprising way.
-            MappingProxyType(
-                {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 31, "early_stopping": False}
-            ),
+            MappingProxyType({"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 31, "early_stopping": False}),
         ),
     )
 }

@@ -91,9 +91,7 @@ def _double_imputer(scope: Any, operator: Any, container: Any) -> None:
     stats = np.asarray(op.statistics_, dtype=np.float64)
     if np.isnan(stats).any():
         # keep_empty_features=False drops all-missing columns, which this element-wise form cannot.
-        raise NotImplementedError(
-            "SimpleImputer with all-missing training columns needs keep_empty_features=True"
-        )
+        raise NotImplementedError("SimpleImputer with all-missing training columns needs keep_empty_features=True")
     fill = scope.get_unique_variable_name("impute_fill")
     container.add_initializer(fill, TensorProto.DOUBLE, [1, stats.size], stats.tolist())
     mask = scope.get_unique_variable_name("impute_mask")
@@ -138,9 +136,7 @@ def _double_trees(original: Callable[..., Any], score_output: int) -> Callable[[
                     attrs[f"{key}_as_tensor"] = numpy_helper.from_array(values, name=f"{key}_as_tensor")
             if "nodes_missing_value_tracks_true" in attrs:
                 # HGB passes bools; protobuf warns now and will reject them (onnx AttributeProto.ints)
-                attrs["nodes_missing_value_tracks_true"] = [
-                    int(v) for v in attrs["nodes_missing_value_tracks_true"]
-                ]
+                attrs["nodes_missing_value_tracks_true"] = [int(v) for v in attrs["nodes_missing_value_tracks_true"]]
             outs = [outputs] if isinstance(outputs, str) else list(outputs)
             # The v3 kernels always produce float scores; the declared output is double.
             score_index = 1 if op_type == "TreeEnsembleClassifier" else 0
@@ -223,9 +219,9 @@ def to_onnx(
     )
     _restore_input_names(model, [name for name, _ in input_types(contract)])
     classes = [str(c) for c in pipeline.classes_] if task.is_classification else []
-    features = [
-        {"name": n, "kind": "numeric", "type": "tensor(double)"} for n in contract.numeric_features
-    ] + [{"name": n, "kind": "categorical", "type": "tensor(string)"} for n in contract.categorical_features]
+    features = [{"name": n, "kind": "numeric", "type": "tensor(double)"} for n in contract.numeric_features] + [
+        {"name": n, "kind": "categorical", "type": "tensor(string)"} for n in contract.categorical_features
+    ]
     props = {
         META_CLASSES: json.dumps(classes),
         META_TASK: task.value,
@@ -326,9 +322,7 @@ def check_parity(
             skl_labels = np.asarray(pipeline.predict(X)).astype(str)
         assert onnx_pred.probabilities is not None
         diff = _worst(np.abs(skl_proba - onnx_pred.probabilities))
-        mismatches, ties = _label_disagreements(
-            skl_proba, skl_labels, onnx_pred.labels, list(pipeline.classes_), tol
-        )
+        mismatches, ties = _label_disagreements(skl_proba, skl_labels, onnx_pred.labels, list(pipeline.classes_), tol)
         report = ParityReport(diff, mismatches, rows, ties)
         if diff > tol or mismatches:
             raise ParityError(

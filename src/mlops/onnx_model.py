@@ -91,9 +91,7 @@ def column_array(values: Iterable[Any], spec: InputSpec) -> np.ndarray:
     return np.array([_categorical(v) for v in seq], dtype=object).reshape(-1, 1)
 
 
-def feeds_from_records(
-    records: Sequence[Mapping[str, Any]], inputs: Sequence[InputSpec]
-) -> dict[str, np.ndarray]:
+def feeds_from_records(records: Sequence[Mapping[str, Any]], inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
     """Per-input arrays from row records; a key absent from a record counts as a missing value."""
     return {spec.name: column_array([r.get(spec.name) for r in records], spec) for spec in inputs}
 

@@ -195,9 +195,7 @@ def split(
     from sklearn.model_selection import train_test_split
 
     if len(df) < MIN_ROWS:
-        raise InvalidDataset(
-            f"the dataset has {len(df)} usable rows; at least {MIN_ROWS} are needed to train"
-        )
+        raise InvalidDataset(f"the dataset has {len(df)} usable rows; at least {MIN_ROWS} are needed to train")
     strat = df[target] if stratify else None
     try:
         train_df, test_df = train_test_split(df, test_size=test_size, random_state=seed, stratify=strat)

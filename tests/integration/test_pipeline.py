@@ -4,6 +4,9 @@ recorded rejection), through the real handlers and the real ASL file executed by
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import pytest
 
 from mlops.local.embedded import EmbeddedCloud as Cloud
 
@@ -107,3 +110,31 @@ def test_failure_is_recorded_notified_and_leaves_no_version(cloud: Cloud, breast
     [run] = cloud.registry.runs("breast-cancer")
     assert run.outcome == "failed"
     assert "InvalidDataset" in run.reason
+
+
+def test_transient_aws_error_is_retried_by_the_state_machine(
+    cloud: Cloud, breast_cancer_csv: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from mlops.storage import ObjectStore
+
+    original = ObjectStore.get_parquet
+    calls = {"n": 0}
+
+    def throttled_once(self: ObjectStore, key: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+        return original(self, key)
+
+    monkeypatch.setattr(ObjectStore, "get_parquet", throttled_once)
+    cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
+    [execution] = cloud.wait_for_executions(1)
+    assert execution["status"] == "SUCCEEDED"
+    errors = [e for e in cloud.history(execution["executionArn"]) if e["type"] == "LambdaFunctionFailed"
+              or e["type"] == "TaskFailed"]
+    assert [e.get("taskFailedEventDetails", e.get("lambdaFunctionFailedEventDetails", {})).get("error")
+            for e in errors] == ["TransientError"]
+    assert [v.version for v in cloud.registry.versions("breast-cancer")] == [1]

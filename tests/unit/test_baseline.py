@@ -80,9 +80,7 @@ def test_prediction_distribution(baseline: dict) -> None:
     preds = baseline["predictions"]
     assert preds["kind"] == "classes"
     assert sum(preds["shares"].values()) == pytest.approx(1.0)
-    values = build_baseline(
-        pd.DataFrame({"a": [1.0, 2.0, 3.0]}), _numeric_contract(), predictions=np.arange(50.0)
-    )
+    values = build_baseline(pd.DataFrame({"a": [1.0, 2.0, 3.0]}), _numeric_contract(), predictions=np.arange(50.0))
     assert values["predictions"]["kind"] == "numeric"
     assert sum(values["predictions"]["shares"]) == pytest.approx(1)
 

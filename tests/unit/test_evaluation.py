@@ -60,9 +60,7 @@ def test_multiclass_metrics_are_macro_and_match_sklearn() -> None:
     assert out["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
         assert out[name] == pytest.approx(fn(y_true, y_pred, average="macro"))
-    assert out["roc_auc"] == pytest.approx(
-        skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro")
-    )
+    assert out["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))
     assert out["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=["a", "b", "c"]).tolist()
 
 
@@ -118,9 +116,7 @@ def test_evaluate_regression() -> None:
     df = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
     df["y"] = 2 * df["a"] - df["b"] + rng.normal(scale=0.1, size=200)
     contract = infer_contract(df, "y")
-    cfg = ModelConfig(
-        name="unit", target="y", task=Task.REGRESSION, family="linear_regression", primary_metric="r2"
-    )
+    cfg = ModelConfig(name="unit", target="y", task=Task.REGRESSION, family="linear_regression", primary_metric="r2")
     result = train(df, contract, cfg)
     out = evaluate(
         OnnxModel(to_onnx(result.pipeline, contract, Task.REGRESSION)),

@@ -114,9 +114,7 @@ def test_one_input_per_column_named_like_the_column(classifiers: dict, frames: d
     assert {i.kind for i in model.inputs} == {"numeric"}
     graph = onnx.load_from_string(data).graph
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in graph.input)
-    assert [
-        list(d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim)[1] for i in graph.input
-    ] == [1] * 13
+    assert [list(d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim)[1] for i in graph.input] == [1] * 13
 
 
 def test_metadata_carries_classes_task_and_opset(classifiers: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,7 +70,11 @@ def embedded_cloud(config_file: Path) -> Iterator[EmbeddedCloud]:
 
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), InProcessRuntime() as runtime:
         aws.client.cache_clear()
+        cloud = EmbeddedCloud(provision(aws.client, config_file=config_file), runtime)
         try:
-            yield EmbeddedCloud(provision(aws.client, config_file=config_file), runtime)
+            yield cloud
         finally:
+            # Executions run on moto's threads: let them end inside this mock, not in the next one.
+            with contextlib.suppress(TimeoutError):
+                cloud.wait_for_executions(0, timeout=120)
             aws.client.cache_clear()

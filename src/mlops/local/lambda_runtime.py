@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import unquote_plus
 from typing import Any
 
 from moto.awslambda.models import LambdaFunction
@@ -89,7 +90,25 @@ def complete_s3_event(event: Any) -> Any:
                                                "x-amz-id-2": uuid.uuid4().hex})
         bucket = record.get("s3", {}).get("bucket", {})
         bucket.setdefault("ownerIdentity", {"principalId": "LOCAL"})
+        obj = record.get("s3", {}).get("object", {})
+        if "versionId" not in obj and bucket.get("name") and obj.get("key"):
+            version = _current_version(bucket["name"], unquote_plus(obj["key"]))
+            if version:
+                obj["versionId"] = version
     return event
+
+
+def _current_version(bucket: str, key: str) -> str | None:
+    """AWS puts the object's versionId in the event of a versioned bucket; moto leaves it out."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    try:
+        found = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, key)
+    except Exception:  # the object may be gone already; the event is still delivered
+        return None
+    version = getattr(found, "version_id", None)
+    return str(version) if version and version != "null" else None
 
 
 class InProcessRuntime:

@@ -1,0 +1,139 @@
+"""ingest and train_trigger on moto, driven by real event payloads from events/ and by real uploads."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.local.embedded import EmbeddedCloud
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_csvs"
+
+
+def _invoke(cloud: EmbeddedCloud, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    response = cloud.client("lambda").invoke(FunctionName=cloud.deployment.function_arns[function],
+                                             Payload=json.dumps(event).encode())
+    payload: dict[str, Any] = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, payload
+    return payload
+
+
+def _s3_event(cloud: EmbeddedCloud, key_encoded: str, body_key: str) -> dict[str, Any]:
+    event = copy.deepcopy(json.loads((EVENTS / "s3_object_created.json").read_text()))
+    head = cloud.client("s3").head_object(Bucket=cloud.deployment.data_bucket, Key=body_key)
+    obj = event["Records"][0]["s3"]["object"]
+    obj.update(key=key_encoded, size=head["ContentLength"], eTag=head["ETag"].strip('"'),
+               versionId=head.get("VersionId"))
+    event["Records"][0]["s3"]["bucket"]["name"] = cloud.deployment.data_bucket
+    return event
+
+
+def _trigger_count(cloud: EmbeddedCloud) -> int:
+    return sum(1 for i in cloud.runtime.invocations if i.function.endswith("train-trigger"))
+
+
+def test_real_s3_event_with_encoded_key_is_decoded_and_processed_once(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes
+) -> None:
+    key = "incoming/breast-cancer/June export (final) été.csv"
+    cloud.client("s3").put_object(Bucket=cloud.deployment.data_bucket, Key=key, Body=breast_cancer_csv)
+    cloud.wait_for_executions(1)
+    triggers = _trigger_count(cloud)
+    event = _s3_event(cloud, json.loads((EVENTS / "s3_object_created.json").read_text())
+                      ["Records"][0]["s3"]["object"]["key"], key)
+
+    first = _invoke(cloud, "ingest", event)
+    again = _invoke(cloud, "ingest", event)  # S3 delivers at least once
+    [outcome] = first["results"]
+    assert outcome["source"] == f"s3://{cloud.deployment.data_bucket}/{key}"
+    assert outcome["status"] == "curated"
+    assert outcome["rows_curated"] == 569
+    assert again == first
+    # the redelivered events did not curate again (which would re-trigger training)
+    assert _trigger_count(cloud) == triggers
+
+
+def test_train_request_event_retrains_on_the_newest_dataset_only_once(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes
+) -> None:
+    request = json.loads((EVENTS / "train_request.json").read_text())
+    assert _invoke(cloud, "train_trigger", request)["status"] == "skipped"  # no data yet: says so
+
+    cloud.upload("breast-cancer", "a.csv", breast_cancer_csv)
+    cloud.wait_for_executions(1)
+    result = _invoke(cloud, "train_trigger", request)
+    assert result["status"] == "skipped"
+    assert "already" in result["reason"]
+    assert len(cloud.executions()) == 1
+
+
+def test_unknown_model_prefix_gets_a_report_and_nothing_is_curated(cloud: EmbeddedCloud) -> None:
+    cloud.upload("no-such-model", "x.csv", b"a,b\n1,2\n")
+    [report_key] = [k for k in cloud.data.keys("quarantine/") if k.endswith("report.json")]
+    report = cloud.data.get_json(report_key)
+    assert report["code"] == "unknown_model"
+    assert "breast-cancer" in report["reason"]  # it names the models that do exist
+    assert report["what_to_do"]
+    assert list(cloud.data.keys("curated/")) == []
+    assert cloud.data.exists("incoming/no-such-model/x.csv")
+
+
+def _declare_corpus_contract(cloud: EmbeddedCloud, model: str) -> None:
+    cloud.data.put_bytes(f"contracts/{model}/v000001.json", (CORPUS / "contract.json").read_bytes())
+
+
+# the size limit is a per-model setting in MB: test_oversized_file_is_rejected_unread covers it
+CASES = sorted((name, case) for name, case in json.loads((CORPUS / "expected.json").read_text()).items()
+               if "max_bytes" not in case)
+
+
+@pytest.mark.parametrize(("name", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_files_get_a_recorded_outcome_and_no_row_is_lost(
+    cloud: EmbeddedCloud, name: str, expected: dict[str, Any]
+) -> None:
+    model = "strict"  # a model whose contract we declare: the corpus's
+    _declare_corpus_contract(cloud, model)
+    cloud.upload(model, name, (CORPUS / name).read_bytes())
+    [ingest] = [i for i in cloud.runtime.invocations if i.function.endswith("ingest")]
+    assert not ingest.errored, ingest.result
+    [outcome] = ingest.result["results"]
+    assert cloud.data.exists(f"incoming/{model}/{name}")  # the original is never lost
+    report = cloud.data.get_json(outcome["report_uri"].split("/", 3)[3]) if outcome["report_uri"] else None
+    if "rejected" in expected:
+        assert outcome["status"] == "rejected"
+        assert outcome["code"] == expected["rejected"]
+        assert report is not None
+        assert report["reason"]
+        assert list(cloud.data.keys(f"curated/{model}/")) == []  # nothing to train on
+        assert cloud.executions() == []
+    else:
+        assert outcome["status"] == "curated"
+        assert outcome["rows_curated"] == expected["good_rows"]
+        assert outcome["rows_quarantined"] == len(expected["bad_rows"])
+        assert outcome["rows_in"] == outcome["rows_curated"] + outcome["rows_quarantined"]
+        if expected["bad_rows"]:
+            text = cloud.data.get_bytes(outcome["quarantine_uri"].split("/", 3)[3]).decode()
+            rows = {row["_line"]: row["_reason"] for row in csv.DictReader(io.StringIO(text))}
+            assert set(rows) == set(expected["bad_rows"])
+            for line, reason in expected["bad_rows"].items():
+                assert reason in rows[line]
+
+
+def test_oversized_file_is_rejected_unread(cloud: EmbeddedCloud) -> None:
+    from mlops.config import load_config
+    from mlops.ingest import ingest_object
+
+    config = load_config()
+    cloud.client("s3").put_object(Bucket=cloud.deployment.data_bucket, Key="incoming/wine/big.csv", Body=b"a,b\n")
+    outcome = ingest_object(bucket=cloud.deployment.data_bucket, key="incoming/wine/big.csv", version_id=None,
+                            etag="abc", size=300 * 2**20, config=config, store=cloud.data)
+    assert outcome.status == "rejected"
+    assert outcome.code == "too_large"
+    assert "300.0 MB" in outcome.reason

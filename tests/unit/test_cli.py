@@ -1,0 +1,81 @@
+"""The `mlops` command as a user runs it: a subprocess, its exit code, its stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _mlops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlops.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, check=False)
+
+
+@pytest.fixture(scope="module")
+def breast_cancer_file(tmp_path_factory: pytest.TempPathFactory, ) -> Path:
+    from sklearn.datasets import load_breast_cancer
+
+    path = tmp_path_factory.mktemp("data") / "breast_cancer.csv"
+    load_breast_cancer(as_frame=True).frame.to_csv(path, index=False)
+    return path
+
+
+def test_train_json_reports_metrics_parity_latency_and_lineage(breast_cancer_file: Path, tmp_path: Path) -> None:
+    done = _mlops("train", "--data", str(breast_cancer_file), "--target", "target", "--json", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["metrics"]["accuracy"] >= 0.93
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc"} <= set(result["metrics"])
+    assert result["parity_max_abs_diff"] <= 1e-5
+    assert result["latency_ms"]["p50"] > 0
+    assert result["latency_ms"]["p95"] >= result["latency_ms"]["p50"]
+    manifest = result["manifest"]
+    for key in ("dataset_sha256", "code_version", "params", "seed", "libraries"):
+        assert manifest[key] not in (None, "", {}), key
+    import hashlib
+
+    assert manifest["dataset_sha256"] == hashlib.sha256(breast_cancer_file.read_bytes()).hexdigest()
+    assert (tmp_path / "model.onnx").stat().st_size > 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["onnx"]["sha256"]
+
+
+def test_experiment_compares_families_on_one_split(breast_cancer_file: Path) -> None:
+    done = _mlops("experiment", "--data", str(breast_cancer_file), "--target", "target",
+                  "--families", "logistic_regression,random_forest", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["family"] for r in rows] == ["logistic_regression", "random_forest"]
+    assert all(r["metrics"]["accuracy"] > 0.9 for r in rows)
+    table = _mlops("experiment", "--data", str(breast_cancer_file), "--target", "target",
+                   "--families", "logistic_regression")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split()[:2] == ["family", "accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("content", "target", "message"),
+    [
+        (None, "target", "does not exist"),
+        (b"", "y", "empty"),
+        (b"a,b\n1,2\n3,4\n", "y", "target column 'y'"),
+        (bytes(range(256)) * 20, "y", "binary"),
+        (b"a,y\nx,1\ny,0\n", "y", "at least 20"),
+    ],
+    ids=["missing-file", "empty-file", "missing-target", "garbage", "too-few-rows"],
+)
+def test_bad_input_exits_2_with_one_clear_message(tmp_path: Path, content: bytes | None, target: str,
+                                                  message: str) -> None:
+    path = tmp_path / "data.csv"
+    if content is not None:
+        path.write_bytes(content)
+    done = _mlops("train", "--data", str(path), "--target", target, "--json")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("mlops train: error: ")
+    assert message in line
