@@ -23,6 +23,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	# each handler is a module named `handler`: checked one at a time so their names do not collide
+	for f in functions/*/handler.py; do $(BIN)/mypy $$f || exit 1; done
 
 test: lint
 	$(BIN)/pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -19,12 +18,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mlops import aws
 from mlops.config import load_config
 from mlops.ingest import ingest_object
+from mlops.observability import instrumented, powertools
 from mlops.settings import resources
 from mlops.storage import ObjectStore
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger, tracer, metrics = powertools()
 # One S3 event redelivered (same object, version and etag) is processed once.
 idempotency = IdempotencyConfig(event_key_jmespath="[bucket, key, version_id, etag]", expires_after_seconds=7 * 86400)
 persistence = DynamoDBPersistenceLayer(table_name=resources.idempotency_table, boto3_client=aws.client("dynamodb"))
@@ -43,20 +41,19 @@ def ingest_one(obj: dict[str, Any]) -> dict[str, Any]:
     return outcome.to_dict()
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
+@instrumented(logger, tracer, metrics)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    records = parse(event=event, model=S3Model).Records
-    results = [
-        ingest_one(obj={
-            "bucket": r.s3.bucket.name,
-            "key": unquote_plus(r.s3.object.key),  # S3 event keys arrive URL-encoded
-            "version_id": r.s3.object.versionId,
-            "etag": r.s3.object.eTag,
-            "size": r.s3.object.size,
-        })
-        for r in records
-    ]
+    results = []
+    for record in parse(event=event, model=S3Model).Records:
+        obj = record.s3.object
+        if obj is None:  # not an object event (e.g. a test event): nothing to ingest
+            continue
+        results.append(ingest_one(obj={
+            "bucket": record.s3.bucket.name,
+            "key": unquote_plus(obj.key),  # S3 event keys arrive URL-encoded
+            "version_id": obj.versionId,
+            "etag": obj.eTag,
+            "size": obj.size,
+        }))
     return {"results": results}

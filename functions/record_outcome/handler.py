@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
+from mlops.observability import instrumented, powertools
 from mlops.pipeline import PipelineInput, record_outcome
 from mlops.registry import Registry
 from mlops.settings import resources
-from mlops.step_errors import translate_step_errors
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger, tracer, metrics = powertools()
 
 
 class OutcomeInput(PipelineInput):
@@ -25,10 +22,7 @@ class OutcomeInput(PipelineInput):
     error: dict[str, Any] | None = None
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@translate_step_errors
+@instrumented(logger, tracer, metrics, step=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     state = OutcomeInput.model_validate(event)
     result = record_outcome(state, outcome=state.outcome, evaluation=state.evaluation, error=state.error,

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
 from mlops.config import load_config
+from mlops.observability import instrumented, powertools
 from mlops.pipeline import PipelineInput, register_step
 from mlops.registry import Registry
 from mlops.settings import resources
-from mlops.step_errors import translate_step_errors
 from mlops.storage import ObjectStore
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger, tracer, metrics = powertools()
 
 
 class RegisterInput(PipelineInput):
@@ -27,10 +24,7 @@ class RegisterInput(PipelineInput):
     execution_arn: str | None = None
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@translate_step_errors
+@instrumented(logger, tracer, metrics, step=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     state = RegisterInput.model_validate(event)
     result = register_step(state, state.train, state.evaluation, config=load_config(),

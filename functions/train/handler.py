@@ -4,26 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
 from mlops.config import load_config
+from mlops.observability import instrumented, powertools
 from mlops.pipeline import PipelineInput, train_step
 from mlops.settings import resources
-from mlops.step_errors import translate_step_errors
 from mlops.storage import ObjectStore
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger, tracer, metrics = powertools()
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@translate_step_errors
+@instrumented(logger, tracer, metrics, step=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     state = PipelineInput.model_validate(event)
     result = train_step(state, config=load_config(), s3=aws.client("s3"),

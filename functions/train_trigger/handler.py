@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3Model
@@ -14,14 +13,13 @@ from pydantic import BaseModel
 
 from mlops import aws
 from mlops.config import load_config
+from mlops.observability import instrumented, powertools
 from mlops.pipeline import request_training
 from mlops.registry import Registry
 from mlops.settings import resources
 from mlops.storage import ObjectStore
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger, tracer, metrics = powertools()
 
 
 class TrainRequest(BaseModel):
@@ -43,13 +41,13 @@ def _start(model: str, manifest: dict[str, Any] | None, reason: str) -> dict[str
     return result
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
+@instrumented(logger, tracer, metrics)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
         results = []
         for record in parse(event=event, model=S3Model).Records:
+            if record.s3.object is None:
+                continue
             key = unquote_plus(record.s3.object.key)
             store = ObjectStore(aws.client("s3"), record.s3.bucket.name)
             manifest = store.get_json(key)

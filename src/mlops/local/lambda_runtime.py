@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import unquote_plus
 from typing import Any
+from urllib.parse import unquote_plus
 
 from moto.awslambda.models import LambdaFunction
 
