@@ -22,6 +22,22 @@ Choices worth knowing:
 - In ``good``, integer columns are float64 like numeric ones (models consume floats, and a nullable
   integer column needs NaN), booleans are float64 0/1, and categoricals are pandas strings with NaN for
   an empty cell.
+- The usual spellings of a missing value (NA, N/A, null, None, NaN, -, ?, #N/A; any case, surrounding
+  whitespace ignored) mean exactly what an empty cell means, in every column: accepted (NaN in ``good``)
+  when the column is nullable, quarantined as "missing value" otherwise. In a categorical column this
+  holds too, unless the contract explicitly lists the spelling as a category (e.g. "NA" for North
+  America, declared in mlops.toml); inference never makes one a category. ``inf``/``-inf``/``Infinity``
+  are not missing values: they stay "not a finite number".
+
+Inference (:func:`infer_contract`) from the first file:
+
+- A column is numeric (integer when every number is written as a whole number) when all its non-missing
+  values are finite numbers, or, with at least 20 numbers, when at least 95% are: a few stray cells
+  ("abc", "1,5") then do not turn a continuous feature into a categorical one; ``validate`` quarantines
+  those rows of the first file like any later bad row. Under 20 numbers the strict rule applies.
+- A categorical feature with more distinct values than max(100, half its rows) is an identifier or free
+  text, not a category set: it is inferred open (``categories=None``, any value accepted), so later files
+  with new IDs are neither quarantined nor reported as new categories row by row.
 """
 
 from __future__ import annotations
@@ -55,6 +71,16 @@ _ROW_ERRORS_ATTR = "mlops_row_errors"
 _BLANK_CHARS = " \t\r\n"
 _TRUE = ("true", "yes", "1")
 _FALSE = ("false", "no", "0")
+# numbers as most files write them, which Arrow's cast always parses (ASCII digits only)
+_PLAIN_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+# compared lower-cased and stripped; never "inf"/"infinity", which stay "not a finite number"
+_MISSING_TOKENS = ("na", "n/a", "null", "none", "nan", "-", "?", "#n/a")
+# inference: a mostly numeric column is numeric when this many of its values are numbers, at least
+_NUMERIC_SHARE = 0.95
+_MIN_NUMBERS_TOLERATED = 20
+# inference: a categorical feature with more distinct values than this is open (IDs, free text)
+_MAX_CATEGORIES = 100
+_MAX_CATEGORY_SHARE = 0.5
 # What spreadsheets execute when a cell starts with it (OWASP CSV injection); leading whitespace is
 # stripped before the test, which covers the tab/CR-prefixed variants.
 _FORMULA_PREFIXES = ("=", "+", "-", "@")
@@ -128,9 +154,7 @@ class DataContract(BaseModel):
         if self.target not in names:
             raise ValueError(f"the target {self.target!r} is not among the columns {names}")
         if self.column(self.target).nullable:
-            raise ValueError(
-                f"the target {self.target!r} cannot be nullable: a row without a label is unusable"
-            )
+            raise ValueError(f"the target {self.target!r} cannot be nullable: a row without a label is unusable")
         return self
 
     def column(self, name: str) -> ColumnSpec:
@@ -203,16 +227,13 @@ def read_csv(data: bytes, *, max_bytes: int) -> pd.DataFrame:
             "split it into smaller files, each with the header row, and upload them separately.",
         )
     if not data:
-        raise FileRejected(
-            "empty_file", "the file is empty (0 bytes); upload a CSV with a header row and data rows."
-        )
+        raise FileRejected("empty_file", "the file is empty (0 bytes); upload a CSV with a header row and data rows.")
     _reject_compressed(data)
     text = _decode(data)
     if not text.strip():
         raise FileRejected(
             "empty_file",
-            f"the file holds only whitespace ({len(data)} bytes); "
-            "upload a CSV with a header row and data rows.",
+            f"the file holds only whitespace ({len(data)} bytes); upload a CSV with a header row and data rows.",
         )
     raw = data.removeprefix(codecs.BOM_UTF8)
     names = _header_names(text)
@@ -262,9 +283,7 @@ def _decode(data: bytes) -> str:
         nuls = sample.count(0)
         # ASCII text in UTF-16 has a NUL in every other byte, all on the same parity
         if nuls * 4 >= len(sample) and max(sample[0::2].count(0), sample[1::2].count(0)) >= 0.9 * nuls:
-            raise FileRejected(
-                "encoding", f"the file looks like UTF-16 text without a byte order mark; {resave}"
-            )
+            raise FileRejected("encoding", f"the file looks like UTF-16 text without a byte order mark; {resave}")
         line = data.count(b"\n", 0, nul) + 1
         raise FileRejected(
             "encoding",
@@ -291,9 +310,7 @@ def _header_names(text: str) -> list[str]:
     except csv.Error as exc:
         raise FileRejected("unparseable", f"line {reader.line_num}: {exc}; fix the header row.") from None
     if header is None:
-        raise FileRejected(
-            "empty_file", "the file has no header row; upload a CSV with a header row and data rows."
-        )
+        raise FileRejected("empty_file", "the file has no header row; upload a CSV with a header row and data rows.")
     line = reader.line_num
     if len(header) == 1:
         for char, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
@@ -401,9 +418,7 @@ def _parse(raw: bytes, text: str, names: list[str]) -> pd.DataFrame:
         # position among kept records = position among all records minus the dropped ones before it
         shift = np.cumsum(dropped)
         ragged_lines = [int(lines[p - shift[p]]) for p in ragged_pos]
-        frame.attrs[_ROW_ERRORS_ATTR] = json.dumps(
-            dict(zip(map(str, ragged_lines), ragged_reasons, strict=True))
-        )
+        frame.attrs[_ROW_ERRORS_ATTR] = json.dumps(dict(zip(map(str, ragged_lines), ragged_reasons, strict=True)))
     return frame
 
 
@@ -519,47 +534,52 @@ def infer_contract(df: pd.DataFrame, target: str) -> DataContract:
     columns = []
     for name in df.columns:
         stripped = _texts(df, name)[usable].str.strip()
-        empty = (stripped == "").to_numpy(dtype=bool)
-        values = stripped[~empty]
+        missing = _missing(stripped)
+        values = stripped[~missing]
         if name == target:
             if values.empty:
                 raise FileRejected("missing_target", f"the target column {target!r} has no values.")
             columns.append(_infer_target(name, values))
         else:
-            columns.append(_infer_feature(str(name), values, nullable=bool(empty.any())))
+            columns.append(_infer_feature(str(name), values, nullable=bool(missing.any()), n_rows=len(stripped)))
     return DataContract(target=target, columns=columns)
 
 
 def _infer_target(name: str, values: pd.Series) -> ColumnSpec:
+    """``values``: the non-missing cells, stripped. A target's classes are always listed, however many."""
     distinct = pd.Series(pd.unique(values), dtype="str")
-    numbers = _finite_numbers(distinct)
-    if len(distinct) <= _MAX_TARGET_CLASSES or numbers is None:
+    numbers = None if len(distinct) <= _MAX_TARGET_CLASSES else _mostly_numbers(values)
+    if numbers is None:
         return ColumnSpec(name=name, kind=ColumnKind.CATEGORICAL, categories=_safe_categories(distinct))
-    return ColumnSpec(name=name, kind=ColumnKind.NUMERIC, min=_lower_bound(numbers))
+    return ColumnSpec(name=name, kind=ColumnKind.NUMERIC, min=_lower_bound(numbers[np.isfinite(numbers)]))
 
 
-def _infer_feature(name: str, values: pd.Series, *, nullable: bool) -> ColumnSpec:
-    """``values``: the non-empty cells, stripped."""
+def _infer_feature(name: str, values: pd.Series, *, nullable: bool, n_rows: int) -> ColumnSpec:
+    """``values``: the non-missing cells, stripped; ``n_rows``: the rows inferred from, missing or not."""
     if values.empty:
         # nothing observed yet: a categorical column with no known category
         return ColumnSpec(name=name, kind=ColumnKind.CATEGORICAL, nullable=True, categories=[])
-    numbers = _finite_numbers(values)
-    if numbers is not None:
-        # of the boolean spellings only 0 and 1 are numbers, and a 0/1 column is an integer one
-        integer = bool(values.str.fullmatch(r"[+-]?\d+").all())
+    numbers = _mostly_numbers(values)
+    distinct = pd.Series(pd.unique(values), dtype="str")
+    # "Yes"/"YES"/"yes"... at most a few spellings; more distinct values cannot be a boolean
+    boolean = len(distinct) <= 4 * len(_TRUE + _FALSE) and set(distinct.str.lower()) <= {*_TRUE, *_FALSE}
+    finite = np.isfinite(numbers) if numbers is not None else np.zeros(0, dtype=bool)
+    # of the boolean spellings only 0 and 1 are numbers: a 0/1 column is an integer one, but 0/1 with a
+    # few yes/no is a boolean one, not an integer column with stray cells
+    if numbers is not None and (finite.all() or not boolean):
+        integer = bool(values[finite].str.fullmatch(r"[+-]?\d+").all())
         return ColumnSpec(
             name=name,
             kind=ColumnKind.INTEGER if integer else ColumnKind.NUMERIC,
             nullable=nullable,
-            min=_lower_bound(numbers),
+            min=_lower_bound(numbers[finite]),
         )
-    distinct = pd.Series(pd.unique(values), dtype="str")
-    # "Yes"/"YES"/"yes"... at most a few spellings; more distinct values cannot be a boolean
-    if len(distinct) <= 4 * len(_TRUE + _FALSE) and set(distinct.str.lower()) <= {*_TRUE, *_FALSE}:
+    if boolean:
         return ColumnSpec(name=name, kind=ColumnKind.BOOLEAN, nullable=nullable)
-    return ColumnSpec(
-        name=name, kind=ColumnKind.CATEGORICAL, nullable=nullable, categories=_safe_categories(distinct)
-    )
+    if len(distinct) > max(_MAX_CATEGORIES, _MAX_CATEGORY_SHARE * n_rows):
+        # IDs or free text: listing the values seen would flag every new one in every later file
+        return ColumnSpec(name=name, kind=ColumnKind.CATEGORICAL, nullable=nullable, categories=None)
+    return ColumnSpec(name=name, kind=ColumnKind.CATEGORICAL, nullable=nullable, categories=_safe_categories(distinct))
 
 
 def _lower_bound(numbers: np.ndarray) -> float | None:
@@ -567,16 +587,26 @@ def _lower_bound(numbers: np.ndarray) -> float | None:
     return 0.0 if (numbers >= 0).all() else None
 
 
-def _finite_numbers(values: pd.Series) -> np.ndarray | None:
-    """The values as floats if every one is a finite number, else None."""
-    try:
-        # a failing cast costs a full pass: most text columns already fail on their first values
-        pc.cast(_arrow(values.iloc[:1000]), pa.float64())
-        parsed = pc.cast(_arrow(values), pa.float64())
-    except pa.ArrowInvalid:
+def _mostly_numbers(values: pd.Series) -> np.ndarray | None:
+    """The values as floats (NaN/inf where not a finite number) if they make a numeric column, else None.
+
+    A numeric column: every value is a finite number, or at least ``_MIN_NUMBERS_TOLERATED`` are and they
+    are at least ``_NUMERIC_SHARE`` of the values. ``values`` hold no empty cell nor missing-value token.
+    """
+    n = len(values)
+    # a text column fails on its head: more non-numbers there than the share allows settles it, exactly,
+    # and spares a slow full parse (pandas' fallback) of a large column of words
+    head = values.iloc[: int((1 - _NUMERIC_SHARE) * n) + 1]
+    if not np.isfinite(_to_float(head, np.zeros(len(head), dtype=bool))).any():
         return None
-    numbers = parsed.to_numpy(zero_copy_only=False)
-    return numbers if np.isfinite(numbers).all() else None
+    parsed = _to_float(values, np.zeros(n, dtype=bool))
+    finite = np.isfinite(parsed)
+    n_numbers = int(finite.sum())
+    if n_numbers == n:
+        return parsed
+    if n_numbers >= _MIN_NUMBERS_TOLERATED and n_numbers >= _NUMERIC_SHARE * n:
+        return parsed
+    return None
 
 
 def _safe_categories(distinct: pd.Series) -> list[str]:
@@ -603,9 +633,7 @@ class _Problem:
     reasons: Callable[[np.ndarray], list[str]]  # positions -> one reason per position
 
 
-def validate(
-    df: pd.DataFrame, contract: DataContract, *, max_bad_row_fraction: float = 1.0
-) -> ValidationResult:
+def validate(df: pd.DataFrame, contract: DataContract, *, max_bad_row_fraction: float = 1.0) -> ValidationResult:
     """Split a frame from :func:`read_csv` into typed good rows and verbatim bad rows."""
     _check_columns(df, contract)
     n = len(df)
@@ -643,9 +671,7 @@ def validate(
         bad_mask |= problem.mask
     n_bad = int(bad_mask.sum())
     if n and n_bad / n > max_bad_row_fraction:
-        raise FileRejected(
-            "too_many_bad_rows", _too_many_message(problems, lines, n_bad, n, max_bad_row_fraction)
-        )
+        raise FileRejected("too_many_bad_rows", _too_many_message(problems, lines, n_bad, n, max_bad_row_fraction))
 
     bad_pos = np.flatnonzero(bad_mask)
     reasons = np.full(len(bad_pos), "", dtype=object)
@@ -688,9 +714,7 @@ def _check_columns(df: pd.DataFrame, contract: DataContract) -> None:
     where = f"the data contract (version {contract.version})"
     if missing:
         also = (
-            f"; it has column(s) the contract does not know: {', '.join(unexpected)} (renamed?)"
-            if unexpected
-            else ""
+            f"; it has column(s) the contract does not know: {', '.join(unexpected)} (renamed?)" if unexpected else ""
         )
         raise FileRejected(
             "missing_columns",
@@ -711,35 +735,35 @@ def _check_column(
     """Typed values, the problems found, and (categorical, policy accept) the unknown-category mask."""
     name = spec.name
     stripped = raw.str.strip()
-    empty = (stripped == "").to_numpy(dtype=bool)
+    missing = _missing(stripped)
+    known = None
+    if spec.kind is ColumnKind.CATEGORICAL:
+        known = stripped.isin(spec.categories or []).to_numpy(dtype=bool)
+        # a declared category wins over a missing-value spelling ("NA" for North America)
+        missing &= ~known
     problems: list[_Problem] = []
     if is_target or not spec.nullable:
         what = "missing target value" if is_target else "missing value"
-        problems.append(_Problem(f"{name}: {what}", empty, lambda pos: [f"{name}: {what}"] * len(pos)))
+        problems.append(_Problem(f"{name}: {what}", missing, lambda pos: [f"{name}: {what}"] * len(pos)))
 
     def problem(label: str, mask: np.ndarray, describe: Callable[[str], str]) -> None:
         problems.append(
-            _Problem(
-                f"{name}: {label}", mask, lambda pos: [f"{name}: {describe(_show(v))}" for v in raw.iloc[pos]]
-            )
+            _Problem(f"{name}: {label}", mask, lambda pos: [f"{name}: {describe(_show(v))}" for v in raw.iloc[pos]])
         )
 
-    if spec.kind is ColumnKind.CATEGORICAL:
-        known = stripped.isin(spec.categories or []).to_numpy(dtype=bool)
-        formula = ~empty & ~known & _formula_like(stripped)
-        problem(
-            "looks like a spreadsheet formula", formula, lambda v: f"{v} looks like a spreadsheet formula"
-        )
+    if known is not None:
+        formula = ~missing & ~known & _formula_like(stripped)
+        problem("looks like a spreadsheet formula", formula, lambda v: f"{v} looks like a spreadsheet formula")
         unknown = None
         if spec.categories is not None:
-            unknown = ~empty & ~known & ~formula
+            unknown = ~missing & ~known & ~formula
             if contract.new_categories == "quarantine":
                 hint = ""
                 if len(spec.categories) <= _SHOWN_CATEGORIES:
                     hint = f" (known: {', '.join(spec.categories)})"
                 problem("unknown category", unknown, lambda v: f"{v} is not a known category{hint}")
                 unknown = None
-        return stripped.where(~empty), problems, unknown
+        return stripped.where(~missing), problems, unknown
 
     if spec.kind is ColumnKind.BOOLEAN:
         lowered = stripped.str.lower()
@@ -747,14 +771,14 @@ def _check_column(
         false = lowered.isin(_FALSE).to_numpy(dtype=bool)
         problem(
             "not a boolean",
-            ~empty & ~true & ~false,
+            ~missing & ~true & ~false,
             lambda v: f"{v} is not a boolean (use true/false, yes/no or 1/0)",
         )
         return np.where(true, 1.0, np.where(false, 0.0, np.nan)), problems, None
 
-    numbers = _to_float(stripped, empty)
+    numbers = _to_float(stripped, missing)
     finite = np.isfinite(numbers)
-    problem("not a number", ~empty & np.isnan(numbers), lambda v: f"{v} is not a number")
+    problem("not a number", ~missing & np.isnan(numbers), lambda v: f"{v} is not a number")
     problem("not a finite number", np.isinf(numbers), lambda v: f"{v} is not a finite number")
     if spec.kind is ColumnKind.INTEGER:
         fractional = np.zeros_like(finite)
@@ -778,16 +802,35 @@ def _check_column(
     return numbers, problems, None
 
 
-def _to_float(stripped: pd.Series, empty: np.ndarray) -> np.ndarray:
-    """Parse numbers; empty cells and unparseable text become NaN ("nan" itself parses to NaN too)."""
-    cells = _arrow(stripped.where(~empty))
+def _missing(stripped: pd.Series) -> np.ndarray:
+    """Empty cells and missing-value spellings (NA, n/a, null, None, NaN, -, ?, #N/A in any case)."""
+    tokens = pc.is_in(pc.utf8_lower(_arrow(stripped)), value_set=pa.array(_MISSING_TOKENS, type=pa.large_string()))
+    return (stripped == "").to_numpy(dtype=bool) | tokens.to_numpy(zero_copy_only=False)
+
+
+def _to_float(stripped: pd.Series, missing: np.ndarray) -> np.ndarray:
+    """Parse numbers; ``missing`` cells and unparseable text become NaN."""
+    cells = _arrow(stripped.where(~missing))
     try:
         # ~20x faster than pd.to_numeric. Both accept the same spellings (checked on nan, inf, Infinity,
         # 1e400, .5, 5., +3, 0x10, 1_0, 1,5, unicode digits...), so which one ran never changes a verdict.
         parsed = pc.cast(cells, pa.float64())
     except pa.ArrowInvalid:
-        return pd.to_numeric(stripped.where(~empty), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    return parsed.to_numpy(zero_copy_only=False)
+        pass
+    else:
+        return parsed.to_numpy(zero_copy_only=False)
+    # Some cell is not a number: the plainly written numbers still go through Arrow, and only the other
+    # cells (usually a few) through pandas, which turns what it cannot parse into NaN.
+    plain = pc.fill_null(pc.match_substring_regex(cells, _PLAIN_NUMBER), False)
+    numbers = np.full(len(stripped), np.nan)
+    numbers[plain.to_numpy(zero_copy_only=False)] = pc.cast(pc.filter(cells, plain), pa.float64()).to_numpy(
+        zero_copy_only=False
+    )
+    rest = np.flatnonzero(~plain.to_numpy(zero_copy_only=False) & ~missing)
+    if rest.size:
+        others = pd.to_numeric(stripped.iloc[rest], errors="coerce")
+        numbers[rest] = others.to_numpy(dtype=float, na_value=np.nan)
+    return numbers
 
 
 def _duplicates(texts: dict[str, pd.Series], lines: np.ndarray, is_structural: np.ndarray) -> _Problem:
@@ -801,9 +844,7 @@ def _duplicates(texts: dict[str, pd.Series], lines: np.ndarray, is_structural: n
     columns = [_arrow(subset(t)) for t in texts.values()]
     # one key per row, hashed once: ~10x faster than combining per-column factorizations
     key = (
-        pc.binary_join_element_wise(*columns, pa.scalar("\x1f", pa.large_string()))
-        if len(columns) > 1
-        else columns[0]
+        pc.binary_join_element_wise(*columns, pa.scalar("\x1f", pa.large_string())) if len(columns) > 1 else columns[0]
     )
     codes = key.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
     # codes are numbered in order of first appearance: a row is a first occurrence iff its code is new
@@ -818,9 +859,7 @@ def _duplicates(texts: dict[str, pd.Series], lines: np.ndarray, is_structural: n
     mask[candidates[dup]] = True
     first_line = np.zeros(n, dtype=np.int64)
     first_line[candidates] = lines[first]
-    return _Problem(
-        "duplicate row", mask, lambda pos: [f"duplicate of line {line}" for line in first_line[pos]]
-    )
+    return _Problem("duplicate row", mask, lambda pos: [f"duplicate of line {line}" for line in first_line[pos]])
 
 
 def _too_many_message(problems: list[_Problem], lines: np.ndarray, n_bad: int, n: int, limit: float) -> str:
@@ -832,8 +871,7 @@ def _too_many_message(problems: list[_Problem], lines: np.ndarray, n_bad: int, n
             counts[problem.label] = (count + len(hits), min(first, int(lines[hits[0]])))
     top = sorted(counts.items(), key=lambda item: (-item[1][0], item[1][1]))[:3]
     common = "; ".join(
-        f"{label} ({count} row{'' if count == 1 else 's'}, first on line {first})"
-        for label, (count, first) in top
+        f"{label} ({count} row{'' if count == 1 else 's'}, first on line {first})" for label, (count, first) in top
     )
     return (
         f"{n_bad} of {n} rows ({n_bad / n:.0%}) are bad, more than the {limit:.0%} allowed "

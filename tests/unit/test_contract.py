@@ -93,9 +93,7 @@ def test_quarantined_rows_keep_the_text_as_written() -> None:
 
 
 def test_quarantined_rows_keep_the_file_column_order_and_good_rows_the_contract_order() -> None:
-    result = validate(
-        read_csv((CORPUS / "reordered_columns.csv").read_bytes(), max_bytes=MAX_BYTES), CONTRACT
-    )
+    result = validate(read_csv((CORPUS / "reordered_columns.csv").read_bytes(), max_bytes=MAX_BYTES), CONTRACT)
     assert list(result.bad.columns)[:5] == ["target", "member", "city", "income", "age"]
     assert list(result.good.columns) == ["age", "income", "city", "member", "target"]
     assert result.good["age"].tolist() == [34.0, 29.0]
@@ -175,9 +173,7 @@ def test_new_category_is_accepted_and_reported_under_policy_accept() -> None:
 
 
 @pytest.mark.parametrize("policy", ["accept", "quarantine"])
-@pytest.mark.parametrize(
-    "formula", ["=cmd|' /C calc'!A0", "@SUM(A1)", "+1+1", "-2+3", "\t=1", " =HYPERLINK()"]
-)
+@pytest.mark.parametrize("formula", ["=cmd|' /C calc'!A0", "@SUM(A1)", "+1+1", "-2+3", "\t=1", " =HYPERLINK()"])
 def test_a_spreadsheet_formula_is_never_accepted_as_a_category(policy: str, formula: str) -> None:
     contract = CONTRACT.model_copy(update={"new_categories": policy})
     cell = '"' + formula.replace('"', '""') + '"'
@@ -289,6 +285,9 @@ def test_inferred_bounds_do_not_quarantine_later_larger_values() -> None:
         ([str(v) for v in range(21)], ColumnKind.NUMERIC),
         ([f"{v}.5" for v in range(30)], ColumnKind.NUMERIC),
         ([f"class{v}" for v in range(30)], ColumnKind.CATEGORICAL),
+        # a regression target with a stray cell stays numeric (the cell's row is then quarantined)
+        ([f"{v}.5" for v in range(30)] + ["abc"], ColumnKind.NUMERIC),
+        (["NA"] + [str(v) for v in range(20)], ColumnKind.CATEGORICAL),  # NA is missing, not a class
     ],
 )
 def test_target_kind(values: list[str], kind: ColumnKind) -> None:
@@ -309,6 +308,159 @@ def test_infer_contract_needs_the_target() -> None:
     assert caught.value.code == "missing_target"
     assert "'target'" in caught.value.message
     assert "label" in caught.value.message
+
+
+def _column_file(name: str, values: list[str]) -> pd.DataFrame:
+    """A file with one feature column and a target, one row per value (rows made unique by the target)."""
+    return _read(f"{name},target\n" + "".join(f"{_cell(v)},{i}\n" for i, v in enumerate(values)))
+
+
+def _radii(n: int) -> list[str]:
+    rng = np.random.default_rng(n)
+    return [f"{x:.3f}" for x in rng.uniform(6.9, 28.1, n)]
+
+
+def test_a_few_bad_cells_do_not_make_a_numeric_column_categorical() -> None:
+    # sklearn's breast-cancer CSV, with one typo and one spreadsheet-style missing value
+    values = _radii(100)
+    values[10], values[20] = "abc", "n/a"
+    df = _column_file("mean radius", values)
+    contract = infer_contract(df, "target")
+    assert contract.column("mean radius") == ColumnSpec(
+        name="mean radius", kind=ColumnKind.NUMERIC, nullable=True, min=0.0
+    )
+    result = validate(df, contract)
+    assert _reasons(result) == {12: "mean radius: 'abc' is not a number"}
+    good = result.good["mean radius"]
+    assert len(good) == 99
+    assert good.dtype == np.float64
+    assert np.isnan(good.iloc[19])  # line 22, the "n/a" row: kept, as a missing value
+    assert int(good.isna().sum()) == 1
+
+
+def test_a_mostly_whole_number_column_is_integer_and_its_stray_cells_are_quarantined() -> None:
+    values = [str(v) for v in range(60)] + ["twelve", "inf"]
+    df = _column_file("count", values)
+    assert infer_contract(df, "target").column("count") == ColumnSpec(name="count", kind=ColumnKind.INTEGER, min=0.0)
+    assert _reasons(validate(df, infer_contract(df, "target"))) == {
+        62: "count: 'twelve' is not a number",
+        63: "count: 'inf' is not a finite number",
+    }
+
+
+@pytest.mark.parametrize(
+    ("n_numbers", "n_text", "kind"),
+    [
+        (9, 1, ColumnKind.CATEGORICAL),  # a tiny file: the strict rule, every value must be a number
+        (19, 1, ColumnKind.CATEGORICAL),  # 95% numbers but fewer than 20 of them
+        (20, 1, ColumnKind.NUMERIC),  # 20 numbers, 95.2%
+        (40, 3, ColumnKind.CATEGORICAL),  # 93%: too many words for a numeric column
+        (100, 5, ColumnKind.NUMERIC),  # 95.2%
+        (100, 0, ColumnKind.NUMERIC),
+    ],
+)
+def test_the_numeric_share_rule(n_numbers: int, n_text: int, kind: ColumnKind) -> None:
+    values = _radii(n_numbers) + [f"word{i}" for i in range(n_text)]
+    assert infer_contract(_column_file("x", values), "target").column("x").kind is kind
+
+
+def test_zeros_and_ones_with_a_few_yes_make_a_boolean_column() -> None:
+    values = ["1", "0"] * 20 + ["yes"]
+    assert infer_contract(_column_file("member", values), "target").column("member").kind is ColumnKind.BOOLEAN
+    assert infer_contract(_column_file("flag", ["1", "0"] * 20), "target").column("flag").kind is (ColumnKind.INTEGER)
+
+
+def test_missing_value_spellings_neither_count_as_text_nor_become_categories() -> None:
+    tokens = ["NA", "N/A", "n/a", "null", "NULL", "None", "NaN", "nan", "-", "?", "#N/A", " na "]
+    contract = infer_contract(_column_file("x", ["1.5", "2", *tokens, "3"]), "target")
+    assert contract.column("x") == ColumnSpec(name="x", kind=ColumnKind.NUMERIC, nullable=True, min=0.0)
+    contract = infer_contract(_column_file("city", ["Paris", "NA", "Lyon", "-", "Paris"]), "target")
+    assert contract.column("city") == ColumnSpec(
+        name="city", kind=ColumnKind.CATEGORICAL, nullable=True, categories=["Lyon", "Paris"]
+    )
+    contract = infer_contract(_column_file("flag", ["yes", "no", "null", "YES"]), "target")
+    assert contract.column("flag") == ColumnSpec(name="flag", kind=ColumnKind.BOOLEAN, nullable=True)
+
+
+def test_missing_value_spellings_in_a_non_nullable_column_are_quarantined_as_missing() -> None:
+    contract = infer_contract(_column_file("x", _radii(30)), "target")
+    assert not contract.column("x").nullable
+    result = validate(_read("x,target\nNA,1\n n/a ,1\n#N/A,0\n?,0\n1.5,1\ninf,0\n"), contract)
+    assert _reasons(result) == {
+        2: "x: missing value",
+        3: "x: missing value",
+        4: "x: missing value",
+        5: "x: missing value",
+        7: "x: 'inf' is not a finite number",
+    }
+
+
+def test_missing_value_spellings_are_missing_in_good_rows_of_every_kind() -> None:
+    result = _check(f"{HEADER}\n34,NULL,Paris,yes,1\n35,?,Lyon,no,0\n")
+    assert result.bad.empty
+    assert result.good["income"].isna().all()
+    nullable = DataContract(
+        target="y",
+        columns=[
+            ColumnSpec(name="city", kind=ColumnKind.CATEGORICAL, nullable=True, categories=["Paris"]),
+            ColumnSpec(name="member", kind=ColumnKind.BOOLEAN, nullable=True),
+            ColumnSpec(name="y", kind=ColumnKind.NUMERIC),
+        ],
+    )
+    result = _check("city,member,y\nNone,N/A,1\nParis,yes,2\n", nullable)
+    assert result.bad.empty
+    assert result.new_categories == {}
+    assert result.good["city"].isna().tolist() == [True, False]
+    assert np.isnan(result.good["member"].iloc[0])
+
+
+def test_a_declared_category_wins_over_a_missing_value_spelling() -> None:
+    contract = DataContract(
+        target="y",
+        columns=[
+            ColumnSpec(name="region", kind=ColumnKind.CATEGORICAL, categories=["EU", "NA"]),
+            ColumnSpec(name="y", kind=ColumnKind.NUMERIC),
+        ],
+    )
+    result = _check("region,y\nNA,1\nEU,2\nn/a,3\n", contract)
+    assert result.good["region"].tolist() == ["NA", "EU"]
+    assert _reasons(result) == {4: "region: missing value"}
+
+
+def test_an_identifier_column_is_open() -> None:
+    ids = [f"P{i:05d}" for i in range(500)]
+    df = _read("patient,city,target\n" + "".join(f"{p},{['Paris', 'Lyon'][i % 2]},1\n" for i, p in enumerate(ids)))
+    contract = infer_contract(df, "target")
+    assert contract.column("patient") == ColumnSpec(name="patient", kind=ColumnKind.CATEGORICAL)
+    assert contract.column("patient").categories is None
+    assert contract.column("city").categories == ["Lyon", "Paris"]
+    quarantining = contract.model_copy(update={"new_categories": "quarantine"})
+    for policy_contract in (contract, quarantining):
+        later = validate(_read("patient,city,target\nQ1,Paris,1\nQ2,Lyon,1\n"), policy_contract)
+        assert later.bad.empty
+        assert later.new_categories == {}
+    # a formula is still refused in an open column
+    assert (
+        "looks like a spreadsheet formula"
+        in _reasons(validate(_read("patient,city,target\n=1+1,Paris,1\n"), contract))[2]
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "n_distinct", "open_"),
+    [
+        (300, 101, False),  # under half the rows: a (large) category set
+        (150, 101, True),  # more than 100 and more than half the rows
+        (150, 100, False),  # 100 distinct values are always listed
+        (1000, 400, False),
+        (1000, 501, True),
+    ],
+)
+def test_the_open_category_threshold(n_rows: int, n_distinct: int, open_: bool) -> None:
+    values = [f"v{i % n_distinct}" for i in range(n_rows)]
+    spec = infer_contract(_column_file("code", values), "target").column("code")
+    assert spec.kind is ColumnKind.CATEGORICAL
+    assert (spec.categories is None) is open_
 
 
 def test_ragged_rows_do_not_shape_the_inferred_contract() -> None:
@@ -380,9 +532,7 @@ def test_a_toml_declared_contract_compares_categories_as_text() -> None:
 )
 def test_an_incoherent_contract_is_refused(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        DataContract.model_validate(
-            {"target": "target", "columns": [{"name": "target", "kind": "numeric"}]} | change
-        )
+        DataContract.model_validate({"target": "target", "columns": [{"name": "target", "kind": "numeric"}]} | change)
 
 
 def test_feature_views() -> None:
@@ -395,16 +545,17 @@ def test_feature_views() -> None:
 
 # ------------------------------------------------------------------------------------------ properties
 
+# missing-value spellings (NA, n/a, ...) are bad where the column is not nullable, good in income
 _INVALID = {
-    "age": ["abc", "-1", "121", "3.5", "", "nan", "1e400"],
-    "income": ["abc", "-0.5", "inf", "nan", "1,5", "--1"],
-    "city": ["Marseille", "=1+1", "", "@x", "paris"],
-    "member": ["maybe", "", "2", "t"],
-    "target": ["", "2", "yes"],
+    "age": ["abc", "-1", "121", "3.5", "", "nan", "1e400", "NA", " n/a "],
+    "income": ["abc", "-0.5", "inf", "-Infinity", "1,5", "--1"],
+    "city": ["Marseille", "=1+1", "", "@x", "paris", "None", "-"],
+    "member": ["maybe", "", "2", "t", "null"],
+    "target": ["", "2", "yes", "#N/A"],
 }
 _VALID = {
     "age": ["0", "34", "120", " 7 "],
-    "income": ["", "0", "12.5", "1e3"],
+    "income": ["", "0", "12.5", "1e3", "nan", "NA", " N/A ", "null", "?", "-", "#N/A"],
     "city": ["Paris", "Lyon", " Nice"],
     "member": ["yes", "No", "1", "TRUE"],
     "target": ["0", "1"],
@@ -466,6 +617,9 @@ def test_rows_are_never_lost_and_only_damaged_rows_are_quarantined(seed: int) ->
     assert len(result.good) == len(starts) - len(damaged)
 
 
+_MISSING_SPELLINGS = {"na", "n/a", "null", "none", "nan", "-", "?", "#n/a"}
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -477,6 +631,8 @@ def _is_number(text: str) -> bool:
 def _cell_ok(column: str, value: str, policy: str) -> bool:
     """The contract of the corpus, written out cell by cell: an oracle for the vectorised code."""
     v = value.strip()
+    if v.lower() in _MISSING_SPELLINGS:
+        v = ""
     if not v:
         return column == "income"
     if column in ("age", "income"):
@@ -488,13 +644,16 @@ def _cell_ok(column: str, value: str, policy: str) -> bool:
         return v.lower() in {"true", "false", "yes", "no", "0", "1"}
     if v in {"city": {"Lyon", "Nice", "Paris"}, "target": {"0", "1"}}[column]:
         return True
-    return policy == "accept" and not (v[0] in "=+-@" and not _is_number(v))
+    # only a finite number may start like a formula: "-inf" is refused as one
+    return policy == "accept" and not (v[0] in "=+-@" and not (_is_number(v) and math.isfinite(float(v))))
 
 
 @pytest.mark.parametrize("policy", ["accept", "quarantine"])
 def test_randomly_corrupted_frames_match_a_cell_by_cell_oracle(policy: str) -> None:
     rng = np.random.default_rng(1234)
-    junk = np.array(["", " ", "nan", "inf", "-1", "1e999", "x", "=1", "@", "yes", "0", "1", "Paris", "12.5"])
+    missing = ["NA", "n/a", "None", "NULL", "-", "?", "#N/A"]
+    junk = np.array(["", " ", "nan", "inf", "-inf", "Infinity", "-1", "1e999", "x", "=1", "@", *missing])
+    junk = np.append(junk, ["yes", "0", "1", "Paris", "12.5"])
     contract = CONTRACT.model_copy(update={"new_categories": policy})
     for _ in range(20):
         n = int(rng.integers(0, 300))

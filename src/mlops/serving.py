@@ -1,0 +1,324 @@
+"""The ``infer`` function's core: validate a request against the model's contract, score it with
+onnxruntime, capture it, answer.
+
+Imports stay light on purpose (numpy, onnxruntime, pydantic, boto3 through injected clients): this is
+the cold-start path. The data contract is read as plain JSON here, never through ``mlops.contract``
+(which needs pandas).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import MlopsError
+from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
+from mlops.storage import parse_s3_uri
+
+
+class ServingError(MlopsError):
+    """An answer for the client: ``status`` is the HTTP status, ``field`` the part of the request at fault."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "message": self.message, "field": self.field}
+
+
+class MalformedRequest(ServingError):
+    status = 400
+
+
+class InvalidInput(ServingError):
+    status = 422
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class ModelNotFound(ServingError):
+    status = 404
+
+
+class NoModelDeployed(ServingError):
+    status = 503
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    kind: str  # numeric | integer | boolean | categorical
+    nullable: bool
+    minimum: float | None
+    maximum: float | None
+    categories: frozenset[str] | None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "nullable": self.nullable}
+        if self.minimum is not None:
+            out["min"] = self.minimum
+        if self.maximum is not None:
+            out["max"] = self.maximum
+        if self.categories is not None:
+            out["categories"] = sorted(self.categories)
+        return out
+
+
+def schema_from_contract(contract: Mapping[str, Any]) -> list[FeatureSpec]:
+    return [
+        FeatureSpec(
+            name=c["name"], kind=c["kind"], nullable=bool(c.get("nullable")), minimum=c.get("min"),
+            maximum=c.get("max"),
+            categories=frozenset(str(v) for v in c["categories"]) if c.get("categories") is not None else None,
+        )
+        for c in contract["columns"]
+        if c["name"] != contract["target"]
+    ]
+
+
+_TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
+
+
+def _check_value(spec: FeatureSpec, value: Any, where: str) -> Any:
+    field = f"{where}.{spec.name}"
+    if value is None:
+        if spec.nullable:
+            return None
+        raise InvalidInput(f"{field}: a value is required (the model was not trained with missing values here)", field)
+    if spec.kind == "categorical":
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidInput(f"{field}: expected a string category, got {type(value).__name__}", field)
+        text = str(value)
+        if spec.categories is not None and text not in spec.categories:
+            known = ", ".join(sorted(spec.categories)[:20])
+            raise InvalidInput(f"{field}: unknown category {text!r} (known: {known})", field)
+        return text
+    if spec.kind == "boolean":
+        if isinstance(value, bool):
+            return 1.0 if value else 0.0
+        if isinstance(value, int | float | str) and str(value).strip().lower() in _TRUE | _FALSE:
+            return 1.0 if str(value).strip().lower() in _TRUE else 0.0
+        raise InvalidInput(f"{field}: expected true or false, got {value!r}", field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{field}: expected a number, got {type(value).__name__} {value!r}", field)
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput(f"{field}: expected a finite number, got {value!r}", field)
+    if spec.kind == "integer" and not number.is_integer():
+        raise InvalidInput(f"{field}: expected a whole number, got {value!r}", field)
+    if spec.minimum is not None and number < spec.minimum:
+        raise InvalidInput(f"{field}: {value!r} is below the allowed minimum {spec.minimum}", field)
+    if spec.maximum is not None and number > spec.maximum:
+        raise InvalidInput(f"{field}: {value!r} is above the allowed maximum {spec.maximum}", field)
+    return number
+
+
+def validate_row(row: Any, schema: Sequence[FeatureSpec], where: str) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise InvalidInput(f"{where}: expected an object of feature: value, got {type(row).__name__}", where)
+    names = [s.name for s in schema]
+    missing = [n for n in names if n not in row]
+    if missing:
+        raise InvalidInput(f"{where}: missing feature(s) {missing}", f"{where}.{missing[0]}")
+    extra = sorted(set(row) - set(names))
+    if extra:
+        raise InvalidInput(f"{where}: unexpected feature(s) {extra}; the model takes {names}", f"{where}.{extra[0]}")
+    return {spec.name: _check_value(spec, row[spec.name], where) for spec in schema}
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    model: Any  # mlops.onnx_model.OnnxModel (imported lazily: onnxruntime is the heaviest import here)
+    schema: list[FeatureSpec]
+    loaded_seconds: float
+
+
+class ModelCache:
+    """Models loaded once per execution environment, verified against the registry's sha256 on load."""
+
+    def __init__(self, s3: Any, cache_dir: Path) -> None:
+        self.s3 = s3
+        self.cache_dir = cache_dir
+        self._models: dict[tuple[str, int], LoadedModel] = {}
+
+    def _fetch(self, uri: str, path: Path) -> bytes:
+        if path.exists():
+            return path.read_bytes()
+        bucket, key = parse_s3_uri(uri)
+        data: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return data
+
+    def get(self, version: ModelVersion) -> LoadedModel:
+        key = (version.model, version.version)
+        if key in self._models:
+            return self._models[key]
+        from mlops.errors import IntegrityError
+        from mlops.onnx_model import OnnxModel
+
+        started = time.perf_counter()
+        folder = self.cache_dir / version.model / f"v{version.version}"
+        onnx_bytes = self._fetch(version.model_uri, folder / "model.onnx")
+        if hashlib.sha256(onnx_bytes).hexdigest() != version.onnx_sha256:
+            (folder / "model.onnx").unlink(missing_ok=True)
+            raise IntegrityError(f"{version.model_uri} does not match the sha256 recorded for v{version.version}")
+        contract = json.loads(self._fetch(version.artefacts_prefix + "contract.json", folder / "contract.json"))
+        loaded = LoadedModel(version, OnnxModel(onnx_bytes), schema_from_contract(contract),
+                             time.perf_counter() - started)
+        self._models[key] = loaded
+        return loaded
+
+
+class CaptureSink:
+    """Every prediction and feedback, as JSON lines to a Firehose stream. Never fails the request."""
+
+    def __init__(self, firehose: Any, stream: str | None, on_error: Callable[[Exception], None]) -> None:
+        self.firehose = firehose
+        self.stream = stream
+        self.on_error = on_error
+
+    def put(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if not self.stream or not records:
+            return
+        try:
+            for start in range(0, len(records), 500):  # PutRecordBatch takes at most 500 records
+                batch = [{"Data": (json.dumps(r, default=str) + "\n").encode()} for r in records[start:start + 500]]
+                self.firehose.put_record_batch(DeliveryStreamName=self.stream, Records=batch)
+        except Exception as exc:  # capture is best effort by design: the prediction has been made
+            self.on_error(exc)
+
+
+class ModelServer:
+    def __init__(self, *, model: str, version: int | None, registry: Registry, cache: ModelCache,
+                 capture: CaptureSink, max_batch: int = 100) -> None:
+        self.model_name = model
+        self.pinned_version = version
+        self.registry = registry
+        self.cache = cache
+        self.capture = capture
+        self.max_batch = max_batch
+        self._aliases: tuple[float, dict[str, int]] = (0.0, {})
+
+    # -- which model ---------------------------------------------------------------------------------------
+    def _check_name(self, name: str) -> None:
+        if name != self.model_name:
+            raise ModelNotFound(f"no model named {name!r} is served here", "name")
+
+    def _aliases_now(self) -> dict[str, int]:
+        # Promotions move aliases while this environment stays warm: re-read them at most every 30 s.
+        at, aliases = self._aliases
+        if time.monotonic() - at > 30:
+            aliases = self.registry.aliases(self.model_name)
+            self._aliases = (time.monotonic(), aliases)
+        return aliases
+
+    def _variant(self, version: int) -> str:
+        aliases = self._aliases_now()
+        if aliases.get(CHAMPION) == version:
+            return CHAMPION
+        if aliases.get(CHALLENGER) == version:
+            return CHALLENGER
+        return "retired"
+
+    def loaded(self) -> LoadedModel:
+        version = self.pinned_version or self._aliases_now().get(CHAMPION)
+        if version is None:
+            raise NoModelDeployed(f"no version of {self.model_name!r} is deployed yet; upload data to train one")
+        record = self.registry.version(self.model_name, version)
+        if record is None:
+            raise NoModelDeployed(f"{self.model_name} v{version} is not in the registry")
+        return self.cache.get(record)
+
+    # -- routes --------------------------------------------------------------------------------------------
+    def predict(self, name: str, body: Any) -> dict[str, Any]:
+        self._check_name(name)
+        if not isinstance(body, Mapping):
+            raise MalformedRequest("the body must be a JSON object", "body")
+        has_features, has_instances = "features" in body, "instances" in body
+        unexpected = sorted(set(body) - {"features", "instances"})
+        if has_features == has_instances or unexpected:
+            raise InvalidInput("give either 'features' (one row) or 'instances' (a list of rows)"
+                               + (f"; unexpected field(s) {unexpected}" if unexpected else ""), "body")
+        rows = [body["features"]] if has_features else body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise InvalidInput("'instances' must be a non-empty list of objects", "instances")
+        if len(rows) > self.max_batch:
+            raise PayloadTooLarge(f"{len(rows)} instances; at most {self.max_batch} per request", "instances")
+        loaded = self.loaded()
+        where = ["features"] if has_features else [f"instances[{i}]" for i in range(len(rows))]
+        clean = [validate_row(row, loaded.schema, w) for row, w in zip(rows, where, strict=True)]
+        prediction = loaded.model.predict_records(clean)
+        version = loaded.version.version
+        variant = self._variant(version)
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        answers = []
+        for i in range(len(clean)):
+            answer: dict[str, Any] = {"request_id": str(uuid.uuid4()), "model_version": version, "variant": variant}
+            if prediction.probabilities is not None:
+                answer["prediction"] = str(prediction.labels[i])
+                answer["probabilities"] = {c: float(p) for c, p in zip(prediction.classes,
+                                                                         prediction.probabilities[i], strict=True)}
+            else:
+                answer["prediction"] = float(prediction.labels[i])
+                answer["probabilities"] = None
+            answers.append(answer)
+        self.capture.put([
+            {"type": "prediction", "model": self.model_name, "time": now, "features": row, **answer}
+            for row, answer in zip(clean, answers, strict=True)
+        ])
+        return answers[0] if has_features else {"predictions": answers}
+
+    def feedback(self, name: str, body: Any) -> dict[str, Any]:
+        self._check_name(name)
+        if not isinstance(body, Mapping):
+            raise MalformedRequest("the body must be a JSON object", "body")
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidInput("'request_id' (the id a prediction answered with) is required", "request_id")
+        has_label, has_reward = "label" in body, "reward" in body
+        if has_label == has_reward:
+            raise InvalidInput("give either 'label' (the observed outcome) or 'reward' (a number)", "body")
+        if has_reward:
+            reward = body["reward"]
+            if isinstance(reward, bool) or not isinstance(reward, int | float) or not math.isfinite(reward):
+                raise InvalidInput("'reward' must be a finite number", "reward")
+        elif body["label"] is None or isinstance(body["label"], dict | list):
+            raise InvalidInput("'label' must be a string or a number", "label")
+        record = {"type": "feedback", "model": self.model_name, "request_id": request_id,
+                  "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                  "label": str(body["label"]) if has_label else None,
+                  "reward": float(body["reward"]) if has_reward else None}
+        self.capture.put([record])
+        return {"request_id": request_id, "accepted": True}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        self._check_name(name)
+        aliases = self.registry.aliases(self.model_name)
+        out: dict[str, Any] = {"model": self.model_name}
+        for alias in (CHAMPION, CHALLENGER):
+            version = self.registry.version(self.model_name, aliases[alias]) if alias in aliases else None
+            out[alias] = None if version is None else {
+                "version": version.version, "created_at": version.created_at,
+                "metrics": version.metrics.get("metrics", {}), "dataset_sha256": version.dataset_sha256,
+            }
+        if out[CHAMPION] is not None:
+            out["features"] = [f.describe() for f in self.loaded().schema]
+        return out

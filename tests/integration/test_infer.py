@@ -1,0 +1,200 @@
+"""infer on moto: API Gateway proxy events from events/ through the in-process runtime, against a model
+that the real pipeline registered."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops import aws
+from mlops.local.cloud import function_zip
+from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+from mlops.platform import FunctionSpec
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+INFER = FunctionSpec("infer", "serves a model", (), memory_mb=1024, timeout_s=30)
+
+
+@pytest.fixture(scope="module")
+def served(config_file: Path, breast_cancer_csv: bytes) -> Iterator[tuple[EmbeddedCloud, Any]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLOPS_CONFIG", str(config_file))
+        with embedded_cloud(config_file) as cloud:
+            cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
+            [execution] = cloud.wait_for_executions(1)
+            assert execution["status"] == "SUCCEEDED"
+            s3 = cloud.client("s3")
+            s3.create_bucket(Bucket="mlops-captures")
+            firehose = cloud.client("firehose")
+            firehose.create_delivery_stream(
+                DeliveryStreamName="mlops-captures",
+                ExtendedS3DestinationConfiguration={"RoleARN": "arn:aws:iam::123456789012:role/firehose",
+                                                    "BucketARN": "arn:aws:s3:::mlops-captures", "Prefix": "captures/"})
+            role = cloud.client("iam").get_role(RoleName="mlops-local-lambda")["Role"]["Arn"]
+            cloud.client("lambda").create_function(
+                FunctionName="mlops-infer-breast-cancer", Runtime="python3.12", Role=role, Handler="handler.handler",
+                Code={"ZipFile": function_zip(INFER, config_file)}, Timeout=30, MemorySize=1024,
+                Environment={"Variables": {
+                    "MODEL_NAME": "breast-cancer", "MODEL_VERSION": "1", "MAX_BATCH": "5",
+                    "REGISTRY_TABLE": cloud.deployment.names["registry"], "CAPTURE_STREAM": "mlops-captures",
+                    "POWERTOOLS_SERVICE_NAME": "infer", "MODEL_CACHE_DIR": str(cloud.runtime.workdir / "models"),
+                }})
+            yield cloud, cloud.client("lambda")
+
+
+def _call(lam: Any, method: str, path: str, body: Any = None, raw: str | None = None) -> tuple[int, Any]:
+    event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
+    event["httpMethod"] = event["requestContext"]["httpMethod"] = method
+    event["path"] = path
+    event["body"] = raw if raw is not None else (json.dumps(body) if body is not None else None)
+    response = lam.invoke(FunctionName="mlops-infer-breast-cancer", Payload=json.dumps(event).encode())
+    payload = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, payload
+    return payload["statusCode"], json.loads(payload["body"])
+
+
+def _row(cloud: EmbeddedCloud) -> dict[str, Any]:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    return {k: float(v) for k, v in frame.drop(columns="target").iloc[0].items()}
+
+
+def test_predict_answers_with_label_probabilities_version_variant_and_id(served: Any) -> None:
+    cloud, lam = served
+    status, body = _call(lam, "POST", "/models/breast-cancer/predict", {"features": _row(cloud)})
+    assert status == 200, body
+    assert body["prediction"] == "0"  # the first row of breast-cancer is malignant (class 0)
+    assert set(body["probabilities"]) == {"0", "1"}
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-9
+    assert body["model_version"] == 1
+    assert body["variant"] == "champion"
+    assert len(body["request_id"]) == 36
+
+
+def test_batch_answers_one_prediction_per_instance(served: Any) -> None:
+    cloud, lam = served
+    status, body = _call(lam, "POST", "/models/breast-cancer/predict", {"instances": [_row(cloud)] * 3})
+    assert status == 200
+    assert len(body["predictions"]) == 3
+    assert len({p["request_id"] for p in body["predictions"]}) == 3
+
+
+def test_feedback_and_describe_and_health(served: Any) -> None:
+    cloud, lam = served
+    _, answer = _call(lam, "POST", "/models/breast-cancer/predict", {"features": _row(cloud)})
+    status, body = _call(lam, "POST", "/models/breast-cancer/feedback",
+                         {"request_id": answer["request_id"], "label": 0})
+    assert (status, body["accepted"]) == (200, True)
+    status, body = _call(lam, "GET", "/models/breast-cancer")
+    assert status == 200
+    assert body["champion"]["version"] == 1
+    assert body["challenger"] is None
+    assert body["champion"]["metrics"]["accuracy"] > 0.9
+    assert _call(lam, "GET", "/health")[0] == 200
+
+
+def test_predictions_and_feedback_are_captured_and_joinable(served: Any) -> None:
+    cloud, lam = served
+    _, answer = _call(lam, "POST", "/models/breast-cancer/predict", {"features": _row(cloud)})
+    _call(lam, "POST", "/models/breast-cancer/feedback", {"request_id": answer["request_id"], "label": "1"})
+    s3 = aws.client("s3")
+    lines = [json.loads(line) for obj in s3.list_objects_v2(Bucket="mlops-captures")["Contents"]
+             for line in s3.get_object(Bucket="mlops-captures", Key=obj["Key"])["Body"].read().decode().splitlines()]
+    by_id = {}
+    for record in lines:
+        by_id.setdefault(record["request_id"], {})[record["type"]] = record
+    joined = by_id[answer["request_id"]]
+    assert joined["prediction"]["model_version"] == 1
+    assert joined["prediction"]["features"]["mean radius"] == _row(cloud)["mean radius"]
+    assert joined["feedback"]["label"] == "1"
+
+
+BAD = [
+    ("malformed json", None, '{"features": ', 400, "body"),
+    ("not an object", [1, 2], None, 400, "body"),
+    ("neither features nor instances", {"rows": []}, None, 422, "body"),
+    ("missing feature", "drop:mean radius", None, 422, "features.mean radius"),
+    ("extra feature", "add:colour", None, 422, "features.colour"),
+    ("string for a number", "set:mean radius=big", None, 422, "features.mean radius"),
+    ("boolean for a number", "set:mean radius=True", None, 422, "features.mean radius"),
+    ("NaN", None, '{"features": {"mean radius": NaN}}', 422, "features.mean radius"),
+    ("infinity", None, "INF", 422, "features.mean radius"),
+    ("negative for a non-negative feature", "set:mean radius=-1", None, 422, "features.mean radius"),
+    ("batch too large", "batch:6", None, 413, "instances"),
+    ("empty batch", {"instances": []}, None, 422, "instances"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "raw", "status", "field"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_the_right_status_and_names_the_field(
+    served: Any, case: str, body: Any, raw: str | None, status: int, field: str
+) -> None:
+    cloud, lam = served
+    row = _row(cloud)
+    if isinstance(body, str):
+        op, _, arg = body.partition(":")
+        if op == "drop":
+            row.pop(arg)
+        elif op == "add":
+            row[arg] = "red"
+        elif op == "set":
+            key, _, value = arg.partition("=")
+            row[key] = {"big": "big", "True": True}.get(value, float(value) if value not in ("big", "True") else value)
+        body = {"instances": [row] * int(arg)} if op == "batch" else {"features": row}
+    if raw == "INF":
+        row["mean radius"] = float("inf")
+        raw = json.dumps({"features": row})  # Python writes Infinity, as some clients do
+    elif raw and "NaN" in raw:
+        row["mean radius"] = float("nan")
+        raw = json.dumps({"features": row})
+    got_status, got = _call(lam, "POST", "/models/breast-cancer/predict", body, raw)
+    assert got_status == status, got
+    assert got["field"] == field
+    assert got["message"]
+
+
+def test_unknown_model_is_404(served: Any) -> None:
+    _, lam = served
+    status, body = _call(lam, "POST", "/models/nope/predict", {"features": {}})
+    assert status == 404
+    assert "nope" in body["message"]
+
+
+def test_no_model_deployed_yet_is_503(served: Any, config_file: Path) -> None:
+    cloud, lam = served
+    role = cloud.client("iam").get_role(RoleName="mlops-local-lambda")["Role"]["Arn"]
+    lam.create_function(
+        FunctionName="mlops-infer-wine", Runtime="python3.12", Role=role, Handler="handler.handler",
+        Code={"ZipFile": function_zip(INFER, config_file)},
+        Environment={"Variables": {"MODEL_NAME": "wine", "REGISTRY_TABLE": cloud.deployment.names["registry"]}})
+    event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
+    event["path"], event["body"] = "/models/wine/predict", json.dumps({"features": {"alcohol": 13.0}})
+    payload = json.loads(lam.invoke(FunctionName="mlops-infer-wine", Payload=json.dumps(event).encode())["Payload"]
+                         .read())
+    assert payload["statusCode"] == 503
+    assert "no version of 'wine' is deployed yet" in json.loads(payload["body"])["message"]
+
+
+def test_the_serving_path_imports_neither_sklearn_nor_pandas(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    handler = Path(__file__).resolve().parents[2] / "functions" / "infer" / "handler.py"
+    code = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(handler)!r})\n"
+        "import mlops.onnx_model\n"
+        "heavy = sorted(m for m in ('sklearn', 'pandas', 'skl2onnx', 'scipy') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    env = {"MODEL_NAME": "m", "REGISTRY_TABLE": "t", "AWS_DEFAULT_REGION": "us-east-1", "PATH": "/usr/bin:/bin",
+           "POWERTOOLS_TRACE_DISABLED": "true"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
