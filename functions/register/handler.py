@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
 from mlops.config import load_config
+from mlops.deploy import ServingDeployer
 from mlops.observability import instrumented, powertools
 from mlops.pipeline import PipelineInput, register_step
 from mlops.registry import Registry
@@ -30,7 +31,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = register_step(state, state.train, state.evaluation, config=load_config(),
                            models=ObjectStore(aws.client("s3"), resources.models_bucket),
                            registry=Registry(aws.client("dynamodb"), resources.registry_table),
-                           execution_arn=state.execution_arn)
+                           execution_arn=state.execution_arn, deployer=ServingDeployer(aws.client("lambda")),
+                           infer_function=resources.infer_functions.get(state.model))
     metrics.add_metric(name="ModelsRegistered", unit=MetricUnit.Count, value=1)
     logger.info("registered", extra={"model": state.model, "registration": result})
     return result

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mlops.config import ModelConfig, ProjectConfig
 from mlops.contract import DataContract
+from mlops.deploy import ServingDeployer, Split
 from mlops.errors import IntegrityError, InvalidDataset
 from mlops.ingest import ContractStore, newest_manifest
 from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
@@ -200,8 +201,8 @@ def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectC
 
 # -- register ------------------------------------------------------------------------------------------------
 def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[str, Any], *,
-                  config: ProjectConfig, models: ObjectStore, registry: Registry, execution_arn: str | None
-                  ) -> dict[str, Any]:
+                  config: ProjectConfig, models: ObjectStore, registry: Registry, execution_arn: str | None,
+                  deployer: ServingDeployer | None = None, infer_function: str | None = None) -> dict[str, Any]:
     from mlops.manifest import build_manifest
 
     model_cfg = config.model(inp.model)
@@ -245,7 +246,28 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         metrics={"metrics": evaluation["candidate"]["metrics"], "latency": evaluation["candidate"].get("latency", {})},
         alias=alias,
     )
-    return _registered(version)
+    split = None
+    if deployer is not None and infer_function:
+        version, split = deploy(version, model_cfg, registry=registry, deployer=deployer, function=infer_function)
+    return {**_registered(version), "split": split.to_dict() if split else None}
+
+
+def deploy(version: ModelVersion, model_cfg: ModelConfig, *, registry: Registry, deployer: ServingDeployer,
+           function: str) -> tuple[ModelVersion, Split]:
+    """Publish the version's infer function version and put it on the live alias: the first champion at
+    100%, a challenger at the model's canary weight next to the champion. The registry record exists
+    before the alias points at it, so the alias never serves an unregistered version."""
+    lambda_version = version.lambda_version or deployer.publish(function, version.version)
+    if version.lambda_version is None:
+        registry.set_lambda_version(version.model, version.version, lambda_version)
+    champion = registry.alias(version.model, CHAMPION)
+    if champion is None or champion.version == version.version or champion.lambda_version is None:
+        split = deployer.route(function, lambda_version)
+    else:
+        split = deployer.route(function, champion.lambda_version, lambda_version, model_cfg.canary_weight)
+    updated = registry.version(version.model, version.version)
+    assert updated is not None
+    return updated, split
 
 
 def _registered(version: ModelVersion) -> dict[str, Any]:

@@ -51,11 +51,22 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
                  (settings.MODELS_BUCKET,), memory_mb=4096, timeout_s=900, image=True),
     FunctionSpec("evaluate", "Measures a candidate and the champion on the same held-out rows",
                  (settings.MODELS_BUCKET, settings.REGISTRY_TABLE), memory_mb=2048, timeout_s=600, image=True),
-    FunctionSpec("register", "Records a model version with its lineage and sets its alias",
-                 (settings.MODELS_BUCKET, settings.REGISTRY_TABLE), memory_mb=1024, timeout_s=120, image=True),
+    FunctionSpec("register", "Records a model version with its lineage and deploys it behind the live alias",
+                 (settings.MODELS_BUCKET, settings.REGISTRY_TABLE, settings.INFER_FUNCTIONS),
+                 memory_mb=1024, timeout_s=120, image=True),
     FunctionSpec("record_outcome", "Records a rejected or failed pipeline run",
                  (settings.REGISTRY_TABLE,), memory_mb=256, timeout_s=30),
 )
+
+# One per declared model ("one-click model service"): its versions pin model versions, its `live` alias is
+# the A/B split. onnxruntime + numpy only: a zip function, no scientific stack.
+INFER = FunctionSpec("infer", "Serves a model's champion and challenger (ONNX) behind API Gateway",
+                     (settings.REGISTRY_TABLE, settings.CAPTURE_STREAM), memory_mb=1024, timeout_s=30)
+
+
+def infer_function_name(project: str, model: str) -> str:
+    return f"{project}-infer-{model}"
+
 
 S3_TRIGGERS: tuple[S3Trigger, ...] = (
     # No suffix filter: every object under incoming/ gets an outcome, a wrongly named file included.
@@ -63,7 +74,8 @@ S3_TRIGGERS: tuple[S3Trigger, ...] = (
     S3Trigger("train_trigger", "data", "curated/", "manifest.json"),
 )
 
-BUCKETS = ("data", "models")
+BUCKETS = ("data", "models", "captures")
+CAPTURE_STREAM = "captures"  # Firehose delivery stream into the captures bucket
 TABLES = ("registry", "idempotency")
 TOPIC = "notifications"
 STATE_MACHINE = "training"
@@ -94,4 +106,5 @@ def resource_names(project: str) -> dict[str, str]:
         "idempotency": f"{project}-idempotency",
         "notifications": f"{project}-notifications",
         "training": f"{project}-training",
+        "captures": f"{project}-captures",
     }

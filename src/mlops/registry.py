@@ -58,6 +58,7 @@ class ModelVersion:
     dataset_sha256: str
     metrics: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    lambda_version: str | None = None  # the infer function version serving it, once deployed
 
     @property
     def model_uri(self) -> str:
@@ -85,6 +86,7 @@ class ModelVersion:
             "onnx_sha256": self.onnx_sha256,
             "dataset_sha256": self.dataset_sha256,
             "metrics": self.metrics,
+            "lambda_version": self.lambda_version,
         }
 
 
@@ -145,6 +147,7 @@ class Registry:
             dataset_sha256=item["dataset_sha256"]["S"],
             metrics=json.loads(item["metrics"]["S"]),
             aliases=tuple(sorted(a for a, v in aliases.items() if v == version)),
+            lambda_version=item["lambda_version"]["S"] if "lambda_version" in item else None,
         )
 
     def version(self, model: str, version: int) -> ModelVersion | None:
@@ -174,6 +177,13 @@ class Registry:
         return int(item["latest_version"]["N"]) if item else 0
 
     # -- writes ------------------------------------------------------------------------------------------
+    def set_lambda_version(self, model: str, version: int, lambda_version: str) -> None:
+        self.db.update_item(
+            TableName=self.table, Key=_key(model, _version_sk(version)),
+            UpdateExpression="SET lambda_version = :l", ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":l": {"S": lambda_version}},
+        )
+
     def claim_dataset(self, model: str, dataset_sha256: str, run_id: str) -> bool:
         """True for the first claim of a dataset; later claims (duplicates, replays) get False."""
         try:

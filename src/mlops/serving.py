@@ -156,8 +156,8 @@ class ModelCache:
         self.cache_dir = cache_dir
         self._models: dict[tuple[str, int], LoadedModel] = {}
 
-    def _fetch(self, uri: str, path: Path) -> bytes:
-        if path.exists():
+    def _fetch(self, uri: str, path: Path, *, cached: bool = True) -> bytes:
+        if cached and path.exists():
             return path.read_bytes()
         bucket, key = parse_s3_uri(uri)
         data: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -177,6 +177,9 @@ class ModelCache:
         started = time.perf_counter()
         folder = self.cache_dir / version.model / f"v{version.version}"
         onnx_bytes = self._fetch(version.model_uri, folder / "model.onnx")
+        if hashlib.sha256(onnx_bytes).hexdigest() != version.onnx_sha256:
+            # a stale or torn file in /tmp: fetch once more before calling the artefact corrupt
+            onnx_bytes = self._fetch(version.model_uri, folder / "model.onnx", cached=False)
         if hashlib.sha256(onnx_bytes).hexdigest() != version.onnx_sha256:
             (folder / "model.onnx").unlink(missing_ok=True)
             raise IntegrityError(f"{version.model_uri} does not match the sha256 recorded for v{version.version}")

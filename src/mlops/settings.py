@@ -14,6 +14,9 @@ REGISTRY_TABLE = "REGISTRY_TABLE"
 IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
 NOTIFICATIONS_TOPIC_ARN = "NOTIFICATIONS_TOPIC_ARN"
 TRAINING_STATE_MACHINE_ARN = "TRAINING_STATE_MACHINE_ARN"
+CAPTURE_STREAM = "CAPTURE_STREAM"
+# JSON object: model name -> the name (or ARN) of that model's infer function
+INFER_FUNCTIONS = "INFER_FUNCTIONS"
 
 
 def require(name: str) -> str:
@@ -50,6 +53,13 @@ class Resources:
     @property
     def training_state_machine_arn(self) -> str:
         return require(TRAINING_STATE_MACHINE_ARN)
+
+    @property
+    def infer_functions(self) -> dict[str, str]:
+        import json
+
+        value: dict[str, str] = json.loads(os.environ.get(INFER_FUNCTIONS) or "{}")
+        return value
 
 
 resources = Resources()

@@ -12,38 +12,20 @@ from typing import Any
 import pytest
 
 from mlops import aws
-from mlops.local.cloud import function_zip
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
-from mlops.platform import FunctionSpec
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-INFER = FunctionSpec("infer", "serves a model", (), memory_mb=1024, timeout_s=30)
 
 
 @pytest.fixture(scope="module")
 def served(config_file: Path, breast_cancer_csv: bytes) -> Iterator[tuple[EmbeddedCloud, Any]]:
+    """breast-cancer trained by the real pipeline, and deployed by register behind the `live` alias."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLOPS_CONFIG", str(config_file))
         with embedded_cloud(config_file) as cloud:
             cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
             [execution] = cloud.wait_for_executions(1)
             assert execution["status"] == "SUCCEEDED"
-            s3 = cloud.client("s3")
-            s3.create_bucket(Bucket="mlops-captures")
-            firehose = cloud.client("firehose")
-            firehose.create_delivery_stream(
-                DeliveryStreamName="mlops-captures",
-                ExtendedS3DestinationConfiguration={"RoleARN": "arn:aws:iam::123456789012:role/firehose",
-                                                    "BucketARN": "arn:aws:s3:::mlops-captures", "Prefix": "captures/"})
-            role = cloud.client("iam").get_role(RoleName="mlops-local-lambda")["Role"]["Arn"]
-            cloud.client("lambda").create_function(
-                FunctionName="mlops-infer-breast-cancer", Runtime="python3.12", Role=role, Handler="handler.handler",
-                Code={"ZipFile": function_zip(INFER, config_file)}, Timeout=30, MemorySize=1024,
-                Environment={"Variables": {
-                    "MODEL_NAME": "breast-cancer", "MODEL_VERSION": "1", "MAX_BATCH": "5",
-                    "REGISTRY_TABLE": cloud.deployment.names["registry"], "CAPTURE_STREAM": "mlops-captures",
-                    "POWERTOOLS_SERVICE_NAME": "infer", "MODEL_CACHE_DIR": str(cloud.runtime.workdir / "models"),
-                }})
             yield cloud, cloud.client("lambda")
 
 
@@ -52,7 +34,7 @@ def _call(lam: Any, method: str, path: str, body: Any = None, raw: str | None = 
     event["httpMethod"] = event["requestContext"]["httpMethod"] = method
     event["path"] = path
     event["body"] = raw if raw is not None else (json.dumps(body) if body is not None else None)
-    response = lam.invoke(FunctionName="mlops-infer-breast-cancer", Payload=json.dumps(event).encode())
+    response = lam.invoke(FunctionName="mlops-infer-breast-cancer:live", Payload=json.dumps(event).encode())
     payload = json.loads(response["Payload"].read())
     assert "FunctionError" not in response, payload
     return payload["statusCode"], json.loads(payload["body"])
@@ -103,9 +85,9 @@ def test_predictions_and_feedback_are_captured_and_joinable(served: Any) -> None
     cloud, lam = served
     _, answer = _call(lam, "POST", "/models/breast-cancer/predict", {"features": _row(cloud)})
     _call(lam, "POST", "/models/breast-cancer/feedback", {"request_id": answer["request_id"], "label": "1"})
-    s3 = aws.client("s3")
-    lines = [json.loads(line) for obj in s3.list_objects_v2(Bucket="mlops-captures")["Contents"]
-             for line in s3.get_object(Bucket="mlops-captures", Key=obj["Key"])["Body"].read().decode().splitlines()]
+    s3, bucket = aws.client("s3"), cloud.deployment.names["captures"]
+    lines = [json.loads(line) for obj in s3.list_objects_v2(Bucket=bucket, Prefix="captures/")["Contents"]
+             for line in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode().splitlines()]
     by_id = {}
     for record in lines:
         by_id.setdefault(record["request_id"], {})[record["type"]] = record
@@ -126,7 +108,7 @@ BAD = [
     ("NaN", None, '{"features": {"mean radius": NaN}}', 422, "features.mean radius"),
     ("infinity", None, "INF", 422, "features.mean radius"),
     ("negative for a non-negative feature", "set:mean radius=-1", None, 422, "features.mean radius"),
-    ("batch too large", "batch:6", None, 413, "instances"),
+    ("batch too large", "batch:101", None, 413, "instances"),
     ("empty batch", {"instances": []}, None, 422, "instances"),
 ]
 
@@ -166,19 +148,24 @@ def test_unknown_model_is_404(served: Any) -> None:
     assert "nope" in body["message"]
 
 
-def test_no_model_deployed_yet_is_503(served: Any, config_file: Path) -> None:
-    cloud, lam = served
-    role = cloud.client("iam").get_role(RoleName="mlops-local-lambda")["Role"]["Arn"]
-    lam.create_function(
-        FunctionName="mlops-infer-wine", Runtime="python3.12", Role=role, Handler="handler.handler",
-        Code={"ZipFile": function_zip(INFER, config_file)},
-        Environment={"Variables": {"MODEL_NAME": "wine", "REGISTRY_TABLE": cloud.deployment.names["registry"]}})
+def test_no_model_deployed_yet_is_503(served: Any) -> None:
+    _, lam = served
     event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
     event["path"], event["body"] = "/models/wine/predict", json.dumps({"features": {"alcohol": 13.0}})
     payload = json.loads(lam.invoke(FunctionName="mlops-infer-wine", Payload=json.dumps(event).encode())["Payload"]
                          .read())
     assert payload["statusCode"] == 503
     assert "no version of 'wine' is deployed yet" in json.loads(payload["body"])["message"]
+
+
+def test_register_deployed_the_champion_at_full_weight(served: Any) -> None:
+    cloud, lam = served
+    alias = lam.get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    [v1] = cloud.registry.versions("breast-cancer")
+    assert alias["FunctionVersion"] == v1.lambda_version
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+    config = lam.get_function_configuration(FunctionName="mlops-infer-breast-cancer", Qualifier=v1.lambda_version)
+    assert config["Environment"]["Variables"]["MODEL_VERSION"] == "1"
 
 
 def test_the_serving_path_imports_neither_sklearn_nor_pandas(tmp_path: Path) -> None:

@@ -95,3 +95,21 @@ def test_s3_notifications_reach_the_handler() -> None:
         s3.put_object(Bucket="bucket-a", Key="a b.csv", Body=b"x")
         assert [i.event["Records"][0]["s3"]["object"]["key"] for i in runtime.invocations] == ["a+b.csv"]
     aws.client.cache_clear()
+
+
+def test_weighted_alias_splits_traffic_by_its_weights(lam: Any) -> None:
+    import math
+
+    from mlops.deploy import ServingDeployer
+
+    deployer = ServingDeployer(lam)
+    v1 = lam.publish_version(FunctionName="echo")["Version"]
+    lam.update_function_configuration(FunctionName="echo", Environment={"Variables": {"COLOUR": "green"}})
+    v2 = lam.publish_version(FunctionName="echo")["Version"]
+    deployer.route("echo", v1, v2, 0.3)
+    n = 2000
+    greens = sum(_invoke(lam, "echo:live", {})[0]["colour"] == "green" for _ in range(n))
+    tolerance = 4 * math.sqrt(0.3 * 0.7 / n)  # 4 standard errors: a false failure about once in 16,000 runs
+    assert abs(greens / n - 0.3) < tolerance
+    deployer.route("echo", v2)  # promotion: one alias update, all traffic to the new version
+    assert all(_invoke(lam, "echo:live", {})[0]["colour"] == "green" for _ in range(50))

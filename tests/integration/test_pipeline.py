@@ -92,6 +92,11 @@ def test_second_better_or_equal_dataset_becomes_challenger(cloud: Cloud, breast_
     assert all(e["status"] == "SUCCEEDED" for e in executions)
     aliases = {v.version: v.aliases for v in cloud.registry.versions("breast-cancer")}
     assert aliases == {1: ("champion",), 2: ("challenger",)}
+    # deployed as the canary next to the champion: the live alias carries the configured weight
+    versions = {v.version: v for v in cloud.registry.versions("breast-cancer")}
+    alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    assert alias["FunctionVersion"] == versions[1].lambda_version
+    assert alias["RoutingConfig"]["AdditionalVersionWeights"] == {versions[2].lambda_version: 0.1}
     champion_eval = _manifest(cloud, "breast-cancer", 2)["champion_at_evaluation"]
     assert champion_eval["version"] == 1
     assert champion_eval["metrics"]["accuracy"] > 0.9

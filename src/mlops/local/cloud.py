@@ -38,6 +38,7 @@ class Deployment:
     topic_arn: str = ""
     state_machine_arn: str = ""
     function_arns: dict[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ()
 
     @property
     def data_bucket(self) -> str:
@@ -55,7 +56,12 @@ class Deployment:
             settings.IDEMPOTENCY_TABLE: self.names["idempotency"],
             settings.NOTIFICATIONS_TOPIC_ARN: self.topic_arn,
             settings.TRAINING_STATE_MACHINE_ARN: self.state_machine_arn,
+            settings.CAPTURE_STREAM: self.names["captures"],
+            settings.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
         }[variable]
+
+    def infer_function(self, model: str) -> str:
+        return platform.infer_function_name(self.project, model)
 
     def function_env(self, spec: platform.FunctionSpec) -> dict[str, str]:
         return {
@@ -76,7 +82,8 @@ def training_definition(deployment: Deployment) -> str:
 
 def provision(client: Callable[[str], Any], *, config_file: Path, region: str = "us-east-1") -> Deployment:
     config = load_config(config_file)
-    deployment = Deployment(config.project, region, platform.resource_names(config.project))
+    deployment = Deployment(config.project, region, platform.resource_names(config.project),
+                            models=tuple(m.name for m in config.models))
     s3, ddb = client("s3"), client("dynamodb")
     for bucket in platform.BUCKETS:
         s3.create_bucket(Bucket=deployment.names[bucket])
@@ -105,6 +112,21 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
             Environment={"Variables": deployment.function_env(spec)},
         )
         deployment.function_arns[spec.name] = created["FunctionArn"]
+    client("firehose").create_delivery_stream(
+        DeliveryStreamName=deployment.names["captures"], DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "RoleARN": role, "BucketARN": f"arn:aws:s3:::{deployment.names['captures']}", "Prefix": "captures/",
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+        },
+    )
+    for model in deployment.models:
+        lam.create_function(
+            FunctionName=deployment.infer_function(model), Runtime="python3.12", Role=role,
+            Handler="handler.handler", Code={"ZipFile": function_zip(platform.INFER, config_file)},
+            Description=platform.INFER.description, Timeout=platform.INFER.timeout_s,
+            MemorySize=platform.INFER.memory_mb,
+            Environment={"Variables": {**deployment.function_env(platform.INFER), "MODEL_NAME": model}},
+        )
     sm = client("stepfunctions").create_state_machine(
         name=deployment.names["training"], definition=training_definition(deployment), roleArn=role)
     assert sm["stateMachineArn"] == deployment.state_machine_arn

@@ -9,6 +9,10 @@ Lambda) and every invocation runs with that version's own environment variables.
 Handlers run in this process, so ``os.environ`` is swapped for the duration of a call under a re-entrant
 lock: one invocation at a time, nested ones (an S3 write inside a handler triggering another function)
 allowed. Log output of handlers goes to stderr, never to stdout.
+
+moto stores an alias's routing weights but always invokes its main version; the runtime also replaces
+``LambdaBackend.invoke`` so that an invocation of a weighted alias picks its version by those weights,
+as Lambda does (this is the A/B split of the ``live`` alias).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import importlib.util
 import io
 import json
 import os
+import random
 import re
 import sys
 import tempfile
@@ -33,9 +38,10 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote_plus
 
-from moto.awslambda.models import LambdaFunction
+from moto.awslambda.models import LambdaBackend, LambdaFunction
 
 _ORIGINAL = LambdaFunction._invoke_lambda
+_ORIGINAL_BACKEND_INVOKE = LambdaBackend.invoke
 
 
 @dataclass
@@ -74,6 +80,17 @@ class _Environment:
     root: Path
     module: ModuleType
     handler: Callable[[Any, Any], Any]
+
+
+def _split_qualifier(function_name: str, qualifier: str | None) -> tuple[str, str | None]:
+    """``name``, ``name:qualifier`` or a full ARN (with or without qualifier) -> (name, qualifier)."""
+    if function_name.startswith("arn:"):
+        parts = function_name.split(":")
+        return parts[6], (parts[7] if len(parts) > 7 else qualifier)
+    if ":" in function_name:
+        name, _, qual = function_name.partition(":")
+        return name, qual
+    return function_name, qualifier
 
 
 def complete_s3_event(event: Any) -> Any:
@@ -119,6 +136,7 @@ class InProcessRuntime:
         self._lock = threading.RLock()
         self.invocations: list[Invocation] = []
         self.listeners: list[Callable[[Invocation], None]] = []
+        self.rng = random.Random()  # noqa: S311 - traffic splitting, not cryptography
 
     # -- install -------------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -127,10 +145,35 @@ class InProcessRuntime:
         def _invoke_lambda(fn: LambdaFunction, event: str | None = None) -> tuple[str, bool, str]:
             return runtime.invoke(fn, event)
 
+        def _backend_invoke(backend: LambdaBackend, function_name: str, qualifier: str | None, body: Any,
+                            headers: Any, response_headers: Any) -> str | bytes | None:
+            name, qualifier = _split_qualifier(function_name, qualifier)
+            chosen = runtime.route(backend, name, qualifier)
+            return _ORIGINAL_BACKEND_INVOKE(backend, name, chosen, body, headers, response_headers)
+
         LambdaFunction._invoke_lambda = _invoke_lambda  # type: ignore[method-assign,assignment]
+        LambdaBackend.invoke = _backend_invoke  # type: ignore[method-assign,assignment]
+
+    def route(self, backend: LambdaBackend, name: str, qualifier: str | None) -> str | None:
+        """The version a weighted alias sends this invocation to; other qualifiers pass through."""
+        if not qualifier or qualifier == "$LATEST" or qualifier.isdigit():
+            return qualifier
+        try:
+            alias = backend.get_alias(qualifier, name)
+        except Exception:  # not an alias: let moto answer as it would
+            return qualifier
+        routing: Any = alias.routing_config or {}
+        weights: dict[str, Any] = routing.get("AdditionalVersionWeights") or {}
+        draw = self.rng.random()
+        for version, weight in weights.items():
+            if draw < float(weight):
+                return str(version)
+            draw -= float(weight)
+        return str(alias.function_version)
 
     def uninstall(self) -> None:
         LambdaFunction._invoke_lambda = _ORIGINAL  # type: ignore[method-assign]
+        LambdaBackend.invoke = _ORIGINAL_BACKEND_INVOKE  # type: ignore[method-assign]
         if self._tmp:
             self._tmp.cleanup()
 

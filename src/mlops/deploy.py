@@ -1,0 +1,81 @@
+"""Deploying model versions behind a model's infer function.
+
+Each model version runs as its own published version of the model's infer function, pinned through its
+environment (``MODEL_VERSION``); the ``live`` alias routes between at most two of them (champion 1-w,
+challenger w). The alias belongs to the platform, not to CloudFormation: register and rollout move it at
+run time, and a rollback is one alias update.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mlops.errors import TransientError
+
+LIVE_ALIAS = "live"
+
+
+@dataclass(frozen=True)
+class Split:
+    """What the live alias does now: lambda versions and their traffic shares."""
+
+    champion: str | None
+    challenger: str | None
+    challenger_weight: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"champion_lambda_version": self.champion, "challenger_lambda_version": self.challenger,
+                "weights": {"champion": round(1 - self.challenger_weight, 6) if self.champion else 0.0,
+                            "challenger": round(self.challenger_weight, 6)}}
+
+
+class ServingDeployer:
+    def __init__(self, lambda_client: Any) -> None:
+        self.lam = lambda_client
+
+    def _wait_updated(self, function: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.lam.get_function_configuration(FunctionName=function).get("LastUpdateStatus", "Successful")
+            if status == "Successful":
+                return
+            if status == "Failed":
+                raise RuntimeError(f"updating {function} failed; see its LastUpdateStatusReason")
+            if time.monotonic() > deadline:
+                raise TransientError(f"{function} is still updating after {timeout:.0f}s")
+            time.sleep(1)
+
+    def publish(self, function: str, model_version: int) -> str:
+        """A new function version whose environment pins ``model_version``; returns its version number."""
+        self._wait_updated(function)
+        env = self.lam.get_function_configuration(FunctionName=function).get("Environment", {}).get("Variables", {})
+        self.lam.update_function_configuration(
+            FunctionName=function, Environment={"Variables": {**env, "MODEL_VERSION": str(model_version)}})
+        self._wait_updated(function)
+        published = self.lam.publish_version(FunctionName=function, Description=f"model version {model_version}")
+        return str(published["Version"])
+
+    def split(self, function: str) -> Split:
+        try:
+            alias = self.lam.get_alias(FunctionName=function, Name=LIVE_ALIAS)
+        except self.lam.exceptions.ResourceNotFoundException:
+            return Split(None, None, 0.0)
+        weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+        if weights:
+            [(challenger, weight)] = weights.items()
+            return Split(alias["FunctionVersion"], challenger, float(weight))
+        return Split(alias["FunctionVersion"], None, 0.0)
+
+    def route(self, function: str, champion: str, challenger: str | None = None, weight: float = 0.0) -> Split:
+        """Point ``live`` at the champion, with ``weight`` of the traffic to the challenger if given."""
+        routing = {"AdditionalVersionWeights": {challenger: weight}} if challenger and weight > 0 else {
+            "AdditionalVersionWeights": {}}
+        try:
+            self.lam.update_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
+                                  RoutingConfig=routing)
+        except self.lam.exceptions.ResourceNotFoundException:
+            self.lam.create_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
+                                  RoutingConfig=routing)
+        return self.split(function)
