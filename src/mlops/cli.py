@@ -86,6 +86,61 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 1 if failed and len(failed) == len(rows) else 0
 
 
+def _lifecycle(args: argparse.Namespace) -> Any:
+    """Against AWS, or the local cloud when AWS_ENDPOINT_URL points at it; names follow mlops.platform."""
+    from mlops import aws, platform
+    from mlops.config import load_config
+    from mlops.deploy import ServingDeployer
+    from mlops.lifecycle import Lifecycle
+    from mlops.registry import Registry
+
+    config = load_config(args.config) if args.config else load_config()
+    config.model(args.name)
+    table = os.environ.get("REGISTRY_TABLE") or platform.resource_names(config.project)["registry"]
+    return Lifecycle(registry=Registry(aws.client("dynamodb"), table),
+                     deployer=ServingDeployer(aws.client("lambda")),
+                     function=platform.infer_function_name(config.project, args.name))
+
+
+def _who() -> str:
+    from mlops import aws
+
+    try:
+        return str(aws.client("sts").get_caller_identity()["Arn"])
+    except Exception:  # no credentials to ask with: fall back to the local user name
+        return os.environ.get("USER", "unknown")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    lifecycle = _lifecycle(args)
+    if args.action in ("promote", "rollback"):
+        result = getattr(lifecycle, args.action)(args.name, who=_who(), why=args.reason)
+        print(json.dumps(result, indent=2) if args.json else
+              f"{args.name}: {args.action} done; champion is now v{result['champion']} at 100%")
+        return 0
+    status = lifecycle.status(args.name)
+    if args.action == "show":
+        wanted = [v for v in status["versions"] if args.version is None or v["version"] == args.version]
+        if not wanted:
+            raise MlopsError(f"{args.name} has no version {args.version}")
+        status = {**status, "versions": wanted}
+        if args.json:
+            print(json.dumps(status, indent=2, default=str))
+            return 0
+        for v in wanted:
+            print(json.dumps(v, indent=2, default=str))
+        return 0
+    if args.json:
+        print(json.dumps(status["versions"], indent=2, default=str))
+        return 0
+    print(f"{'version':<8} {'status':<11} {'weight':>7}  {'created':<25} metrics")
+    for v in status["versions"]:
+        metrics = v["metrics"].get("metrics", {})
+        shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "r2") if k in metrics)
+        print(f"{v['version']:<8} {v['status']:<11} {v['weight']:>7.2f}  {v['created_at']:<25} {shown}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mlops.config import config_path
     from mlops.demo import main as demo_main
@@ -118,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     offline(experiment)
     experiment.add_argument("--families", help="comma-separated families (default: all that fit the task)")
     experiment.set_defaults(func=_cmd_experiment)
+
+    models = sub.add_parser("models", help="list, show, promote or roll back a model's versions")
+    models.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    models.add_argument("name", help="the model's name (as declared in mlops.toml)")
+    models.add_argument("--version", type=int, help="show: only this version")
+    models.add_argument("--reason", default="manual", help="promote/rollback: why (recorded in the registry)")
+    models.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_cmd_models)
 
     demo = sub.add_parser("demo", help="run the training pipeline on an embedded local cloud with a bundled dataset")
     demo.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")

@@ -17,6 +17,8 @@ and the artefacts it uploaded sit under the run's own prefix where nothing point
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -176,7 +178,75 @@ class Registry:
         item = self._get(model, "META")
         return int(item["latest_version"]["N"]) if item else 0
 
+    def events(self, model: str) -> list[dict[str, Any]]:
+        """The audit trail of alias changes (promotions, rollbacks), oldest first."""
+        return [{"at": i["at"]["S"], "action": i["action"]["S"], "who": i["who"]["S"], "why": i["why"]["S"],
+                 "details": json.loads(i["details"]["S"])} for i in self._query(model, "EVENT#")]
+
     # -- writes ------------------------------------------------------------------------------------------
+    def _event_put(self, model: str, action: str, who: str, why: str, details: dict[str, Any]) -> dict[str, Any]:
+        at = now_iso()
+        return {"Put": {"TableName": self.table, "Item": {
+            **_key(model, f"EVENT#{at}#{uuid.uuid4().hex[:8]}"), "at": {"S": at}, "action": {"S": action},
+            "who": {"S": who}, "why": {"S": why}, "details": {"S": json.dumps(details, default=str)}}}}
+
+    def _delete_alias_if(self, model: str, alias: str, version: int) -> dict[str, Any]:
+        """Remove an alias only if it still points where the caller saw it point."""
+        return {"Delete": {"TableName": self.table, "Key": _key(model, f"ALIAS#{alias}"),
+                           "ConditionExpression": "version = :v",
+                           "ExpressionAttributeValues": {":v": {"N": str(version)}}}}
+
+    def _transact(self, items: list[dict[str, Any]], what: str) -> None:
+        try:
+            self.db.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "TransactionCanceledException":
+                raise RegistryConflict(f"{what}: the aliases changed meanwhile; look again and retry") from exc
+            raise
+
+    def promote(self, model: str, *, champion: int, challenger: int, who: str, why: str) -> None:
+        """The challenger becomes the champion, if the aliases are still what the caller saw."""
+        self._transact([
+            self._delete_alias_if(model, CHALLENGER, challenger),
+            {"Put": {"TableName": self.table, "Item": {**_key(model, f"ALIAS#{CHAMPION}"),
+                                                       "version": {"N": str(challenger)}},
+                     "ConditionExpression": "version = :v",
+                     "ExpressionAttributeValues": {":v": {"N": str(champion)}}}},
+            self._event_put(model, "promote", who, why, {"from": champion, "to": challenger}),
+        ], f"promoting {model} v{challenger}")
+
+    def retire_challenger(self, model: str, *, challenger: int, who: str, why: str, action: str = "rollback") -> None:
+        self._transact([
+            self._delete_alias_if(model, CHALLENGER, challenger),
+            self._event_put(model, action, who, why, {"challenger": challenger}),
+        ], f"rolling back {model} v{challenger}")
+
+    def acquire_lock(self, model: str, owner: str, ttl_seconds: int = 900) -> bool:
+        """One rollout (or manual promote/rollback) at a time per model; an expired lock can be taken over."""
+        now = int(time.time())
+        try:
+            self.db.put_item(
+                TableName=self.table,
+                Item={**_key(model, "LOCK#rollout"), "owner": {"S": owner}, "expires": {"N": str(now + ttl_seconds)}},
+                ConditionExpression="attribute_not_exists(pk) OR expires < :now OR #o = :owner",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":now": {"N": str(now)}, ":owner": {"S": owner}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_lock(self, model: str, owner: str) -> None:
+        try:
+            self.db.delete_item(TableName=self.table, Key=_key(model, "LOCK#rollout"),
+                                ConditionExpression="#o = :owner", ExpressionAttributeNames={"#o": "owner"},
+                                ExpressionAttributeValues={":owner": {"S": owner}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
     def set_lambda_version(self, model: str, version: int, lambda_version: str) -> None:
         self.db.update_item(
             TableName=self.table, Key=_key(model, _version_sk(version)),

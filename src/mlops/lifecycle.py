@@ -1,0 +1,80 @@
+"""Moving traffic between model versions: promote the challenger, roll it back, and say where things stand.
+
+Each change is one alias update (the traffic) plus one registry transaction (the record, with who and
+why), under the model's rollout lock so that a running rollout and a person cannot both move the alias.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from mlops.deploy import ServingDeployer
+from mlops.errors import MlopsError
+from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
+
+
+class RolloutInProgress(MlopsError):
+    """Another rollout or manual change holds the model's lock."""
+
+
+class NothingToDo(MlopsError):
+    """The requested change does not apply (e.g. no challenger to promote)."""
+
+
+def _deployed(version: ModelVersion | None, role: str, model: str) -> ModelVersion:
+    if version is None:
+        raise NothingToDo(f"{model} has no {role}")
+    if version.lambda_version is None:
+        raise NothingToDo(f"{model} v{version.version} ({role}) was never deployed to its infer function")
+    return version
+
+
+class Lifecycle:
+    def __init__(self, *, registry: Registry, deployer: ServingDeployer, function: str) -> None:
+        self.registry = registry
+        self.deployer = deployer
+        self.function = function
+
+    def _locked(self, model: str) -> str:
+        owner = f"manual-{uuid.uuid4().hex[:12]}"
+        if not self.registry.acquire_lock(model, owner):
+            raise RolloutInProgress(f"a rollout of {model} is in progress; wait for it or let it decide")
+        return owner
+
+    def promote(self, model: str, *, who: str, why: str) -> dict[str, Any]:
+        owner = self._locked(model)
+        try:
+            champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
+            challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)
+            assert challenger.lambda_version is not None
+            self.deployer.route(self.function, challenger.lambda_version)
+            self.registry.promote(model, champion=champion.version, challenger=challenger.version, who=who, why=why)
+        finally:
+            self.registry.release_lock(model, owner)
+        return {"model": model, "action": "promote", "champion": challenger.version,
+                "previous_champion": champion.version, "who": who, "why": why}
+
+    def rollback(self, model: str, *, who: str, why: str) -> dict[str, Any]:
+        owner = self._locked(model)
+        try:
+            champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
+            challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)
+            assert champion.lambda_version is not None
+            self.deployer.route(self.function, champion.lambda_version)
+            self.registry.retire_challenger(model, challenger=challenger.version, who=who, why=why)
+        finally:
+            self.registry.release_lock(model, owner)
+        return {"model": model, "action": "rollback", "champion": champion.version,
+                "rolled_back": challenger.version, "who": who, "why": why}
+
+    def status(self, model: str) -> dict[str, Any]:
+        split = self.deployer.split(self.function)
+        weights = {split.champion: 1 - split.challenger_weight, split.challenger: split.challenger_weight}
+        versions = []
+        for v in self.registry.versions(model):
+            status = v.aliases[0] if v.aliases else "retired"
+            weight = weights.get(v.lambda_version, 0.0) if v.lambda_version else 0.0
+            versions.append({**v.to_dict(), "status": status, "weight": round(weight, 6)})
+        return {"model": model, "split": split.to_dict(), "versions": versions,
+                "events": self.registry.events(model)}

@@ -1,0 +1,146 @@
+"""promote / rollback / the rollout lock on moto, and `mlops models` as a user runs it against a moto
+server through AWS_ENDPOINT_URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops import aws
+from mlops.config import load_config
+from mlops.deploy import ServingDeployer
+from mlops.lifecycle import Lifecycle, NothingToDo, RolloutInProgress
+from mlops.local.cloud import provision
+from mlops.local.embedded import EmbeddedCloud
+from mlops.pipeline import deploy
+from mlops.registry import CHALLENGER, CHAMPION, Registry
+
+FUNCTION = "mlops-infer-breast-cancer"
+
+
+def _register_two(registry: Registry, config_file: Path) -> None:
+    """Two versions deployed as the pipeline's register step does (champion, then a canary)."""
+    model_cfg = load_config(config_file).model("breast-cancer")
+    deployer = ServingDeployer(aws.client("lambda"))
+    for run, alias in (("run-1", CHAMPION), ("run-2", CHALLENGER)):
+        version = registry.register(model="breast-cancer", run_id=run, artefacts_prefix=f"s3://m/{run}/",
+                                    onnx_sha256="0" * 64, dataset_sha256=run * 8,
+                                    metrics={"metrics": {"accuracy": 0.95}}, alias=alias)
+        deploy(version, model_cfg, registry=registry, deployer=deployer, function=FUNCTION)
+
+
+@pytest.fixture
+def two_versions(cloud: EmbeddedCloud, config_file: Path) -> Lifecycle:
+    _register_two(cloud.registry, config_file)
+    return Lifecycle(registry=cloud.registry, deployer=ServingDeployer(aws.client("lambda")), function=FUNCTION)
+
+
+def _alias(cloud: EmbeddedCloud) -> dict[str, Any]:
+    alias: dict[str, Any] = cloud.client("lambda").get_alias(FunctionName=FUNCTION, Name="live")
+    return alias
+
+
+def test_status_shows_each_version_with_its_weight(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
+    status = two_versions.status("breast-cancer")
+    assert [(v["version"], v["status"], v["weight"]) for v in status["versions"]] == [
+        (1, "champion", 0.9), (2, "challenger", 0.1)]
+
+
+def test_promote_moves_all_traffic_and_records_who_and_why(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
+    result = two_versions.promote("breast-cancer", who="alice", why="better recall")
+    assert (result["champion"], result["previous_champion"]) == (2, 1)
+    v2 = cloud.registry.version("breast-cancer", 2)
+    assert v2 is not None
+    assert _alias(cloud)["FunctionVersion"] == v2.lambda_version
+    assert not (_alias(cloud).get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+    assert cloud.registry.aliases("breast-cancer") == {CHAMPION: 2}
+    [event] = cloud.registry.events("breast-cancer")
+    assert (event["action"], event["who"], event["why"]) == ("promote", "alice", "better recall")
+    with pytest.raises(NothingToDo, match="no challenger"):
+        two_versions.promote("breast-cancer", who="alice", why="again")
+
+
+def test_rollback_returns_traffic_to_the_champion(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
+    two_versions.rollback("breast-cancer", who="bob", why="p95 too high")
+    v1 = cloud.registry.version("breast-cancer", 1)
+    assert v1 is not None
+    assert _alias(cloud)["FunctionVersion"] == v1.lambda_version
+    assert cloud.registry.aliases("breast-cancer") == {CHAMPION: 1}
+    assert cloud.registry.events("breast-cancer")[0]["action"] == "rollback"
+
+
+def test_a_running_rollout_blocks_manual_changes(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
+    assert cloud.registry.acquire_lock("breast-cancer", "rollout-execution-1")
+    with pytest.raises(RolloutInProgress):
+        two_versions.rollback("breast-cancer", who="bob", why="now")
+    assert cloud.registry.aliases("breast-cancer") == {CHAMPION: 1, CHALLENGER: 2}  # nothing moved
+    cloud.registry.release_lock("breast-cancer", "rollout-execution-1")
+    two_versions.rollback("breast-cancer", who="bob", why="now")
+
+
+def test_concurrent_promote_and_rollback_have_one_winner(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
+    # A rollback based on a stale view (the challenger was promoted meanwhile) must not apply.
+    two_versions.promote("breast-cancer", who="alice", why="won")
+    from mlops.errors import RegistryConflict
+
+    with pytest.raises(RegistryConflict):
+        cloud.registry.retire_challenger("breast-cancer", challenger=2, who="bob", why="stale view")
+    assert cloud.registry.aliases("breast-cancer") == {CHAMPION: 2}
+
+
+@pytest.fixture
+def moto_server(config_file: Path) -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    aws.client.cache_clear()
+    try:
+        deployment = provision(aws.client, config_file=config_file)
+        _register_two(Registry(aws.client("dynamodb"), deployment.names["registry"]), config_file)
+        yield endpoint
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+        aws.client.cache_clear()
+
+
+def _cli(endpoint: str, config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "MLOPS_CONFIG": str(config_file)}
+    return subprocess.run([sys.executable, "-m", "mlops.cli", "models", *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+
+
+def test_models_cli_lists_and_promotes_through_the_endpoint(moto_server: str, config_file: Path) -> None:
+    listed = _cli(moto_server, config_file, "list", "breast-cancer", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["version"], r["status"], r["weight"]) for r in rows] == [(1, "champion", 0.9), (2, "challenger", 0.1)]
+    assert rows[0]["metrics"]["metrics"]["accuracy"] == 0.95
+
+    promoted = _cli(moto_server, config_file, "promote", "breast-cancer", "--reason", "canary looks good")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "champion is now v2" in promoted.stdout
+    shown = json.loads(_cli(moto_server, config_file, "show", "breast-cancer", "--json").stdout)
+    assert [(v["version"], v["status"], v["weight"]) for v in shown["versions"]] == [
+        (1, "retired", 0.0), (2, "champion", 1.0)]
+    assert shown["events"][0]["why"] == "canary looks good"
+
+    nothing = _cli(moto_server, config_file, "rollback", "breast-cancer")
+    assert nothing.returncode == 2
+    assert "has no challenger" in nothing.stderr
+    assert "Traceback" not in nothing.stderr
