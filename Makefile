@@ -23,6 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy infra
 	# each handler is a module named `handler`: checked one at a time so their names do not collide
 	for f in functions/*/handler.py; do $(BIN)/mypy $$f || exit 1; done
 

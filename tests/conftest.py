@@ -43,6 +43,18 @@ thresholds = { accuracy = 0.9 }
 primary_metric = "accuracy"
 
 [[model]]
+name = "canary"
+target = "target"
+task = "binary"
+test_size = 0.25
+thresholds = { accuracy = 0.9 }
+primary_metric = "accuracy"
+champion_margin = 0.05
+canary_weight = 0.5
+rollout_mde = 0.2
+rollout_interval_seconds = 1
+
+[[model]]
 name = "strict"
 target = "target"
 task = "binary"

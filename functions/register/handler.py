@@ -13,6 +13,7 @@ from mlops.deploy import ServingDeployer
 from mlops.observability import instrumented, powertools
 from mlops.pipeline import PipelineInput, register_step
 from mlops.registry import Registry
+from mlops.rollout import start_rollout
 from mlops.settings import resources
 from mlops.storage import ObjectStore
 
@@ -28,11 +29,19 @@ class RegisterInput(PipelineInput):
 @instrumented(logger, tracer, metrics, step=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     state = RegisterInput.model_validate(event)
+    rollout_arn = resources.rollout_state_machine_arn
+
+    def rollout(champion: int, challenger: int) -> str:
+        assert rollout_arn is not None
+        return start_rollout(aws.client("stepfunctions"), rollout_arn, model=state.model, champion=champion,
+                             challenger=challenger)
+
     result = register_step(state, state.train, state.evaluation, config=load_config(),
                            models=ObjectStore(aws.client("s3"), resources.models_bucket),
                            registry=Registry(aws.client("dynamodb"), resources.registry_table),
                            execution_arn=state.execution_arn, deployer=ServingDeployer(aws.client("lambda")),
-                           infer_function=resources.infer_functions.get(state.model))
+                           infer_function=resources.infer_functions.get(state.model),
+                           start_rollout=rollout if rollout_arn else None)
     metrics.add_metric(name="ModelsRegistered", unit=MetricUnit.Count, value=1)
     logger.info("registered", extra={"model": state.model, "registration": result})
     return result

@@ -141,6 +141,27 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ab_plan(args: argparse.Namespace) -> int:
+    from mlops.abtest import plan_two_proportions, ratio_from_weight, sequential_inflation
+
+    try:
+        plan = plan_two_proportions(args.baseline, args.mde, alpha=args.alpha, power=args.power,
+                                    ratio=ratio_from_weight(args.weight) if args.weight else 1.0)
+    except ValueError as exc:
+        raise MlopsError(str(exc)) from exc
+    inflation = sequential_inflation(plan)
+    result = {**plan.to_dict(), "sequential_inflation": inflation,
+              "max_samples_per_arm": int(inflation * min(plan.n_control, plan.n_treatment) + 0.999999)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"n per arm (fixed horizon): {plan.n_per_arm} control, {plan.n_treatment} challenger "
+          f"(baseline {args.baseline}, mde {args.mde:+}, alpha {args.alpha}, power {args.power})")
+    print(f"sequential test horizon:   up to {result['max_samples_per_arm']} per arm (x{inflation:.2f}); "
+          "it usually stops much earlier")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mlops.config import config_path
     from mlops.demo import main as demo_main
@@ -182,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_cmd_models)
+
+    ab = sub.add_parser("ab", help="A/B test planning").add_subparsers(dest="ab_command", required=True)
+    plan = ab.add_parser("plan", help="sample size per arm for a two-proportion test")
+    plan.add_argument("--baseline", type=float, required=True, help="the champion's rate, e.g. 0.80 accuracy")
+    plan.add_argument("--mde", type=float, required=True, help="minimum detectable effect, e.g. 0.02")
+    plan.add_argument("--alpha", type=float, default=0.05)
+    plan.add_argument("--power", type=float, default=0.8)
+    plan.add_argument("--weight", type=float, help="challenger traffic share (default: equal arms)")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=_cmd_ab_plan)
 
     demo = sub.add_parser("demo", help="run the training pipeline on an embedded local cloud with a bundled dataset")
     demo.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")

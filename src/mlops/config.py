@@ -51,6 +51,13 @@ class ModelConfig(BaseModel):
     primary_metric: str = "accuracy"
     champion_margin: float = Field(default=0.01, ge=0.0)
     canary_weight: float = Field(default=0.1, gt=0.0, lt=1.0)
+    # the canary's sequential test on feedback accuracy: smallest change worth detecting, error rates,
+    # how often to look, and when to give up (keep the champion)
+    rollout_mde: float = Field(default=0.05, gt=0.0, lt=1.0)
+    rollout_alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    rollout_power: float = Field(default=0.8, gt=0.5, lt=1.0)
+    rollout_interval_seconds: int = Field(default=300, ge=1)
+    rollout_max_hours: float = Field(default=72.0, gt=0.0)
     # a declared data contract (see mlops.contract.DataContract); inferred from the first file when absent
     contract: dict[str, Any] | None = None
     # files larger than this are rejected whole by ingest (one Lambda holds the file in memory)

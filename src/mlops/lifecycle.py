@@ -36,14 +36,14 @@ class Lifecycle:
         self.deployer = deployer
         self.function = function
 
-    def _locked(self, model: str) -> str:
-        owner = f"manual-{uuid.uuid4().hex[:12]}"
+    def _locked(self, model: str, owner: str | None) -> str:
+        owner = owner or f"manual-{uuid.uuid4().hex[:12]}"
         if not self.registry.acquire_lock(model, owner):
             raise RolloutInProgress(f"a rollout of {model} is in progress; wait for it or let it decide")
         return owner
 
-    def promote(self, model: str, *, who: str, why: str) -> dict[str, Any]:
-        owner = self._locked(model)
+    def promote(self, model: str, *, who: str, why: str, lock_owner: str | None = None) -> dict[str, Any]:
+        owner = self._locked(model, lock_owner)
         try:
             champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
             challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)
@@ -55,8 +55,8 @@ class Lifecycle:
         return {"model": model, "action": "promote", "champion": challenger.version,
                 "previous_champion": champion.version, "who": who, "why": why}
 
-    def rollback(self, model: str, *, who: str, why: str) -> dict[str, Any]:
-        owner = self._locked(model)
+    def rollback(self, model: str, *, who: str, why: str, lock_owner: str | None = None) -> dict[str, Any]:
+        owner = self._locked(model, lock_owner)
         try:
             champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
             challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -202,7 +203,8 @@ def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectC
 # -- register ------------------------------------------------------------------------------------------------
 def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[str, Any], *,
                   config: ProjectConfig, models: ObjectStore, registry: Registry, execution_arn: str | None,
-                  deployer: ServingDeployer | None = None, infer_function: str | None = None) -> dict[str, Any]:
+                  deployer: ServingDeployer | None = None, infer_function: str | None = None,
+                  start_rollout: Callable[[int, int], str] | None = None) -> dict[str, Any]:
     from mlops.manifest import build_manifest
 
     model_cfg = config.model(inp.model)
@@ -246,10 +248,13 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         metrics={"metrics": evaluation["candidate"]["metrics"], "latency": evaluation["candidate"].get("latency", {})},
         alias=alias,
     )
-    split = None
+    split, rollout = None, None
     if deployer is not None and infer_function:
         version, split = deploy(version, model_cfg, registry=registry, deployer=deployer, function=infer_function)
-    return {**_registered(version), "split": split.to_dict() if split else None}
+        champion = registry.alias(inp.model, CHAMPION)
+        if start_rollout is not None and CHALLENGER in version.aliases and champion is not None:
+            rollout = start_rollout(champion.version, version.version)
+    return {**_registered(version), "split": split.to_dict() if split else None, "rollout": rollout}
 
 
 def deploy(version: ModelVersion, model_cfg: ModelConfig, *, registry: Registry, deployer: ServingDeployer,

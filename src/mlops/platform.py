@@ -12,6 +12,7 @@ from mlops import settings
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = ROOT / "functions"
 TRAINING_ASL = ROOT / "infra" / "training_pipeline.asl.json"
+ROLLOUT_ASL = ROOT / "infra" / "rollout.asl.json"
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,14 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("evaluate", "Measures a candidate and the champion on the same held-out rows",
                  (settings.MODELS_BUCKET, settings.REGISTRY_TABLE), memory_mb=2048, timeout_s=600, image=True),
     FunctionSpec("register", "Records a model version with its lineage and deploys it behind the live alias",
-                 (settings.MODELS_BUCKET, settings.REGISTRY_TABLE, settings.INFER_FUNCTIONS),
-                 memory_mb=1024, timeout_s=120, image=True),
+                 (settings.MODELS_BUCKET, settings.REGISTRY_TABLE, settings.INFER_FUNCTIONS,
+                  settings.ROLLOUT_STATE_MACHINE_ARN), memory_mb=1024, timeout_s=120, image=True),
+    # it imports the pipeline's payload models, which pull the scientific stack: the image, for now
     FunctionSpec("record_outcome", "Records a rejected or failed pipeline run",
-                 (settings.REGISTRY_TABLE,), memory_mb=256, timeout_s=30),
+                 (settings.REGISTRY_TABLE,), memory_mb=512, timeout_s=30, image=True),
+    FunctionSpec("rollout", "Looks at a canary: sequential test on feedback, then promote, roll back or wait",
+                 (settings.REGISTRY_TABLE, settings.CAPTURES_BUCKET, settings.INFER_FUNCTIONS),
+                 memory_mb=512, timeout_s=300),
 )
 
 # One per declared model ("one-click model service"): its versions pin model versions, its `live` alias is
@@ -88,6 +93,8 @@ ASL_SUBSTITUTIONS = {
     "RecordOutcomeFunctionArn": "record_outcome",
 }
 ASL_TOPIC_SUBSTITUTION = "NotificationsTopicArn"
+ROLLOUT_STATE_MACHINE = "rollout"
+ROLLOUT_SUBSTITUTIONS = {"RolloutFunctionArn": "rollout"}
 
 
 def function(name: str) -> FunctionSpec:
@@ -107,4 +114,5 @@ def resource_names(project: str) -> dict[str, str]:
         "notifications": f"{project}-notifications",
         "training": f"{project}-training",
         "captures": f"{project}-captures",
+        "rollout": f"{project}-rollout",
     }

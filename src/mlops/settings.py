@@ -15,6 +15,8 @@ IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
 NOTIFICATIONS_TOPIC_ARN = "NOTIFICATIONS_TOPIC_ARN"
 TRAINING_STATE_MACHINE_ARN = "TRAINING_STATE_MACHINE_ARN"
 CAPTURE_STREAM = "CAPTURE_STREAM"
+CAPTURES_BUCKET = "CAPTURES_BUCKET"
+ROLLOUT_STATE_MACHINE_ARN = "ROLLOUT_STATE_MACHINE_ARN"
 # JSON object: model name -> the name (or ARN) of that model's infer function
 INFER_FUNCTIONS = "INFER_FUNCTIONS"
 
@@ -53,6 +55,14 @@ class Resources:
     @property
     def training_state_machine_arn(self) -> str:
         return require(TRAINING_STATE_MACHINE_ARN)
+
+    @property
+    def captures_bucket(self) -> str:
+        return require(CAPTURES_BUCKET)
+
+    @property
+    def rollout_state_machine_arn(self) -> str | None:
+        return os.environ.get(ROLLOUT_STATE_MACHINE_ARN) or None
 
     @property
     def infer_functions(self) -> dict[str, str]:

@@ -79,3 +79,22 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path: Path, content: bytes
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("mlops train: error: ")
     assert message in line
+
+
+@pytest.mark.parametrize(("baseline", "mde", "alpha", "power"), [(0.8, 0.02, 0.05, 0.8), (0.3, -0.05, 0.01, 0.9)])
+def test_ab_plan_agrees_with_statsmodels(baseline: float, mde: float, alpha: float, power: float) -> None:
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    done = _mlops("ab", "plan", "--baseline", str(baseline), "--mde", str(mde), "--alpha", str(alpha),
+                  "--power", str(power), "--json")
+    assert done.returncode == 0, done.stderr
+    expected = NormalIndPower().solve_power(effect_size=proportion_effectsize(baseline + mde, baseline),
+                                            alpha=alpha, power=power, ratio=1.0, alternative="two-sided")
+    assert abs(json.loads(done.stdout)["n_per_arm"] - expected) / expected < 0.01
+
+
+def test_ab_plan_rejects_impossible_rates() -> None:
+    done = _mlops("ab", "plan", "--baseline", "0.99", "--mde", "0.02")
+    assert done.returncode == 2
+    assert "between 0 and 1" in done.stderr

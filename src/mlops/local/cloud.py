@@ -57,8 +57,14 @@ class Deployment:
             settings.NOTIFICATIONS_TOPIC_ARN: self.topic_arn,
             settings.TRAINING_STATE_MACHINE_ARN: self.state_machine_arn,
             settings.CAPTURE_STREAM: self.names["captures"],
+            settings.CAPTURES_BUCKET: self.names["captures"],
+            settings.ROLLOUT_STATE_MACHINE_ARN: self.rollout_arn,
             settings.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
         }[variable]
+
+    @property
+    def rollout_arn(self) -> str:
+        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names['rollout']}"
 
     def infer_function(self, model: str) -> str:
         return platform.infer_function_name(self.project, model)
@@ -73,11 +79,19 @@ class Deployment:
         }
 
 
-def training_definition(deployment: Deployment) -> str:
-    text = platform.TRAINING_ASL.read_text()
-    for placeholder, function in platform.ASL_SUBSTITUTIONS.items():
+def _definition(path: Path, functions: dict[str, str], deployment: Deployment) -> str:
+    text = path.read_text()
+    for placeholder, function in functions.items():
         text = text.replace(f"${{{placeholder}}}", deployment.function_arns[function])
     return text.replace(f"${{{platform.ASL_TOPIC_SUBSTITUTION}}}", deployment.topic_arn)
+
+
+def training_definition(deployment: Deployment) -> str:
+    return _definition(platform.TRAINING_ASL, platform.ASL_SUBSTITUTIONS, deployment)
+
+
+def rollout_definition(deployment: Deployment) -> str:
+    return _definition(platform.ROLLOUT_ASL, platform.ROLLOUT_SUBSTITUTIONS, deployment)
 
 
 def provision(client: Callable[[str], Any], *, config_file: Path, region: str = "us-east-1") -> Deployment:
@@ -130,6 +144,9 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     sm = client("stepfunctions").create_state_machine(
         name=deployment.names["training"], definition=training_definition(deployment), roleArn=role)
     assert sm["stateMachineArn"] == deployment.state_machine_arn
+    rollout = client("stepfunctions").create_state_machine(
+        name=deployment.names["rollout"], definition=rollout_definition(deployment), roleArn=role)
+    assert rollout["stateMachineArn"] == deployment.rollout_arn
     for bucket in platform.BUCKETS:
         triggers = [t for t in platform.S3_TRIGGERS if t.bucket == bucket]
         if not triggers:

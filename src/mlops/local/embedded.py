@@ -42,16 +42,18 @@ class EmbeddedCloud:
         aws.client("s3").put_object(Bucket=self.deployment.data_bucket, Key=key, Body=body)
         return key
 
-    def executions(self) -> list[dict[str, Any]]:
+    def executions(self, state_machine_arn: str | None = None) -> list[dict[str, Any]]:
         sfn = aws.client("stepfunctions")
-        return list(sfn.list_executions(stateMachineArn=self.deployment.state_machine_arn)["executions"])
+        arn = state_machine_arn or self.deployment.state_machine_arn
+        return list(sfn.list_executions(stateMachineArn=arn)["executions"])
 
-    def wait_for_executions(self, count: int, timeout: float = 180.0) -> list[dict[str, Any]]:
+    def wait_for_executions(self, count: int, timeout: float = 180.0,
+                            state_machine_arn: str | None = None) -> list[dict[str, Any]]:
         """Wait until at least `count` executions exist and none is running; returns their descriptions."""
         sfn = aws.client("stepfunctions")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            executions = self.executions()
+            executions = self.executions(state_machine_arn)
             if len(executions) >= count and all(e["status"] != "RUNNING" for e in executions):
                 return [sfn.describe_execution(executionArn=e["executionArn"]) for e in executions]
             time.sleep(0.2)
@@ -75,6 +77,7 @@ def embedded_cloud(config_file: Path) -> Iterator[EmbeddedCloud]:
             yield cloud
         finally:
             # Executions run on moto's threads: let them end inside this mock, not in the next one.
-            with contextlib.suppress(TimeoutError):
-                cloud.wait_for_executions(0, timeout=120)
+            for arn in (cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn):
+                with contextlib.suppress(TimeoutError):
+                    cloud.wait_for_executions(0, timeout=60, state_machine_arn=arn)
             aws.client.cache_clear()

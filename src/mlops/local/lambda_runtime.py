@@ -6,9 +6,11 @@ method. The deployed zip is extracted once per (function, version, code sha256),
 imported once per such execution environment (module state survives between invocations, as in a warm
 Lambda) and every invocation runs with that version's own environment variables.
 
-Handlers run in this process, so ``os.environ`` is swapped for the duration of a call under a re-entrant
-lock: one invocation at a time, nested ones (an S3 write inside a handler triggering another function)
-allowed. Log output of handlers goes to stderr, never to stdout.
+Handlers run in this process. Each invocation sees its version's environment variables through a
+thread-local overlay on ``os.environ`` (other threads, such as moto's Step Functions engine, keep seeing
+the process's own environment), and runs under a re-entrant lock: one invocation at a time, nested ones
+(an S3 write inside a handler triggering another function) allowed. Log output of handlers goes to
+stderr, never to stdout.
 
 moto stores an alias's routing weights but always invokes its main version; the runtime also replaces
 ``LambdaBackend.invoke`` so that an invocation of a weighted alias picks its version by those weights,
@@ -31,7 +33,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -80,6 +82,74 @@ class _Environment:
     root: Path
     module: ModuleType
     handler: Callable[[Any, Any], Any]
+
+
+_REMOVED = object()
+
+
+class OverlayEnviron(MutableMapping[str, str]):
+    """``os.environ`` with per-thread layers on top: a handler's variables are visible to the thread that
+    runs it (and its nested invocations), never to the process's other threads."""
+
+    def __init__(self, base: MutableMapping[str, str]) -> None:
+        self.base = base
+        self._local = threading.local()
+
+    def _layers(self) -> list[dict[str, Any]]:
+        layers: list[dict[str, Any]] | None = getattr(self._local, "layers", None)
+        if layers is None:
+            layers = self._local.layers = []
+        return layers
+
+    def push(self, layer: dict[str, str]) -> None:
+        self._layers().append(dict(layer))
+
+    def pop_layer(self) -> None:
+        self._layers().pop()
+
+    def __getitem__(self, key: str) -> str:
+        for layer in reversed(self._layers()):
+            if key in layer:
+                value = layer[key]
+                if value is _REMOVED:
+                    raise KeyError(key)
+                return str(value)
+        return self.base[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        layers = self._layers()
+        if layers:
+            layers[-1][key] = value
+        else:
+            self.base[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        layers = self._layers()
+        if not layers:
+            del self.base[key]
+        elif key not in self:
+            raise KeyError(key)
+        else:
+            layers[-1][key] = _REMOVED
+
+    def _keys(self) -> list[str]:
+        keys = dict.fromkeys(self.base)
+        for layer in self._layers():
+            for key, value in layer.items():
+                if value is _REMOVED:
+                    keys.pop(key, None)
+                else:
+                    keys[key] = None
+        return list(keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def copy(self) -> dict[str, str]:
+        return dict(self)
 
 
 def _split_qualifier(function_name: str, qualifier: str | None) -> tuple[str, str | None]:
@@ -153,6 +223,8 @@ class InProcessRuntime:
 
         LambdaFunction._invoke_lambda = _invoke_lambda  # type: ignore[method-assign,assignment]
         LambdaBackend.invoke = _backend_invoke  # type: ignore[method-assign,assignment]
+        if not isinstance(os.environ, OverlayEnviron):
+            os.environ = OverlayEnviron(os.environ)  # type: ignore[assignment]  # noqa: B003 - an overlay, on purpose
 
     def route(self, backend: LambdaBackend, name: str, qualifier: str | None) -> str | None:
         """The version a weighted alias sends this invocation to; other qualifiers pass through."""
@@ -174,6 +246,8 @@ class InProcessRuntime:
     def uninstall(self) -> None:
         LambdaFunction._invoke_lambda = _ORIGINAL  # type: ignore[method-assign]
         LambdaBackend.invoke = _ORIGINAL_BACKEND_INVOKE  # type: ignore[method-assign]
+        if isinstance(os.environ, OverlayEnviron):
+            os.environ = os.environ.base  # type: ignore[assignment]  # noqa: B003
         if self._tmp:
             self._tmp.cleanup()
 
@@ -213,20 +287,20 @@ class InProcessRuntime:
 
     @contextlib.contextmanager
     def _function_env(self, fn: LambdaFunction, root: Path) -> Iterator[None]:
-        saved = dict(os.environ)
-        os.environ.update({
+        layer = {
             "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
             "AWS_LAMBDA_FUNCTION_VERSION": str(fn.version),
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
             "LAMBDA_TASK_ROOT": str(root),
             "_HANDLER": str(fn.handler),
             **{k: str(v) for k, v in (fn.environment_vars or {}).items()},
-        })
+        }
+        assert isinstance(os.environ, OverlayEnviron), "install() the runtime first"
+        os.environ.push(layer)
         try:
             yield
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            os.environ.pop_layer()
 
     # -- invoke --------------------------------------------------------------------------------------------
     def invoke(self, fn: LambdaFunction, event: Any) -> tuple[str, bool, str]:

@@ -1,0 +1,35 @@
+"""rollout: one look at the canary of a model, called by the rollout state machine after every wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mlops import aws
+from mlops.config import load_config
+from mlops.deploy import ServingDeployer
+from mlops.lifecycle import Lifecycle
+from mlops.observability import instrumented, powertools
+from mlops.registry import Registry
+from mlops.rollout import RolloutState, analyze, rollout_name
+from mlops.settings import resources
+from mlops.storage import ObjectStore
+
+logger, tracer, metrics = powertools()
+
+
+@instrumented(logger, tracer, metrics, step=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    state = RolloutState.model_validate(event)
+    registry = Registry(aws.client("dynamodb"), resources.registry_table)
+    lifecycle = Lifecycle(registry=registry, deployer=ServingDeployer(aws.client("lambda")),
+                          function=resources.infer_functions[state.model])
+    result = analyze(state, model_cfg=load_config().model(state.model), registry=registry, lifecycle=lifecycle,
+                     captures=ObjectStore(aws.client("s3"), resources.captures_bucket),
+                     lock_owner=rollout_name(state.model, state.challenger))
+    metrics.add_metric(name=f"Rollout{result['action'].capitalize()}", unit=MetricUnit.Count, value=1)
+    logger.info("rollout look", extra={"model": state.model, "look": result["history"][-1] if result.get("history")
+                                       else None, "action": result["action"]})
+    return result

@@ -1,0 +1,1 @@
+"""One construct per concern: storage (buckets, tables, topic, key), functions, pipeline."""

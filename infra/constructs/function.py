@@ -1,0 +1,200 @@
+"""One function of ``mlops.platform.FUNCTIONS``, deployed the way its spec says: its code (container image or
+zip), its own role (no managed policies: each grant is added by the stack), its log group, X-Ray tracing and,
+for functions invoked asynchronously, a bounded retry policy with an encrypted failure queue."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import (
+    AssetHashType,
+    BundlingOptions,
+    DockerImage,
+    Duration,
+    IgnoreMode,
+    ILocalBundling,
+    RemovalPolicy,
+    Tags,
+)
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from infra.constructs.nag import acknowledge
+from mlops import platform
+from mlops.config import CONFIG_FILE
+
+ROOT = platform.ROOT
+DOCKERFILE = "infra/Dockerfile"
+# The tag that maps a deployed function back to its platform name (tests, console, cost reports).
+FUNCTION_TAG = "mlops:function"
+# What `docker build` needs from the repository, and nothing else (.venv, node_modules, cdk.out stay out of
+# the asset's fingerprint and of the build context).
+IMAGE_CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "src", "functions", DOCKERFILE)
+BUILD_LEFTOVERS = ("**/__pycache__", "**/*.pyc", "**/*.egg-info")
+# Zip functions get boto3 from the runtime and Powertools (with pydantic and the X-Ray SDK) from its public
+# layer; the layer is pinned to the Powertools version the project pins, through the SSM parameter
+# Powertools publishes for each release.
+POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.12/{version}"
+ZIP_RUNTIME = lambda_.Runtime.PYTHON_3_12  # the container image's base is python:3.12 too
+
+
+class Packaging(Construct):
+    """The code of every function: one container image shared by all image functions (one build, one push;
+    each function only changes CMD), and one zip per zip function."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config_file: Path) -> None:
+        super().__init__(scope, construct_id)
+        self.config_file = config_file
+        self._layer: lambda_.ILayerVersion | None = None
+
+    def image(self, spec: platform.FunctionSpec) -> lambda_.DockerImageCode:
+        config = self.config_file.resolve().relative_to(ROOT).as_posix()
+        return lambda_.DockerImageCode.from_image_asset(
+            str(ROOT),
+            file=DOCKERFILE,
+            cmd=[f"functions.{spec.name}.handler.handler"],
+            build_args={"CONFIG_FILE": config},
+            platform=ecr_assets.Platform.LINUX_AMD64,
+            ignore_mode=IgnoreMode.DOCKER,
+            exclude=["*", *(f"!{path}" for path in (*IMAGE_CONTEXT, config)), *BUILD_LEFTOVERS],
+        )
+
+    def zip(self, spec: platform.FunctionSpec) -> lambda_.Code:
+        return lambda_.Code.from_asset(
+            str(spec.code_dir),
+            # the bundle's content is the hash: a change in src/mlops or mlops.toml must redeploy the zip
+            asset_hash_type=AssetHashType.OUTPUT,
+            bundling=BundlingOptions(
+                # never used: the local bundler always succeeds (no Docker needed), see _ZipBundle
+                image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.12"),
+                # jsii calls try_bundle(output_dir, options) with the struct as one argument, not the keyword
+                # arguments its Python protocol declares
+                local=_ZipBundle(spec, self.config_file),  # type: ignore[arg-type]
+            ),
+        )
+
+    @property
+    def powertools_layer(self) -> lambda_.ILayerVersion:
+        if self._layer is None:
+            version = importlib.metadata.version("aws-lambda-powertools")
+            arn = ssm.StringParameter.value_for_string_parameter(
+                self, POWERTOOLS_LAYER_PARAMETER.format(version=version))
+            self._layer = lambda_.LayerVersion.from_layer_version_arn(self, "PowertoolsLayer", arn)
+        return self._layer
+
+
+@jsii.implements(lambda_.IDestination)
+class _QueueDestination:
+    """An SQS on-failure destination granted by the caller: aws_lambda_destinations.SqsDestination would grant
+    kms:GenerateDataKey* and kms:ReEncrypt* on the queue's key, more than sending a message needs."""
+
+    def __init__(self, queue_arn: str) -> None:
+        self.queue_arn = queue_arn
+
+    def bind(self, scope: Construct, fn: lambda_.IFunction, *,
+             type: lambda_.DestinationType) -> lambda_.DestinationConfig:
+        return lambda_.DestinationConfig(destination=self.queue_arn)
+
+
+@jsii.implements(ILocalBundling)
+class _ZipBundle:
+    """The same layout as the local cloud's zip (handler at the root, mlops.toml next to it) plus the core
+    package, which the local cloud imports from the virtualenv instead."""
+
+    def __init__(self, spec: platform.FunctionSpec, config_file: Path) -> None:
+        self.spec = spec
+        self.config_file = config_file
+
+    def try_bundle(self, output_dir: str, options: BundlingOptions) -> bool:
+        out = Path(output_dir)
+        for path in sorted(self.spec.code_dir.rglob("*.py")):
+            target = out / path.relative_to(self.spec.code_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        shutil.copyfile(self.config_file, out / CONFIG_FILE)
+        package = ROOT / "src" / "mlops"
+        # mlops.local is the moto-based local cloud: never imported on AWS
+        shutil.copytree(package, out / "mlops", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "local"))
+        return True
+
+
+class PlatformFunction(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        spec: platform.FunctionSpec,
+        *,
+        code: lambda_.DockerImageCode | lambda_.Code,
+        layers: list[lambda_.ILayerVersion],
+        environment: Mapping[str, str],
+        asynchronous: bool,
+        key: kms.IKey,
+        log_retention: logs.RetentionDays,
+        removal_policy: RemovalPolicy,
+        reserved_concurrency: int | None,
+    ) -> None:
+        super().__init__(scope, spec.name)
+        self.spec = spec
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=removal_policy)
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                             description=f"serverless-mlops {spec.name}")
+        self.log_group.grant_write(self.role)
+
+        self.failures: sqs.Queue | None = None
+        on_failure = None
+        if asynchronous:
+            # S3 invokes asynchronously: a failed event is retried by Lambda, then kept here with its error
+            # instead of being dropped.
+            self.failures = sqs.Queue(
+                self, "Failures", encryption=sqs.QueueEncryption.KMS, encryption_master_key=key,
+                enforce_ssl=True, retention_period=Duration.days(14), removal_policy=removal_policy,
+            )
+            acknowledge(self.failures, "AwsSolutions-SQS3",
+                        f"this queue is the on-failure destination of {spec.name}: it is the dead-letter "
+                        "queue, and nothing consumes it that could fail again")
+            on_failure = _QueueDestination(self.failures.queue_arn)
+            self.role.add_to_principal_policy(iam.PolicyStatement(actions=["sqs:SendMessage"],
+                                                                   resources=[self.failures.queue_arn]))
+            self.role.add_to_principal_policy(iam.PolicyStatement(actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                                                                  resources=[key.key_arn]))
+
+        common: dict[str, Any] = {
+            "description": spec.description,
+            "environment": dict(environment),
+            "memory_size": spec.memory_mb,
+            "timeout": Duration.seconds(spec.timeout_s),
+            "tracing": lambda_.Tracing.ACTIVE,
+            "architecture": lambda_.Architecture.X86_64,
+            "role": self.role,
+            "log_group": self.log_group,
+            "reserved_concurrent_executions": reserved_concurrency,
+            "on_failure": on_failure,
+            # S3-triggered functions are idempotent (ingest: Powertools idempotency; train_trigger: a registry
+            # claim per dataset), so retrying is safe; two retries ride out a throttle or a transient error
+            "retry_attempts": 2 if asynchronous else None,
+            "max_event_age": Duration.hours(6) if asynchronous else None,
+        }
+        self.function: lambda_.Function
+        if isinstance(code, lambda_.DockerImageCode):
+            self.function = lambda_.DockerImageFunction(self, "Function", code=code, **common)
+        else:
+            self.function = lambda_.Function(self, "Function", code=code, handler="handler.handler",
+                                             runtime=ZIP_RUNTIME, layers=layers, **common)
+            acknowledge(self, "AwsSolutions-L1",
+                        f"{ZIP_RUNTIME.name} matches the container image's base (lambda/python:3.12) and the "
+                        "Powertools layer it pins; every function moves to a newer runtime together")
+        Tags.of(self).add(FUNCTION_TAG, spec.name)
+        acknowledge(self, "AwsSolutions-IAM5[Resource::*]",
+                    "active X-Ray tracing: xray:PutTraceSegments and xray:PutTelemetryRecords have no "
+                    "resource-level permissions")

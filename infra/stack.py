@@ -1,0 +1,156 @@
+"""The serverless-mlops stack: composes one construct per concern and grants each function exactly what its
+handler does (ACCESS below; the keys come from mlops.ingest, mlops.pipeline and mlops.rollout)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.constructs.nag import acknowledge
+from infra.constructs.pipeline import Pipeline
+from infra.constructs.storage import Storage
+from mlops import platform, settings
+from mlops.config import load_config
+
+READ: Final = "read"
+WRITE: Final = "write"
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one function may touch. Object access is by key prefix; table access is read or read-write."""
+
+    read: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # bucket -> key prefixes
+    write: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    read_versions: bool = False  # reads a given object version (s3:GetObjectVersion)
+    tables: Mapping[str, Literal["read", "write"]] = field(default_factory=dict)
+    starts: tuple[str, ...] = ()  # state machines it starts executions of
+
+
+ACCESS: dict[str, Access] = {
+    # reads the exact version an S3 event names; the data contract is read and versioned under contracts/
+    "ingest": Access(read={"data": ("incoming/", "contracts/")},
+                     write={"data": ("curated/", "quarantine/", "contracts/")},
+                     read_versions=True, tables={"idempotency": WRITE}),
+    # the manifest it was notified of, or the newest one; claims the dataset in the registry
+    "train_trigger": Access(read={"data": ("curated/",)}, tables={"registry": WRITE},
+                            starts=(platform.STATE_MACHINE,)),
+    "train": Access(read={"data": ("curated/", "contracts/")}, write={"models": ("candidates/",)}),
+    # the candidate, and the champion's registered model
+    "evaluate": Access(read={"models": ("candidates/", "models/")}, tables={"registry": READ}),
+    # with serving in the stack, register will also need the infer functions (publish a version, move the alias)
+    # and states:StartExecution on the rollout state machine; without an infer function it does neither
+    "register": Access(read={"models": ("candidates/", "models/")}, write={"models": ("models/",)},
+                       tables={"registry": WRITE}),
+    "record_outcome": Access(tables={"registry": WRITE}),
+    # reads the captured predictions and feedback (Firehose writes them under captures/); moving the alias of
+    # an infer function is granted with serving
+    "rollout": Access(read={"captures": ("captures/",)}, tables={"registry": WRITE}),
+}
+
+DDB_READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem",
+            "dynamodb:DescribeTable")
+# TransactWriteItems is authorised item by item with these
+DDB_WRITE = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
+# What S3 (SSE-KMS) and DynamoDB (customer-managed key) ask of the caller: CDK's grant helpers would add
+# kms:GenerateDataKey* and kms:ReEncrypt*, which none of these calls needs.
+KMS_DECRYPT = ("kms:Decrypt", "kms:DescribeKey")
+KMS_ENCRYPT = ("kms:Encrypt", "kms:GenerateDataKey")
+
+
+class MlopsStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config_file: Path,
+        removal_policy: RemovalPolicy,
+        log_retention: logs.RetentionDays,
+        reserved_concurrency: Mapping[str, int],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        if ungranted := [spec.name for spec in platform.FUNCTIONS if spec.name not in ACCESS]:
+            raise KeyError(f"declare what {ungranted} may access in infra/stack.py ACCESS")
+        project = load_config(config_file).project
+        self.storage = storage = Storage(self, "Storage", removal_policy=removal_policy)
+        self.pipeline = Pipeline(
+            self, "Pipeline",
+            storage=storage,
+            environment={
+                settings.DATA_BUCKET: storage.buckets["data"].bucket_name,
+                settings.MODELS_BUCKET: storage.buckets["models"].bucket_name,
+                settings.CAPTURES_BUCKET: storage.buckets["captures"].bucket_name,
+                settings.REGISTRY_TABLE: storage.tables["registry"].table_name,
+                settings.IDEMPOTENCY_TABLE: storage.tables["idempotency"].table_name,
+                settings.NOTIFICATIONS_TOPIC_ARN: storage.topic.topic_arn,
+                # Serving (the per-model infer functions) is not in this stack yet. With no infer function for
+                # a model, register records a version without deploying it and rollout has nothing to move.
+                settings.INFER_FUNCTIONS: json.dumps({}),
+            },
+            project=project,
+            config_file=config_file,
+            log_retention=log_retention,
+            removal_policy=removal_policy,
+            reserved_concurrency=reserved_concurrency,
+        )
+        for name, access in ACCESS.items():
+            if name in self.pipeline.functions:
+                self._grant(name, access)
+        self._acknowledge_cdk_internals()
+
+    def _grant(self, name: str, access: Access) -> None:
+        function = self.pipeline.functions[name]
+        role, key_arn = function.role, self.storage.key.key_arn
+        kms_actions: set[str] = set()
+
+        def statement(actions: list[str], resources: list[str]) -> None:
+            role.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=resources))
+
+        for bucket_name in sorted({*access.read, *access.write}):
+            bucket = self.storage.buckets[bucket_name]
+            read, write = access.read.get(bucket_name, ()), access.write.get(bucket_name, ())
+            # Without s3:ListBucket a HEAD on a missing key answers 403 instead of 404, and ObjectStore.exists
+            # and ObjectStore.keys rely on the 404 and on listing.
+            statement(["s3:ListBucket"], [bucket.bucket_arn])
+            if read:
+                statement(["s3:GetObject", *(["s3:GetObjectVersion"] if access.read_versions else [])],
+                          [bucket.arn_for_objects(f"{prefix}*") for prefix in read])
+                kms_actions.update(KMS_DECRYPT)
+            if write:
+                statement(["s3:PutObject"], [bucket.arn_for_objects(f"{prefix}*") for prefix in write])
+                kms_actions.update(KMS_ENCRYPT)
+            bucket_id = self.resolve(bucket.node.default_child.logical_id)  # type: ignore[union-attr]
+            for prefix in sorted({*read, *write}):
+                acknowledge(function, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
+                            f"{name} reads or writes objects whose keys are only known at run time (model, dataset "
+                            f"sha256, run id) under {prefix} in the {bucket_name} bucket, and nothing outside it")
+
+        for table_name, mode in sorted(access.tables.items()):
+            statement([*DDB_READ, *(DDB_WRITE if mode == WRITE else ())],
+                      [self.storage.tables[table_name].table_arn])
+            kms_actions.update(KMS_DECRYPT, KMS_ENCRYPT if mode == WRITE else ())
+
+        if kms_actions:
+            statement(sorted(kms_actions), [key_arn])
+        for machine in access.starts:
+            self.pipeline.state_machines[machine].grant_start_execution(function.function)
+
+    def _acknowledge_cdk_internals(self) -> None:
+        # aws-cdk-lib writes S3 notification configurations with its own singleton function (a custom resource
+        # at deploy time); its role comes with aws-cdk-lib.
+        for child in self.node.children:
+            if child.node.id.startswith("BucketNotificationsHandler"):
+                acknowledge(child, "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                                   "AWSLambdaBasicExecutionRole]",
+                            "aws-cdk-lib's S3 notifications handler runs only at deploy time and this managed "
+                            "policy only lets it write its logs")

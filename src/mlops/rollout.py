@@ -1,0 +1,123 @@
+"""rollout: one look at a canary. Join the captured predictions of champion and challenger with their
+feedback (by request id), feed the always-valid sequential test (``mlops.abtest``), and act: promote,
+roll back, or wait for more data. The Step Functions loop (``infra/rollout.asl.json``) calls this after
+every wait; the test's state travels in the execution's payload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from mlops.abtest import SequentialTest, plan_two_proportions, ratio_from_weight, sequential_inflation
+from mlops.config import ModelConfig
+from mlops.lifecycle import Lifecycle, RolloutInProgress
+from mlops.registry import CHALLENGER, CHAMPION, Registry
+from mlops.storage import ObjectStore
+
+CAPTURE_PREFIX = "captures/"
+
+
+class RolloutState(BaseModel):
+    """The rollout execution's payload between looks."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    champion: int
+    challenger: int
+    started_at: str
+    test: dict[str, Any] | None = None
+    looks: int = 0
+    history: list[dict[str, Any]] = []
+
+
+def rollout_name(model: str, challenger: int) -> str:
+    return f"{model}-v{challenger}-rollout"
+
+
+def arm_counts(captures: ObjectStore, model: str, versions: tuple[int, int], since: str) -> dict[int, list[int]]:
+    """version -> [correct, with feedback]: predictions joined with feedback by request id."""
+    predictions: dict[str, tuple[int, str]] = {}
+    labels: dict[str, str] = {}
+    for key in captures.keys(CAPTURE_PREFIX):
+        for line in captures.get_bytes(key).decode().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if record.get("model") != model or record.get("time", "") < since:
+                continue
+            if record.get("type") == "prediction" and record.get("model_version") in versions:
+                predictions[record["request_id"]] = (record["model_version"], str(record["prediction"]))
+            elif record.get("type") == "feedback" and record.get("label") is not None:
+                labels[record["request_id"]] = str(record["label"])  # the latest feedback wins
+    counts = {v: [0, 0] for v in versions}
+    for request_id, label in labels.items():
+        if request_id in predictions:
+            version, predicted = predictions[request_id]
+            counts[version][0] += int(predicted == label)
+            counts[version][1] += 1
+    return counts
+
+
+def _new_test(model_cfg: ModelConfig, baseline: float) -> SequentialTest:
+    # Plan around the champion's evaluation accuracy, clipped so baseline + mde stays a probability.
+    baseline = min(max(baseline, 0.01), 0.99 - model_cfg.rollout_mde)
+    plan = plan_two_proportions(baseline, model_cfg.rollout_mde, alpha=model_cfg.rollout_alpha,
+                                power=model_cfg.rollout_power, ratio=ratio_from_weight(model_cfg.canary_weight))
+    horizon = math.ceil(sequential_inflation(plan) * min(plan.n_control, plan.n_treatment))
+    return SequentialTest(max_samples_per_arm=max(horizon, 100), alpha=model_cfg.rollout_alpha,
+                          mde=model_cfg.rollout_mde)
+
+
+def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, lifecycle: Lifecycle,
+            captures: ObjectStore, lock_owner: str, now: datetime | None = None) -> dict[str, Any]:
+    """One look. Returns the next payload with ``action`` in continue | promote | rollback | superseded."""
+    now = now or datetime.now(UTC)
+    aliases = registry.aliases(state.model)
+    if aliases.get(CHALLENGER) != state.challenger or aliases.get(CHAMPION) != state.champion:
+        return {**state.model_dump(), "action": "superseded",
+                "reason": f"the aliases changed outside this rollout (now {aliases}); nothing to decide"}
+    if not registry.acquire_lock(state.model, lock_owner, ttl_seconds=model_cfg.rollout_interval_seconds * 3):
+        raise RolloutInProgress(f"another rollout or a manual change holds the lock of {state.model}")
+    if state.test is None:
+        champion = registry.version(state.model, state.champion)
+        baseline = float((champion.metrics.get("metrics", {}) if champion else {}).get("accuracy", 0.8))
+        test = _new_test(model_cfg, baseline)
+    else:
+        test = SequentialTest.from_dict(state.test)
+    counts = arm_counts(captures, state.model, (state.champion, state.challenger), state.started_at)
+    (c_ok, c_n), (t_ok, t_n) = counts[state.champion], counts[state.challenger]
+    decision = test.update(c_ok, c_n, t_ok, t_n)
+    action, reason = decision.action, decision.reason
+    elapsed_hours = (now - datetime.fromisoformat(state.started_at)).total_seconds() / 3600
+    if action == "continue" and elapsed_hours > model_cfg.rollout_max_hours:
+        action, reason = "stop_no_difference", f"no decision after {elapsed_hours:.1f} h (maximum duration)"
+    look = {"at": now.isoformat(timespec="seconds"), **decision.to_dict(), "action": action, "reason": reason}
+    who = f"rollout:{lock_owner}"
+    if action == "promote":
+        lifecycle.promote(state.model, who=who, why=reason, lock_owner=lock_owner)
+    elif action in ("rollback", "stop_no_difference"):
+        lifecycle.rollback(state.model, who=who, why=reason, lock_owner=lock_owner)
+        action = "rollback"
+    else:
+        registry.release_lock(state.model, lock_owner)
+    return {**state.model_dump(), "test": test.to_dict(), "looks": state.looks + 1,
+            "history": [*state.history[-49:], look], "action": action, "reason": reason,
+            "wait_seconds": model_cfg.rollout_interval_seconds}
+
+
+def start_rollout(sfn: Any, state_machine_arn: str, *, model: str, champion: int, challenger: int) -> str:
+    """One rollout execution per challenger version (a replayed register does not start a second)."""
+    state = RolloutState(model=model, champion=champion, challenger=challenger,
+                         started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    try:
+        started = sfn.start_execution(stateMachineArn=state_machine_arn, name=rollout_name(model, challenger),
+                                      input=state.model_dump_json())
+    except sfn.exceptions.ExecutionAlreadyExists:
+        return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{rollout_name(model, challenger)}"
+    return str(started["executionArn"])

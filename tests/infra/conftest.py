@@ -1,0 +1,114 @@
+"""The CDK app synthesized once per session, in process: no node_modules, no CDK CLI, no Docker, no account.
+
+There is deliberately no __init__.py here: it would make this directory the package `infra` for pytest and
+hide the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # `infra` is an application directory, not an installed package
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+# the synthesized template must not depend on the developer's credentials
+for _var in ("CDK_DEFAULT_ACCOUNT", "CDK_DEFAULT_REGION"):
+    os.environ.pop(_var, None)
+
+from infra.constructs.function import FUNCTION_TAG  # noqa: E402
+
+
+@dataclass
+class Synthesized:
+    stack: Any  # infra.stack.MlopsStack
+    template: dict[str, Any]  # the synthesized CloudFormation template
+    assembly_dir: Path
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        resources: dict[str, dict[str, Any]] = self.template["Resources"]
+        return resources
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {lid: r for lid, r in self.resources.items() if r["Type"] == kind}
+
+    def logical_id(self, construct: Any) -> str:
+        """The logical id of an L2 construct's CloudFormation resource."""
+        logical_id: str = self.stack.resolve(construct.node.default_child.logical_id)
+        return logical_id
+
+    def functions(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Platform function name -> (logical id, resource), through the tag every platform function carries."""
+        found = {}
+        for lid, resource in self.of_type("AWS::Lambda::Function").items():
+            tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
+            if FUNCTION_TAG in tags:
+                found[tags[FUNCTION_TAG]] = (lid, resource)
+        return found
+
+    def function_names_by_logical_id(self) -> dict[str, str]:
+        return {lid: name for name, (lid, _r) in self.functions().items()}
+
+    def notification_triggers(self) -> set[tuple[str, str, str, str]]:
+        """(function, bucket, prefix, suffix) for every S3 notification, by platform names."""
+        names = self.function_names_by_logical_id()
+        buckets = {self.logical_id(b): name for name, b in self.stack.storage.buckets.items()}
+        found = set()
+        for resource in self.of_type("Custom::S3BucketNotifications").values():
+            props = resource["Properties"]
+            for config in props["NotificationConfiguration"].get("LambdaFunctionConfigurations", []):
+                assert config["Events"] == ["s3:ObjectCreated:*"]
+                rules = {r["Name"]: r["Value"] for r in config["Filter"]["Key"]["FilterRules"]}
+                found.add((names[config["LambdaFunctionArn"]["Fn::GetAtt"][0]], buckets[props["BucketName"]["Ref"]],
+                           rules.get("prefix", ""), rules.get("suffix", "")))
+        return found
+
+    def state_machine(self, name: str) -> tuple[dict[str, Any], str]:
+        """A state machine's properties and its definition, each substitution replaced by what it points at:
+        `function:<platform name>` or `topic:notifications`."""
+        props = self.resources[self.logical_id(self.stack.pipeline.state_machines[name])]["Properties"]
+        text = self.file_asset(props["DefinitionS3Location"]["Key"]).read_text()
+        names = self.function_names_by_logical_id()
+        topic = {"Ref": self.logical_id(self.stack.storage.topic)}
+        for placeholder, value in props["DefinitionSubstitutions"].items():
+            target = "topic:notifications" if value == topic else f"function:{names[value['Fn::GetAtt'][0]]}"
+            text = text.replace(f"${{{placeholder}}}", target)
+        return props, text
+
+    def file_asset(self, object_key: str) -> Path:
+        """The staged file behind an S3 location the template points at (e.g. a state machine definition)."""
+        manifest = json.loads((self.assembly_dir / f"{self.stack.artifact_id}.assets.json").read_text())
+        asset_hash = object_key.rsplit(".", 1)[0]
+        return self.assembly_dir / manifest["files"][asset_hash]["source"]["path"]
+
+
+def synthesize(outdir: Path, **context: Any) -> Synthesized:
+    from aws_cdk import App
+
+    from infra.app import build, cdk_json_context
+
+    app = App(context={**cdk_json_context(), **context}, outdir=str(outdir))
+    stack = build(app)
+    # app.synth() runs the policy-validation plugins (cdk-nag) and raises on any unacknowledged finding
+    assembly = app.synth()
+    return Synthesized(stack, assembly.get_stack_by_name(stack.stack_name).template, Path(assembly.directory))
+
+
+@pytest.fixture(scope="session")
+def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    """The stack of cdk.json's stage (dev), as `npx cdk synth` produces it."""
+    return synthesize(tmp_path_factory.mktemp("cdk.out"))
+
+
+@pytest.fixture
+def synthesize_with() -> Callable[..., Synthesized]:
+    """Another synthesis with some context changed (`synthesize_with(tmp_path, **{"mlops:stage": "prod"})`)."""
+    return synthesize

@@ -1,0 +1,121 @@
+"""The local cloud (mlops.local.cloud.provision into moto) and the synthesized stack deploy the same platform:
+same functions with the same environment variables, same S3 triggers, same state machine definitions, same
+table keys. Both read mlops.platform; this catches whatever either side adds on its own.
+
+Names differ by design (the local cloud names resources itself, CloudFormation names them in the stack), so
+both sides are compared by platform name: ARNs become `function:<name>` and `topic:notifications`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from infra.app import CONFIG_CONTEXT, cdk_json_context
+from infra.constructs.pipeline import STATE_MACHINES
+from mlops import platform
+
+# The local cloud has no X-Ray daemon; on AWS the functions trace actively (see test_stack).
+LOCAL_ONLY_ENV = {"POWERTOOLS_TRACE_DISABLED"}
+Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
+
+
+@dataclass
+class Local:
+    """What the local cloud provisioned, read back from moto, by platform names."""
+
+    functions: dict[str, set[str]] = field(default_factory=dict)  # name -> environment variable names
+    serving: set[str] = field(default_factory=set)  # per-model infer functions
+    triggers: set[tuple[str, str, str, str]] = field(default_factory=set)
+    definitions: dict[str, str] = field(default_factory=dict)
+    table_keys: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    buckets: dict[str, bool] = field(default_factory=dict)  # name -> versioned
+
+
+@pytest.fixture(scope="module")
+def local() -> Local:
+    from moto import mock_aws
+
+    from mlops import aws
+    from mlops.config import load_config
+    from mlops.local.cloud import provision
+
+    config_file = platform.ROOT / cdk_json_context()[CONFIG_CONTEXT]  # the file the CDK app bundles
+    project = load_config(config_file).project
+    with mock_aws():
+        aws.client.cache_clear()
+        deployment = provision(aws.client, config_file=config_file)
+        by_arn = {arn: name for name, arn in deployment.function_arns.items()}
+        by_bucket = {deployment.names[name]: name for name in platform.BUCKETS}
+        infer = {platform.infer_function_name(project, model) for model in deployment.models}
+        found = Local()
+
+        for function in aws.client("lambda").list_functions()["Functions"]:
+            variables = set(function.get("Environment", {}).get("Variables", {}))
+            if function["FunctionName"] in infer:
+                found.serving.add(function["FunctionName"])
+            else:
+                found.functions[by_arn[function["FunctionArn"]]] = variables
+
+        s3 = aws.client("s3")
+        for bucket, name in by_bucket.items():
+            found.buckets[name] = s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+            configuration = s3.get_bucket_notification_configuration(Bucket=bucket)
+            for config in configuration.get("LambdaFunctionConfigurations", []):
+                rules = {r["Name"]: r["Value"] for r in config["Filter"]["Key"]["FilterRules"]}
+                found.triggers.add((by_arn[config["LambdaFunctionArn"]], name,
+                                    rules.get("prefix", ""), rules.get("suffix", "")))
+
+        sfn = aws.client("stepfunctions")
+        for machine in sfn.list_state_machines()["stateMachines"]:
+            text = sfn.describe_state_machine(stateMachineArn=machine["stateMachineArn"])["definition"]
+            for arn, name in by_arn.items():
+                text = text.replace(arn, f"function:{name}")
+            text = text.replace(deployment.topic_arn, "topic:notifications")
+            found.definitions[{v: k for k, v in deployment.names.items()}[machine["name"]]] = text
+
+        ddb = aws.client("dynamodb")
+        for table in platform.TABLES:
+            found.table_keys[table] = ddb.describe_table(TableName=deployment.names[table])["Table"]["KeySchema"]
+        aws.client.cache_clear()
+    return found
+
+
+def test_same_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
+    deployed = {name: set(resource["Properties"]["Environment"]["Variables"])
+                for name, (_lid, resource) in synthesized.functions().items()}
+    assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.functions.items()} == deployed
+
+
+def test_serving_is_local_only_for_now(local: Local, synthesized: Synthesized) -> None:
+    """A tripwire: the local cloud also runs one infer function per declared model; the CDK app does not deploy
+    serving yet (register gets INFER_FUNCTIONS={} there). When it does, compare serving here too."""
+    assert local.serving
+    assert platform.INFER.name not in synthesized.functions()
+
+
+def test_same_s3_triggers(local: Local, synthesized: Synthesized) -> None:
+    assert local.triggers == synthesized.notification_triggers()
+    assert local.triggers == {(t.function, t.bucket, t.prefix, t.suffix) for t in platform.S3_TRIGGERS}
+
+
+@pytest.mark.parametrize("machine", [m.name for m in STATE_MACHINES])
+def test_same_state_machine_definition(local: Local, synthesized: Synthesized, machine: str) -> None:
+    _props, deployed = synthesized.state_machine(machine)
+    assert json.loads(local.definitions[machine]) == json.loads(deployed)
+
+
+def test_same_state_machines(local: Local, synthesized: Synthesized) -> None:
+    assert set(local.definitions) == set(synthesized.stack.pipeline.state_machines)
+
+
+def test_same_buckets_and_tables(local: Local, synthesized: Synthesized) -> None:
+    assert set(local.buckets) == set(synthesized.stack.storage.buckets)
+    assert all(local.buckets.values()), "versioned locally as in the stack"
+    tables = synthesized.stack.storage.tables
+    for name, key_schema in local.table_keys.items():
+        props = synthesized.resources[synthesized.logical_id(tables[name])]["Properties"]
+        assert key_schema == props["KeySchema"], name

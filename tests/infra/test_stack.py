@@ -1,0 +1,380 @@
+"""Assertions on the synthesized template: the platform as mlops.platform declares it, secured as the design
+says, with cdk-nag enforced on every synthesis."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT
+from infra.constructs.pipeline import STATE_MACHINES, StateMachineSpec, uses_topic
+from infra.constructs.storage import TABLE_KEYS
+from infra.stack import ACCESS
+from mlops import platform, settings
+
+POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
+ASYNC_FUNCTIONS = {trigger.function for trigger in platform.S3_TRIGGERS}
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
+
+
+def statements(synthesized: Synthesized) -> list[tuple[str, dict[str, Any]]]:
+    """(policy logical id, statement) for every IAM policy document in the template."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for lid, resource in synthesized.resources.items():
+        props = resource.get("Properties", {})
+        documents = []
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            documents.append(props["PolicyDocument"])
+        if resource["Type"] == "AWS::IAM::Role":
+            documents.extend(p["PolicyDocument"] for p in props.get("Policies", []))
+        for document in documents:
+            found.extend((lid, statement) for statement in document["Statement"])
+    return found
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_statements(synthesized: Synthesized, function: str) -> list[dict[str, Any]]:
+    role = synthesized.logical_id(synthesized.stack.pipeline.functions[function].role)
+    return [
+        statement
+        for policy in synthesized.of_type("AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+# -- functions --------------------------------------------------------------------------------------------------
+def test_every_platform_function_is_deployed_as_its_spec_says(synthesized: Synthesized) -> None:
+    functions = synthesized.functions()
+    assert set(functions) == {spec.name for spec in platform.FUNCTIONS}
+    for spec in platform.FUNCTIONS:
+        props = functions[spec.name][1]["Properties"]
+        assert set(props["Environment"]["Variables"]) == {*spec.env, *POWERTOOLS_ENV}, spec.name
+        assert props["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == spec.name
+        assert props["Timeout"] == spec.timeout_s
+        assert props["MemorySize"] == spec.memory_mb
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["Description"] == spec.description
+        assert props["LoggingConfig"]["LogGroup"]["Ref"] in synthesized.of_type("AWS::Logs::LogGroup")
+        if spec.image:
+            assert props["PackageType"] == "Image"
+            assert props["ImageConfig"]["Command"] == [f"functions.{spec.name}.handler.handler"]
+        else:
+            assert props["Runtime"] == "python3.12"
+            assert props["Handler"] == "handler.handler"
+            assert len(props["Layers"]) == 1  # Powertools
+
+
+def test_environment_values_point_at_the_stack_resources(synthesized: Synthesized) -> None:
+    stack = synthesized.stack
+    storage, pipeline = stack.storage, stack.pipeline
+    expected = {
+        settings.DATA_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["data"])},
+        settings.MODELS_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["models"])},
+        settings.CAPTURES_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["captures"])},
+        settings.REGISTRY_TABLE: {"Ref": synthesized.logical_id(storage.tables["registry"])},
+        settings.IDEMPOTENCY_TABLE: {"Ref": synthesized.logical_id(storage.tables["idempotency"])},
+        settings.NOTIFICATIONS_TOPIC_ARN: {"Ref": synthesized.logical_id(storage.topic)},
+        settings.INFER_FUNCTIONS: "{}",
+        **{machine.arn_variable: {"Ref": synthesized.logical_id(pipeline.state_machines[machine.name])}
+           for machine in STATE_MACHINES},
+    }
+    for name, (_lid, resource) in synthesized.functions().items():
+        variables = resource["Properties"]["Environment"]["Variables"]
+        for variable in platform.function(name).env:
+            assert variables[variable] == expected[variable], (name, variable)
+
+
+def test_async_functions_retry_then_keep_failed_events_in_an_encrypted_queue(synthesized: Synthesized) -> None:
+    configs = {synthesized.function_names_by_logical_id()[c["Properties"]["FunctionName"]["Ref"]]: c["Properties"]
+               for c in synthesized.of_type("AWS::Lambda::EventInvokeConfig").values()}
+    assert set(configs) == ASYNC_FUNCTIONS
+    queues = synthesized.of_type("AWS::SQS::Queue")
+    for name, config in configs.items():
+        assert config["MaximumRetryAttempts"] == 2
+        queue = config["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
+        assert queues[queue]["Properties"]["KmsMasterKeyId"] == {
+            "Fn::GetAtt": [synthesized.logical_id(synthesized.stack.storage.key), "Arn"]}
+        assert ssl_only(synthesized, "AWS::SQS::QueuePolicy", "Queues", queue)
+        # the function's own role may send there (the on-failure destination uses the execution role)
+        assert any("sqs:SendMessage" in as_list(s["Action"]) and s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}
+                   for s in role_statements(synthesized, name))
+
+
+def test_zip_functions_bundle_the_handler_config_and_core_package(synthesized: Synthesized) -> None:
+    for spec in (s for s in platform.FUNCTIONS if not s.image):
+        bundle = zip_bundle(synthesized, spec.name)
+        assert (bundle / "handler.py").read_bytes() == (spec.code_dir / "handler.py").read_bytes()
+        assert (bundle / "mlops.toml").is_file()
+        assert (bundle / "mlops" / "pipeline.py").is_file()
+        assert not (bundle / "mlops" / "local").exists()  # the moto-based local cloud stays out
+
+
+def zip_bundle(synthesized: Synthesized, function: str) -> Path:
+    props = synthesized.functions()[function][1]["Properties"]
+    return synthesized.file_asset(props["Code"]["S3Key"])
+
+
+# Powertools (with pydantic and the X-Ray SDK) comes from its layer and boto3 from the runtime: what a zip
+# function may not import is the scientific stack, which only the container image carries.
+IMAGE_ONLY = ("numpy", "pandas", "pyarrow", "scipy", "sklearn", "skl2onnx", "onnx", "onnxruntime")
+IMPORT_CHECK = """
+import importlib.abc, os, sys
+blocked = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is not in a zip function (only in the container image)")
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, os.getcwd())
+import handler, mlops
+assert mlops.__file__.startswith(os.getcwd()), mlops.__file__
+"""
+
+
+ZIP_FUNCTIONS = [pytest.param(spec, id=spec.name) for spec in platform.FUNCTIONS if not spec.image]
+
+
+@pytest.mark.parametrize("spec", ZIP_FUNCTIONS)
+def test_zip_functions_import_without_the_scientific_stack(synthesized: Synthesized,
+                                                           spec: platform.FunctionSpec) -> None:
+    env = {variable: "placeholder" for variable in spec.env}
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK, ",".join(IMAGE_ONLY)], cwd=zip_bundle(synthesized, spec.name),
+        env={**env, "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "true", "PATH": ""},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_image_functions_share_one_image_built_from_the_dockerfile(synthesized: Synthesized) -> None:
+    manifest = json.loads((synthesized.assembly_dir / f"{synthesized.stack.artifact_id}.assets.json").read_text())
+    images = manifest["dockerImages"]
+    assert len(images) == 1, "one image for every image function"
+    source = next(iter(images.values()))["source"]
+    assert source["dockerFile"] == DOCKERFILE
+    assert source["platform"] == "linux/amd64"
+    context = synthesized.assembly_dir / source["directory"]
+    top_level = {p.name for p in context.iterdir()}
+    assert top_level == {path.split("/")[0] for path in IMAGE_CONTEXT} | {"mlops.toml"}
+    assert not list(context.rglob("__pycache__"))
+    assert (context / DOCKERFILE).read_text().startswith("# The container image")
+
+
+# -- triggers ---------------------------------------------------------------------------------------------------
+def test_s3_notifications_are_the_platform_triggers(synthesized: Synthesized) -> None:
+    assert synthesized.notification_triggers() == {(t.function, t.bucket, t.prefix, t.suffix)
+                                                  for t in platform.S3_TRIGGERS}
+    # S3 may invoke each triggered function, from its own account and bucket only
+    permissions = synthesized.of_type("AWS::Lambda::Permission").values()
+    names = synthesized.function_names_by_logical_id()
+    invoked = {names[p["Properties"]["FunctionName"]["Fn::GetAtt"][0]] for p in permissions
+               if p["Properties"]["Principal"] == "s3.amazonaws.com" and "SourceAccount" in p["Properties"]}
+    assert invoked == ASYNC_FUNCTIONS
+
+
+# -- state machines ---------------------------------------------------------------------------------------------
+def expected_definition(machine: StateMachineSpec) -> str:
+    text = machine.asl.read_text()
+    for placeholder, function in machine.functions.items():
+        text = text.replace(f"${{{placeholder}}}", f"function:{function}")
+    return text.replace(f"${{{platform.ASL_TOPIC_SUBSTITUTION}}}", "topic:notifications")
+
+
+@pytest.mark.parametrize("machine", STATE_MACHINES, ids=lambda m: m.name)
+def test_state_machine_runs_the_asl_file_with_its_substitutions(synthesized: Synthesized,
+                                                                machine: StateMachineSpec) -> None:
+    props, text = synthesized.state_machine(machine.name)
+    assert not PLACEHOLDER.search(text), "every ${...} placeholder has a substitution"
+    assert json.loads(text) == json.loads(expected_definition(machine))
+    assert props["StateMachineType"] == "STANDARD"
+    assert props["TracingConfiguration"] == {"Enabled": True}
+    logging = props["LoggingConfiguration"]
+    assert logging["Level"] == "ALL"
+    assert logging["IncludeExecutionData"] is True
+
+
+@pytest.mark.parametrize("machine", STATE_MACHINES, ids=lambda m: m.name)
+def test_state_machine_may_invoke_exactly_its_functions(synthesized: Synthesized, machine: StateMachineSpec) -> None:
+    state_machine = synthesized.stack.pipeline.state_machines[machine.name]
+    role = synthesized.logical_id(state_machine.role)
+    names = synthesized.function_names_by_logical_id()
+    invoked, published = set(), False
+    for policy in synthesized.of_type("AWS::IAM::Policy").values():
+        if {"Ref": role} not in policy["Properties"]["Roles"]:
+            continue
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if "lambda:InvokeFunction" in as_list(statement["Action"]):
+                invoked |= {names[r["Fn::GetAtt"][0]] for r in as_list(statement["Resource"])}
+            published |= "sns:Publish" in as_list(statement["Action"])
+    assert invoked == set(machine.functions.values())
+    assert published == uses_topic(machine)
+
+
+# -- storage ----------------------------------------------------------------------------------------------------
+def ssl_only(synthesized: Synthesized, policy_type: str, key: str, logical_id: str) -> bool:
+    for policy in synthesized.of_type(policy_type).values():
+        props = policy["Properties"]
+        targets = as_list(props.get(key) or props.get("Bucket"))
+        if {"Ref": logical_id} not in targets:
+            continue
+        for statement in props["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Deny" and statement.get("Condition") == {
+                    "Bool": {"aws:SecureTransport": "false"}}:
+                return True
+    return False
+
+
+def test_buckets_are_encrypted_private_ssl_only_and_logged(synthesized: Synthesized) -> None:
+    storage = synthesized.stack.storage
+    key = {"Fn::GetAtt": [synthesized.logical_id(storage.key), "Arn"]}
+    logs_bucket = synthesized.logical_id(storage.access_logs)
+    buckets = synthesized.of_type("AWS::S3::Bucket")
+    assert set(buckets) == {logs_bucket, *(synthesized.logical_id(b) for b in storage.buckets.values())}
+    for lid, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True}
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+        assert ssl_only(synthesized, "AWS::S3::BucketPolicy", "Bucket", lid), lid
+        if lid == logs_bucket:
+            assert sse == {"SSEAlgorithm": "AES256"}  # the only encryption S3 access logging accepts
+            continue
+        assert sse == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": logs_bucket}
+        rules = props["LifecycleConfiguration"]["Rules"]
+        assert any("NoncurrentVersionExpiration" in rule for rule in rules)
+    models = buckets[synthesized.logical_id(storage.buckets["models"])]["Properties"]
+    assert any(r.get("Prefix") == "candidates/" and "ExpirationInDays" in r
+               for r in models["LifecycleConfiguration"]["Rules"])
+
+
+def test_tables_have_pitr_kms_and_the_declared_keys(synthesized: Synthesized) -> None:
+    storage = synthesized.stack.storage
+    tables = synthesized.of_type("AWS::DynamoDB::Table")
+    assert set(tables) == {synthesized.logical_id(t) for t in storage.tables.values()}
+    assert set(storage.tables) == set(platform.TABLES)
+    key = {"Fn::GetAtt": [synthesized.logical_id(storage.key), "Arn"]}
+    for name, table in storage.tables.items():
+        props = tables[synthesized.logical_id(table)]["Properties"]
+        assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert props["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": key}
+        declared = TABLE_KEYS[name]
+        expected_keys = [{"AttributeName": declared.partition, "KeyType": "HASH"}]
+        if declared.sort:
+            expected_keys.append({"AttributeName": declared.sort, "KeyType": "RANGE"})
+        assert props["KeySchema"] == expected_keys
+        if declared.ttl:
+            assert props["TimeToLiveSpecification"] == {"AttributeName": declared.ttl, "Enabled": True}
+    assert TABLE_KEYS["idempotency"].ttl == "expiration"  # Powertools' DynamoDBPersistenceLayer default
+
+
+def test_topic_and_key(synthesized: Synthesized) -> None:
+    storage = synthesized.stack.storage
+    topic = synthesized.logical_id(storage.topic)
+    assert synthesized.resources[topic]["Properties"]["KmsMasterKeyId"] == {
+        "Fn::GetAtt": [synthesized.logical_id(storage.key), "Arn"]}
+    assert ssl_only(synthesized, "AWS::SNS::TopicPolicy", "Topics", topic)
+    (key,) = synthesized.of_type("AWS::KMS::Key").values()
+    assert key["Properties"]["EnableKeyRotation"] is True
+
+
+# -- IAM --------------------------------------------------------------------------------------------------------
+# The only actions AWS offers no resource-level permission for, which aws-cdk-lib grants on "*".
+RESOURCELESS_ACTIONS = {
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
+
+
+def test_no_wildcard_actions_and_star_resources_only_where_unavoidable(synthesized: Synthesized) -> None:
+    found = statements(synthesized)
+    assert found
+    for lid, statement in found:
+        if statement["Effect"] != "Allow":
+            continue
+        actions = as_list(statement["Action"])
+        assert not [a for a in actions if "*" in a], (lid, actions)
+        if "*" in as_list(statement["Resource"]):
+            assert set(actions) <= RESOURCELESS_ACTIONS, (lid, actions)
+
+
+def object_grants(synthesized: Synthesized, function: str) -> set[tuple[str, str, str]]:
+    """(action, bucket, key pattern) for each object-level S3 permission of a function."""
+    buckets = {synthesized.logical_id(b): name for name, b in synthesized.stack.storage.buckets.items()}
+    found = set()
+    for statement in role_statements(synthesized, function):
+        for action in as_list(statement["Action"]):
+            if not action.startswith("s3:") or action == "s3:ListBucket":
+                continue
+            for resource in as_list(statement["Resource"]):
+                arn, suffix = resource["Fn::Join"][1]
+                found.add((action, buckets[arn["Fn::GetAtt"][0]], suffix.lstrip("/")))
+    return found
+
+
+@pytest.mark.parametrize("function", [spec.name for spec in platform.FUNCTIONS])
+def test_functions_reach_only_their_declared_prefixes_and_tables(synthesized: Synthesized, function: str) -> None:
+    access = ACCESS[function]
+    expected = {("s3:GetObject", bucket, f"{prefix}*") for bucket, prefixes in access.read.items()
+                for prefix in prefixes}
+    if access.read_versions:
+        expected |= {("s3:GetObjectVersion", b, p) for _a, b, p in expected}
+    expected |= {("s3:PutObject", bucket, f"{prefix}*") for bucket, prefixes in access.write.items()
+                 for prefix in prefixes}
+    assert object_grants(synthesized, function) == expected
+
+    tables = {synthesized.logical_id(t): name for name, t in synthesized.stack.storage.tables.items()}
+    reached: dict[str, set[str]] = {}
+    for statement in role_statements(synthesized, function):
+        for resource in as_list(statement["Resource"]):
+            if isinstance(resource, dict) and resource.get("Fn::GetAtt", [""])[0] in tables:
+                reached.setdefault(tables[resource["Fn::GetAtt"][0]], set()).update(as_list(statement["Action"]))
+    assert set(reached) == set(access.tables)
+    for table, mode in access.tables.items():
+        assert ("dynamodb:PutItem" in reached[table]) == (mode == "write"), table
+
+
+# -- cdk-nag ----------------------------------------------------------------------------------------------------
+def test_cdk_nag_found_nothing_unacknowledged(synthesized: Synthesized) -> None:
+    # the session's synthesis would have raised otherwise; the report is what the CLI shows
+    report = json.loads((synthesized.assembly_dir / "validation-report.json").read_text())
+    assert not [v for r in report["pluginReports"] for v in r.get("violations", [])], report
+
+
+def test_cdk_nag_findings_fail_the_synthesis(tmp_path: Path) -> None:
+    """The app registers cdk-nag on every synthesis: one unencrypted queue in the stack is enough to stop it."""
+    from aws_cdk import App
+    from aws_cdk import aws_sqs as sqs
+
+    from infra.app import build, cdk_json_context
+
+    app = App(context=cdk_json_context(), outdir=str(tmp_path))
+    sqs.Queue(build(app), "Unencrypted", encryption=sqs.QueueEncryption.UNENCRYPTED)
+    with pytest.raises(RuntimeError, match="ValidationFailed") as failure:
+        app.synth()
+    assert "AwsSolutions-SQS2" in str(failure.value)
+    assert "mlops-dev/Pipeline" not in str(failure.value)  # the platform itself stays clean
+
+
+def test_prod_stage_retains_data_and_caps_ingest(tmp_path: Path, synthesize_with: Any) -> None:
+    prod = synthesize_with(tmp_path, **{"mlops:stage": "prod"})
+    assert prod.stack.stack_name.endswith("-prod")
+    for kind in ("AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::KMS::Key"):
+        assert {r.get("DeletionPolicy") for r in prod.of_type(kind).values()} == {"Retain"}, kind
+    assert {r["Properties"]["RetentionInDays"] for r in prod.of_type("AWS::Logs::LogGroup").values()} == {365}
+    assert prod.functions()["ingest"][1]["Properties"]["ReservedConcurrentExecutions"] == 20

@@ -1,0 +1,103 @@
+"""The canary decided by the sequential test on live feedback, end to end on moto: two datasets make a
+champion and a challenger, traffic goes through the weighted `live` alias, feedback comes back, and the
+rollout state machine promotes or rolls back."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops.local.embedded import EmbeddedCloud
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+FUNCTION = "mlops-infer-canary:live"
+
+
+def _call(cloud: EmbeddedCloud, path: str, body: Any) -> dict[str, Any]:
+    event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
+    event["path"], event["body"] = path, json.dumps(body)
+    response = cloud.client("lambda").invoke(FunctionName=FUNCTION, Payload=json.dumps(event).encode())
+    payload = json.loads(response["Payload"].read())
+    assert payload["statusCode"] == 200, payload
+    answer: dict[str, Any] = json.loads(payload["body"])
+    return answer
+
+
+def _champion_and_challenger(cloud: EmbeddedCloud, csv: bytes) -> None:
+    cloud.upload("canary", "one.csv", csv)
+    cloud.wait_for_executions(1)
+    lines = csv.decode().splitlines()
+    cloud.upload("canary", "two.csv", ("\n".join([lines[0], *reversed(lines[1:])]) + "\n").encode())
+    executions = cloud.wait_for_executions(2)
+    assert all(e["status"] == "SUCCEEDED" for e in executions)
+    assert cloud.registry.aliases("canary") == {"champion": 1, "challenger": 2}
+
+
+def _traffic(cloud: EmbeddedCloud, rows: list[dict[str, Any]], challenger_right: bool, until_done: int = 1500) -> dict:
+    """Predict and send feedback until the rollout decides: the challenger is always right (or always wrong),
+    the champion the opposite, so the test must find the difference."""
+    seen = {"champion": 0, "challenger": 0}
+    for i in range(until_done):
+        answer = _call(cloud, "/models/canary/predict", {"features": rows[i % len(rows)]})
+        seen[answer["variant"]] += 1
+        right = (answer["variant"] == "challenger") == challenger_right
+        label = answer["prediction"] if right else ("1" if answer["prediction"] == "0" else "0")
+        _call(cloud, "/models/canary/feedback", {"request_id": answer["request_id"], "label": label})
+        if i % 50 == 49 and all(e["status"] != "RUNNING"
+                                for e in cloud.executions(cloud.deployment.rollout_arn)):
+            break
+    return seen
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns="target")
+    return [{k: float(v) for k, v in row.items()} for _, row in frame.head(200).iterrows()]
+
+
+def _decided(cloud: EmbeddedCloud, action: str, champion: int) -> dict[str, Any]:
+    """The rollout ended with `action`, and both the registry and the live alias agree on the champion."""
+    [rollout] = cloud.wait_for_executions(1, timeout=120, state_machine_arn=cloud.deployment.rollout_arn)
+    errors = [i.result for i in cloud.runtime.invocations if i.errored]
+    failed = [e for e in cloud.history(rollout["executionArn"]) if "Failed" in e["type"]]
+    assert rollout["status"] == "SUCCEEDED", json.dumps([errors, failed], default=str)[:3000]
+    output: dict[str, Any] = json.loads(rollout["output"])
+    assert output["action"] == action
+    assert cloud.registry.aliases("canary") == {"champion": champion}
+    version = cloud.registry.version("canary", champion)
+    assert version is not None
+    alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-canary", Name="live")
+    assert alias["FunctionVersion"] == version.lambda_version
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")  # 100% on the champion
+    [event] = cloud.registry.events("canary")
+    assert event["action"] == action
+    assert event["who"].startswith("rollout:")
+    return output
+
+
+def test_better_challenger_is_promoted_by_the_sequential_test(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes, rows: list[dict[str, Any]]
+) -> None:
+    _champion_and_challenger(cloud, breast_cancer_csv)
+    seen = _traffic(cloud, rows, challenger_right=True)
+    assert seen["champion"] > 0
+    assert seen["challenger"] > 0  # the alias really split the traffic
+    look = _decided(cloud, "promote", champion=2)["history"][-1]
+    assert look["p_value"] <= 0.05
+    assert look["n_control"] >= 100
+    assert look["n_treatment"] >= 100
+
+
+def test_worse_challenger_is_rolled_back(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes, rows: list[dict[str, Any]]
+) -> None:
+    _champion_and_challenger(cloud, breast_cancer_csv)
+    _traffic(cloud, rows, challenger_right=False)
+    look = _decided(cloud, "rollback", champion=1)["history"][-1]
+    assert look["upper"] < 0  # the challenger is worse, with confidence
