@@ -26,6 +26,22 @@ app = APIGatewayRestResolver(enable_validation=True)
 MAX_BODY_BYTES = int(os.environ.get("MAX_BODY_BYTES", str(256 * 1024)))
 
 
+def _error(description: str) -> dict[str, Any]:
+    schema = {"type": "object", "required": ["error", "message"], "properties": {
+        "error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+NOT_FOUND: dict[int, Any] = {404: _error("no such model is served here")}
+REQUEST_ERRORS: dict[int, Any] = {
+    400: _error("the body is not JSON, or not a JSON object"),
+    413: _error("too many instances, or too large a body"),
+    422: _error("a feature is missing, unexpected, mistyped, not finite, out of range or an unknown category"),
+    503: _error("no version of the model is deployed yet"),
+    **NOT_FOUND,
+}
+
+
 def _capture_failed(exc: Exception) -> None:
     logger.warning("capture failed; the prediction was still answered", extra={"error": repr(exc)})
     metrics.add_metric(name="CaptureErrors", unit=MetricUnit.Count, value=1)
@@ -57,24 +73,27 @@ def _body() -> Any:
                                "body") from exc
 
 
-@app.get("/health")
+@app.get("/health", summary="Liveness of the function", tags=["operations"])
 def health() -> dict[str, Any]:
     return {"status": "ok", "model": server.model_name, "version": server.pinned_version}
 
 
-@app.get("/models/<name>")
+@app.get("/models/<name>", summary="Champion, challenger, their metrics and the feature schema", tags=["models"],
+         responses={**NOT_FOUND, 503: REQUEST_ERRORS[503]})
 def describe(name: str) -> dict[str, Any]:
     return server.describe(name)
 
 
-@app.post("/models/<name>/predict")
+@app.post("/models/<name>/predict", tags=["models"], responses=REQUEST_ERRORS,
+          summary="Predict one row ({'features': {...}}) or a batch ({'instances': [...]})")
 def predict(name: str) -> dict[str, Any]:
     answer = server.predict(name, _body())
     metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=len(answer.get("predictions", [answer])))
     return answer
 
 
-@app.post("/models/<name>/feedback")
+@app.post("/models/<name>/feedback", tags=["models"], responses={k: REQUEST_ERRORS[k] for k in (400, 404, 413, 422)},
+          summary="The observed label ({'request_id', 'label'}) or reward ({'request_id', 'reward'}) of a prediction")
 def feedback(name: str) -> dict[str, Any]:
     answer = server.feedback(name, _body())
     metrics.add_metric(name="Feedback", unit=MetricUnit.Count, value=1)

@@ -1,1 +1,2 @@
 """serverless-mlops core package."""
+__version__ = "0.1.0"

@@ -162,6 +162,27 @@ def _cmd_ab_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_openapi(args: argparse.Namespace) -> int:
+    """The API document, generated from the infer handler's routes (no cloud needed)."""
+    import runpy
+
+    from mlops import __version__, platform
+
+    os.environ.setdefault("MODEL_NAME", "model")
+    os.environ.setdefault("REGISTRY_TABLE", "unused-for-openapi")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    handler = runpy.run_path(str(platform.FUNCTIONS_DIR / "infer" / "handler.py"))
+    document = handler["app"].get_openapi_json_schema(
+        title="serverless-mlops model API", version=__version__,
+        description="Predictions, feedback and model status of every model; AWS_IAM (SigV4) authorization.")
+    if args.out:
+        Path(args.out).write_text(document + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(document)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mlops.config import config_path
     from mlops.demo import main as demo_main
@@ -213,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--weight", type=float, help="challenger traffic share (default: equal arms)")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=_cmd_ab_plan)
+
+    openapi = sub.add_parser("openapi", help="write the OpenAPI document of the model API")
+    openapi.add_argument("--out", help="file to write (default: stdout)")
+    openapi.set_defaults(func=_cmd_openapi)
 
     demo = sub.add_parser("demo", help="run the training pipeline on an embedded local cloud with a bundled dataset")
     demo.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")

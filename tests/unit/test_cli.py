@@ -98,3 +98,14 @@ def test_ab_plan_rejects_impossible_rates() -> None:
     done = _mlops("ab", "plan", "--baseline", "0.99", "--mde", "0.02")
     assert done.returncode == 2
     assert "between 0 and 1" in done.stderr
+
+
+def test_openapi_documents_every_route_and_its_errors(tmp_path: Path) -> None:
+    out = tmp_path / "openapi.json"
+    done = _mlops("openapi", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert set(document["paths"]) == {"/health", "/models/{name}", "/models/{name}/predict",
+                                      "/models/{name}/feedback"}
+    predict = document["paths"]["/models/{name}/predict"]["post"]
+    assert {"400", "404", "413", "422", "503"} <= set(predict["responses"])
