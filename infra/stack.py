@@ -1,9 +1,8 @@
 """The serverless-mlops stack: composes one construct per concern and grants each function exactly what its
-handler does (ACCESS below; the keys come from mlops.ingest, mlops.pipeline and mlops.rollout)."""
+handler does (ACCESS below; the keys come from mlops.ingest, mlops.pipeline, mlops.rollout and mlops.serving)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.constructs.function import PlatformFunction
 from infra.constructs.nag import acknowledge
 from infra.constructs.pipeline import Pipeline
+from infra.constructs.serving import Serving
 from infra.constructs.storage import Storage
 from mlops import platform, settings
 from mlops.config import load_config
@@ -33,6 +34,18 @@ class Access:
     read_versions: bool = False  # reads a given object version (s3:GetObjectVersion)
     tables: Mapping[str, Literal["read", "write"]] = field(default_factory=dict)
     starts: tuple[str, ...] = ()  # state machines it starts executions of
+    puts: tuple[str, ...] = ()  # Firehose delivery streams it puts records to (firehose:PutRecordBatch)
+    infer: tuple[str, ...] = ()  # Lambda actions on every model's infer function and its versions and aliases
+
+
+# mlops.deploy.ServingDeployer: pin a model version in $LATEST's environment, publish it, move the `live` alias
+ROUTE = ("lambda:GetFunctionConfiguration", "lambda:UpdateFunctionConfiguration", "lambda:GetAlias",
+         "lambda:CreateAlias", "lambda:UpdateAlias")
+# register also publishes the version of a new model version, and lets API Gateway invoke the alias it creates
+DEPLOY = (*ROUTE, "lambda:PublishVersion", "lambda:AddPermission")
+# register's variable for the API's execute-api ARN (settings.API_SOURCE_ARN once mlops.settings declares it): the
+# SourceArn of the permission it adds on a model's `live` alias when it creates the alias
+API_SOURCE_ARN: Final = "API_SOURCE_ARN"
 
 
 ACCESS: dict[str, Access] = {
@@ -46,15 +59,18 @@ ACCESS: dict[str, Access] = {
     "train": Access(read={"data": ("curated/", "contracts/")}, write={"models": ("candidates/",)}),
     # the candidate, and the champion's registered model
     "evaluate": Access(read={"models": ("candidates/", "models/")}, tables={"registry": READ}),
-    # with serving in the stack, register will also need the infer functions (publish a version, move the alias)
-    # and states:StartExecution on the rollout state machine; without an infer function it does neither
+    # publishes a version of the model's infer function, moves its alias, and starts the canary's rollout
     "register": Access(read={"models": ("candidates/", "models/")}, write={"models": ("models/",)},
-                       tables={"registry": WRITE}),
+                       tables={"registry": WRITE}, starts=(platform.ROLLOUT_STATE_MACHINE,), infer=DEPLOY),
     "record_outcome": Access(tables={"registry": WRITE}),
-    # reads the captured predictions and feedback (Firehose writes them under captures/); moving the alias of
-    # an infer function is granted with serving
-    "rollout": Access(read={"captures": ("captures/",)}, tables={"registry": WRITE}),
+    # reads the captured predictions and feedback (Firehose writes them under captures/), moves the alias
+    "rollout": Access(read={"captures": ("captures/",)}, tables={"registry": WRITE}, infer=ROUTE),
 }
+
+
+def infer_access(model: str) -> Access:
+    """A model's infer function: that model's registered artefacts, the registry, and the capture stream."""
+    return Access(read={"models": (f"models/{model}/",)}, tables={"registry": READ}, puts=(platform.CAPTURE_STREAM,))
 
 DDB_READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem",
             "dynamodb:DescribeTable")
@@ -81,8 +97,20 @@ class MlopsStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         if ungranted := [spec.name for spec in platform.FUNCTIONS if spec.name not in ACCESS]:
             raise KeyError(f"declare what {ungranted} may access in infra/stack.py ACCESS")
-        project = load_config(config_file).project
+        config = load_config(config_file)
+        project = config.project
         self.storage = storage = Storage(self, "Storage", removal_policy=removal_policy)
+        self.serving = serving = Serving(
+            self, "Serving",
+            storage=storage,
+            project=project,
+            config_file=config_file,
+            models=[model.name for model in config.models],
+            capture_stream_name=platform.resource_names(project)[platform.CAPTURE_STREAM],
+            environment={settings.REGISTRY_TABLE: storage.tables["registry"].table_name},
+            log_retention=log_retention,
+            removal_policy=removal_policy,
+        )
         self.pipeline = Pipeline(
             self, "Pipeline",
             storage=storage,
@@ -93,9 +121,10 @@ class MlopsStack(Stack):
                 settings.REGISTRY_TABLE: storage.tables["registry"].table_name,
                 settings.IDEMPOTENCY_TABLE: storage.tables["idempotency"].table_name,
                 settings.NOTIFICATIONS_TOPIC_ARN: storage.topic.topic_arn,
-                # Serving (the per-model infer functions) is not in this stack yet. With no infer function for
-                # a model, register records a version without deploying it and rollout has nothing to move.
-                settings.INFER_FUNCTIONS: json.dumps({}),
+                # model -> the infer function's physical name (its Ref), as the local cloud gives it
+                settings.INFER_FUNCTIONS: self.to_json_string(
+                    {model: f.function.function_name for model, f in serving.functions.items()}),
+                API_SOURCE_ARN: serving.api_source_arn,
             },
             project=project,
             config_file=config_file,
@@ -103,13 +132,17 @@ class MlopsStack(Stack):
             removal_policy=removal_policy,
             reserved_concurrency=reserved_concurrency,
         )
+        register = self.pipeline.functions["register"]
+        if API_SOURCE_ARN not in register.spec.env:  # until mlops.platform declares it for register
+            register.function.add_environment(API_SOURCE_ARN, serving.api_source_arn)
         for name, access in ACCESS.items():
             if name in self.pipeline.functions:
-                self._grant(name, access)
+                self._grant(name, self.pipeline.functions[name], access)
+        for model, function in serving.functions.items():
+            self._grant(f"infer ({model})", function, infer_access(model))
         self._acknowledge_cdk_internals()
 
-    def _grant(self, name: str, access: Access) -> None:
-        function = self.pipeline.functions[name]
+    def _grant(self, name: str, function: PlatformFunction, access: Access) -> None:
         role, key_arn = function.role, self.storage.key.key_arn
         kms_actions: set[str] = set()
 
@@ -144,6 +177,17 @@ class MlopsStack(Stack):
             statement(sorted(kms_actions), [key_arn])
         for machine in access.starts:
             self.pipeline.state_machines[machine].grant_start_execution(function.function)
+        if access.puts:
+            streams = {platform.CAPTURE_STREAM: self.serving.stream_arn}
+            statement(["firehose:PutRecordBatch"], [streams[stream] for stream in access.puts])
+        if access.infer:
+            infer = [f.function.function_arn for f in self.serving.functions.values()]
+            statement(sorted(access.infer), [*infer, *(f"{arn}:*" for arn in infer)])
+            for f in self.serving.functions.values():
+                lid = self.resolve(f.function.node.default_child.logical_id)  # type: ignore[union-attr]
+                acknowledge(function, f"AwsSolutions-IAM5[Resource::<{lid}.Arn>:*]",
+                            f"{name} publishes versions of the infer function of model {f.node.id} and moves its "
+                            "`live` alias, whose qualified ARNs (version numbers) are only known at run time")
 
     def _acknowledge_cdk_internals(self) -> None:
         # aws-cdk-lib writes S3 notification configurations with its own singleton function (a custom resource

@@ -39,7 +39,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = register_step(state, state.train, state.evaluation, config=load_config(),
                            models=ObjectStore(aws.client("s3"), resources.models_bucket),
                            registry=Registry(aws.client("dynamodb"), resources.registry_table),
-                           execution_arn=state.execution_arn, deployer=ServingDeployer(aws.client("lambda")),
+                           execution_arn=state.execution_arn,
+                           deployer=ServingDeployer(aws.client("lambda"), api_source_arn=resources.api_source_arn),
                            infer_function=resources.infer_functions.get(state.model),
                            start_rollout=rollout if rollout_arn else None)
     metrics.add_metric(name="ModelsRegistered", unit=MetricUnit.Count, value=1)

@@ -143,8 +143,12 @@ class PlatformFunction(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
         reserved_concurrency: int | None,
+        construct_id: str | None = None,
+        function_name: str | None = None,
     ) -> None:
-        super().__init__(scope, spec.name)
+        """`function_name` is the physical name, for a function found by name at run time (the per-model infer
+        functions); CloudFormation names all the others."""
+        super().__init__(scope, construct_id or spec.name)
         self.spec = spec
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=removal_policy)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
@@ -170,6 +174,7 @@ class PlatformFunction(Construct):
                                                                   resources=[key.key_arn]))
 
         common: dict[str, Any] = {
+            "function_name": function_name,
             "description": spec.description,
             "environment": dict(environment),
             "memory_size": spec.memory_mb,

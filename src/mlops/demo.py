@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -60,18 +61,18 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
              verbose: bool = False) -> dict[str, Any]:
     from mlops.local.embedded import embedded_cloud
 
-    if not verbose:
-        # The functions' structured logs and metrics stay available with --verbose; the story reads better without.
-        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    # The functions' structured logs and metrics stay available with --verbose; the story reads better without.
+    quiet = None if verbose else open(os.devnull, "w")  # noqa: SIM115 - closed with the process
 
     say = say or (lambda line: print(line, flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = demo_config(config_file, out_dir)
     config = load_config(config_file)
     model = config.models[0]
     started = time.perf_counter()
     say(f"== serverless-mlops demo: model '{model.name}' (target '{model.target}', {model.family}) ==")
     say("-> starting the local cloud (embedded moto: S3, DynamoDB, SNS, Lambda, Step Functions)")
-    with embedded_cloud(config_file) as cloud:
+    with embedded_cloud(config_file, handler_output=quiet) as cloud:
         d = cloud.deployment
         say(f"   data bucket s3://{d.data_bucket}, models bucket s3://{d.models_bucket}")
         body = demo_dataset(model.target)
@@ -123,9 +124,97 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
         say(f"     onnx      sha256 {manifest['onnx']['sha256'][:16]}..., opset {manifest['onnx'].get('opset')}")
         say(f"   artefacts in the (in-memory) cloud: {version.artefacts_prefix}")
         say(f"   copied to {out_dir}/: " + ", ".join(sorted(p.name for p in out_dir.iterdir())))
+        canary = (_serve_and_canary(cloud, model.name, model.target, model.rollout_interval_seconds, say)
+                  if model.task.is_classification else None)
         say(f"== done in {time.perf_counter() - started:.1f}s. Next: `mlops train --data FILE.csv --target COL` "
-            "to experiment offline. ==")
-        return {"status": execution["status"], "version": version.to_dict(), "out_dir": str(out_dir)}
+            "to experiment offline; `mlops models list <name>` against a deployment. ==")
+        return {"status": execution["status"], "version": version.to_dict(), "out_dir": str(out_dir),
+                "canary": canary}
+
+
+def _invoke(cloud: Any, function: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """An API Gateway REST proxy event, as the API would send it to the function's live alias."""
+    event = {"resource": path, "path": path, "httpMethod": method, "headers": {"Content-Type": "application/json"},
+             "multiValueHeaders": {}, "queryStringParameters": None, "pathParameters": None,
+             "requestContext": {"httpMethod": method, "path": path, "stage": "local", "requestId": "demo",
+                                "identity": {"sourceIp": "127.0.0.1"}},
+             "body": json.dumps(body) if body is not None else None, "isBase64Encoded": False}
+    response = cloud.client("lambda").invoke(FunctionName=f"{function}:live", Payload=json.dumps(event).encode())
+    payload = json.loads(response["Payload"].read())
+    answer: dict[str, Any] = json.loads(payload["body"])
+    return answer
+
+
+def new_world(target: str) -> tuple[bytes, list[dict[str, Any]], list[str]]:
+    """breast-cancer after the world changed: the label of large tumours (mean radius > 15) flipped. Returns
+    the CSV a data scientist would upload, and live rows with the labels reality will report back."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.rename(columns={"target": target})
+    flipped = frame["mean radius"] > 15
+    frame.loc[flipped, target] = 1 - frame.loc[flipped, target]
+    rows = frame.drop(columns=target).to_dict("records")
+    return frame.to_csv(index=False).encode(), rows, [str(v) for v in frame[target]]
+
+
+def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: Callable[[str], None]
+                      ) -> dict[str, Any]:
+    function = cloud.deployment.infer_function(model)
+    rows_csv, rows, labels = new_world(target)
+    answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": rows[0]})
+    say(f"-> serving: POST /models/{model}/predict -> prediction {answer['prediction']!r}, "
+        f"p={max(answer['probabilities'].values()):.3f}, v{answer['model_version']} ({answer['variant']})")
+    say("-> the world changes: large tumours now carry the other label; a new dataset arrives")
+    cloud.upload(model, "breast_cancer_new_world.csv", rows_csv)
+    executions = cloud.wait_for_executions(2)
+    challenger = cloud.registry.alias(model, "challenger")
+    if challenger is None:
+        runs = cloud.registry.runs(model)
+        say(f"!! the new model was not registered: {runs[-1].reason if runs else executions[-1]['status']}")
+        return {"promoted": False}
+    split = cloud.client("lambda").get_alias(FunctionName=function, Name="live")
+    weight = next(iter((split.get("RoutingConfig") or {}).get("AdditionalVersionWeights", {}).values()), 0.0)
+    say(f"-> registered v{challenger.version} as challenger; the live alias sends it {weight:.0%} of the traffic")
+    say("-> live traffic with feedback from the new world (the rollout looks every "
+        f"{interval} s):")
+    seen = {"champion": [0, 0], "challenger": [0, 0]}
+    rollout_arn = cloud.deployment.rollout_arn
+    for i in range(4000):
+        row, label = rows[i % len(rows)], labels[i % len(labels)]
+        answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": row})
+        _invoke(cloud, function, "POST", f"/models/{model}/feedback",
+                {"request_id": answer["request_id"], "label": label})
+        arm = seen.setdefault(answer["variant"], [0, 0])
+        arm[0] += int(answer["prediction"] == label)
+        arm[1] += 1
+        if i % 250 == 249:
+            say("     " + ", ".join(f"{name}: {ok}/{n} right" for name, (ok, n) in seen.items() if n))
+            if all(e["status"] != "RUNNING" for e in cloud.executions(rollout_arn)):
+                break
+    [rollout] = cloud.wait_for_executions(1, timeout=120, state_machine_arn=rollout_arn)
+    output = json.loads(rollout.get("output") or "{}")
+    look = (output.get("history") or [{}])[-1]
+    say(f"-> rollout decided: {output.get('action')} after {output.get('looks')} looks "
+        f"(p={look.get('p_value', float('nan')):.2g}, challenger-champion accuracy in "
+        f"[{look.get('lower', float('nan')):+.3f}, {look.get('upper', float('nan')):+.3f}])")
+    champion = cloud.registry.alias(model, "champion")
+    say(f"   champion is now v{champion.version if champion else '?'} at 100%; audit: "
+        + "; ".join(f"{e['action']} by {e['who']}" for e in cloud.registry.events(model)))
+    return {"action": output.get("action"), "champion": champion.version if champion else None}
+
+
+def demo_config(config_file: Path, workdir: Path) -> Path:
+    """The project's configuration with the first model's rollout looking every second (not every few
+    minutes, as in production), so the canary is decided while you watch."""
+    text = config_file.read_text()
+    setting = "rollout_interval_seconds = 2"
+    if re.search(r"^rollout_interval_seconds\s*=.*$", text, flags=re.M):
+        text = re.sub(r"^rollout_interval_seconds\s*=.*$", setting, text, count=1, flags=re.M)
+    else:
+        text = re.sub(r"^(name\s*=.*)$", rf"\1\n{setting}", text, count=1, flags=re.M)
+    path = workdir / "mlops.demo.toml"
+    path.write_text(text)
+    return path
 
 
 def main(config_file: Path, out_dir: Path, verbose: bool = False) -> int:

@@ -8,6 +8,7 @@ run time, and a rollback is one alias update.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,19 @@ class Split:
 
 
 class ServingDeployer:
-    def __init__(self, lambda_client: Any) -> None:
+    def __init__(self, lambda_client: Any, api_source_arn: str | None = None) -> None:
         self.lam = lambda_client
+        # the API's execute-api ARN: the alias is created here at run time, so is API Gateway's right to call it
+        self.api_source_arn = api_source_arn
+
+    def _allow_api(self, function: str) -> None:
+        if not self.api_source_arn:
+            return
+        # granted by an earlier (or retried) deploy: nothing to add
+        with contextlib.suppress(self.lam.exceptions.ResourceConflictException):
+            self.lam.add_permission(FunctionName=function, Qualifier=LIVE_ALIAS, StatementId="apigateway-invoke-live",
+                                    Action="lambda:InvokeFunction", Principal="apigateway.amazonaws.com",
+                                    SourceArn=self.api_source_arn)
 
     def _wait_updated(self, function: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -78,4 +90,5 @@ class ServingDeployer:
         except self.lam.exceptions.ResourceNotFoundException:
             self.lam.create_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
                                   RoutingConfig=routing)
+            self._allow_api(function)
         return self.split(function)

@@ -34,34 +34,45 @@ class RolloutState(BaseModel):
     test: dict[str, Any] | None = None
     looks: int = 0
     history: list[dict[str, Any]] = []
+    # incremental join of captures: counts so far, the last capture object read, predictions still
+    # waiting for their feedback (bounded, oldest dropped first: they travel in the execution payload)
+    counts: dict[str, list[int]] = {}
+    last_key: str | None = None
+    pending: dict[str, list[Any]] = {}
 
 
 def rollout_name(model: str, challenger: int) -> str:
     return f"{model}-v{challenger}-rollout"
 
 
-def arm_counts(captures: ObjectStore, model: str, versions: tuple[int, int], since: str) -> dict[int, list[int]]:
-    """version -> [correct, with feedback]: predictions joined with feedback by request id."""
-    predictions: dict[str, tuple[int, str]] = {}
-    labels: dict[str, str] = {}
-    for key in captures.keys(CAPTURE_PREFIX):
-        for line in captures.get_bytes(key).decode().splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if record.get("model") != model or record.get("time", "") < since:
-                continue
-            if record.get("type") == "prediction" and record.get("model_version") in versions:
-                predictions[record["request_id"]] = (record["model_version"], str(record["prediction"]))
-            elif record.get("type") == "feedback" and record.get("label") is not None:
-                labels[record["request_id"]] = str(record["label"])  # the latest feedback wins
-    counts = {v: [0, 0] for v in versions}
-    for request_id, label in labels.items():
-        if request_id in predictions:
-            version, predicted = predictions[request_id]
-            counts[version][0] += int(predicted == label)
-            counts[version][1] += 1
-    return counts
+MAX_PENDING = 2000
+
+
+def join_new_captures(state: RolloutState, captures: ObjectStore) -> None:
+    """Read the capture objects written since the last look (Firehose keys sort by time) and join each
+    feedback with its prediction by request id; counts[version] = [correct, with feedback]."""
+    versions = (state.champion, state.challenger)
+    counts = {str(v): state.counts.get(str(v), [0, 0]) for v in versions}
+    pending = dict(state.pending)
+    paginator = captures.s3.get_paginator("list_objects_v2")
+    extra = {"StartAfter": state.last_key} if state.last_key else {}
+    for page in paginator.paginate(Bucket=captures.bucket, Prefix=CAPTURE_PREFIX, **extra):
+        for item in page.get("Contents", []):
+            state.last_key = item["Key"]
+            for line in captures.get_bytes(item["Key"]).decode().splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if record.get("model") != state.model or record.get("time", "") < state.started_at:
+                    continue
+                if record.get("type") == "prediction" and record.get("model_version") in versions:
+                    pending[record["request_id"]] = [record["model_version"], str(record["prediction"])]
+                elif record.get("type") == "feedback" and record.get("label") is not None:
+                    joined = pending.pop(record["request_id"], None)
+                    if joined is not None:  # the first feedback of a request counts, once
+                        arm = counts[str(joined[0])]
+                        arm[0] += int(joined[1] == str(record["label"]))
+                        arm[1] += 1
+    state.counts = counts
+    state.pending = dict(list(pending.items())[-MAX_PENDING:])
 
 
 def _new_test(model_cfg: ModelConfig, baseline: float) -> SequentialTest:
@@ -90,8 +101,8 @@ def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, 
         test = _new_test(model_cfg, baseline)
     else:
         test = SequentialTest.from_dict(state.test)
-    counts = arm_counts(captures, state.model, (state.champion, state.challenger), state.started_at)
-    (c_ok, c_n), (t_ok, t_n) = counts[state.champion], counts[state.challenger]
+    join_new_captures(state, captures)
+    (c_ok, c_n), (t_ok, t_n) = state.counts[str(state.champion)], state.counts[str(state.challenger)]
     decision = test.update(c_ok, c_n, t_ok, t_n)
     action, reason = decision.action, decision.reason
     elapsed_hours = (now - datetime.fromisoformat(state.started_at)).total_seconds() / 3600

@@ -17,6 +17,7 @@ TRAINING_STATE_MACHINE_ARN = "TRAINING_STATE_MACHINE_ARN"
 CAPTURE_STREAM = "CAPTURE_STREAM"
 CAPTURES_BUCKET = "CAPTURES_BUCKET"
 ROLLOUT_STATE_MACHINE_ARN = "ROLLOUT_STATE_MACHINE_ARN"
+API_SOURCE_ARN = "API_SOURCE_ARN"
 # JSON object: model name -> the name (or ARN) of that model's infer function
 INFER_FUNCTIONS = "INFER_FUNCTIONS"
 
@@ -59,6 +60,10 @@ class Resources:
     @property
     def captures_bucket(self) -> str:
         return require(CAPTURES_BUCKET)
+
+    @property
+    def api_source_arn(self) -> str | None:
+        return os.environ.get(API_SOURCE_ARN) or None
 
     @property
     def rollout_state_machine_arn(self) -> str | None:

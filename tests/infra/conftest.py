@@ -24,6 +24,7 @@ for _var in ("CDK_DEFAULT_ACCOUNT", "CDK_DEFAULT_REGION"):
     os.environ.pop(_var, None)
 
 from infra.constructs.function import FUNCTION_TAG  # noqa: E402
+from infra.constructs.serving import MODEL_TAG  # noqa: E402
 
 
 @dataclass
@@ -45,14 +46,41 @@ class Synthesized:
         logical_id: str = self.stack.resolve(construct.node.default_child.logical_id)
         return logical_id
 
-    def functions(self) -> dict[str, tuple[str, dict[str, Any]]]:
-        """Platform function name -> (logical id, resource), through the tag every platform function carries."""
-        found = {}
+    def _tagged_functions(self) -> list[tuple[dict[str, str], str, dict[str, Any]]]:
+        found = []
         for lid, resource in self.of_type("AWS::Lambda::Function").items():
             tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
-            if FUNCTION_TAG in tags:
-                found[tags[FUNCTION_TAG]] = (lid, resource)
+            found.append((tags, lid, resource))
         return found
+
+    def functions(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Platform function name -> (logical id, resource), through the tag every platform function carries.
+        The per-model infer functions are in `serving()`."""
+        return {tags[FUNCTION_TAG]: (lid, resource) for tags, lid, resource in self._tagged_functions()
+                if FUNCTION_TAG in tags and MODEL_TAG not in tags}
+
+    def serving(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Model name -> (logical id, resource) of its infer function."""
+        return {tags[MODEL_TAG]: (lid, resource) for tags, lid, resource in self._tagged_functions()
+                if MODEL_TAG in tags}
+
+    def render(self, value: Any) -> str:
+        """A template value as text: a function's Ref becomes its physical name when it has one, any other Ref
+        `ref:<logical id>`, a GetAtt `<logical id>.<attribute>`, a pseudo parameter `<AWS::...>`."""
+        if isinstance(value, str):
+            return value
+        if "Fn::Join" in value:
+            separator, parts = value["Fn::Join"]
+            return str(separator).join(self.render(part) for part in parts)
+        if "Ref" in value:
+            if value["Ref"].startswith("AWS::"):
+                return f"<{value['Ref']}>"
+            name = self.resources[value["Ref"]].get("Properties", {}).get("FunctionName")
+            return str(name) if isinstance(name, str) else f"ref:{value['Ref']}"
+        if "Fn::GetAtt" in value:
+            lid, attribute = value["Fn::GetAtt"]
+            return f"{lid}.{attribute}"
+        raise ValueError(f"cannot render {value!r}")
 
     def function_names_by_logical_id(self) -> dict[str, str]:
         return {lid: name for name, (lid, _r) in self.functions().items()}

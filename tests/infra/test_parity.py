@@ -16,10 +16,14 @@ import pytest
 
 from infra.app import CONFIG_CONTEXT, cdk_json_context
 from infra.constructs.pipeline import STATE_MACHINES
+from infra.stack import API_SOURCE_ARN
 from mlops import platform
 
 # The local cloud has no X-Ray daemon; on AWS the functions trace actively (see test_stack).
 LOCAL_ONLY_ENV = {"POWERTOOLS_TRACE_DISABLED"}
+# The API's execute-api ARN, which register needs to let API Gateway invoke a `live` alias it creates; the local
+# cloud has no API Gateway yet. Empty once mlops.platform declares it for register (the local cloud then sets it).
+STACK_ONLY_ENV = {"register": {API_SOURCE_ARN} - set(platform.function("register").env)}
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 
 
@@ -28,7 +32,8 @@ class Local:
     """What the local cloud provisioned, read back from moto, by platform names."""
 
     functions: dict[str, set[str]] = field(default_factory=dict)  # name -> environment variable names
-    serving: set[str] = field(default_factory=set)  # per-model infer functions
+    serving: dict[str, set[str]] = field(default_factory=dict)  # infer function name -> environment variable names
+    capture_stream: dict[str, Any] = field(default_factory=dict)  # name, type, prefix, buffering
     triggers: set[tuple[str, str, str, str]] = field(default_factory=set)
     definitions: dict[str, str] = field(default_factory=dict)
     table_keys: dict[str, list[dict[str, str]]] = field(default_factory=dict)
@@ -56,7 +61,7 @@ def local() -> Local:
         for function in aws.client("lambda").list_functions()["Functions"]:
             variables = set(function.get("Environment", {}).get("Variables", {}))
             if function["FunctionName"] in infer:
-                found.serving.add(function["FunctionName"])
+                found.serving[function["FunctionName"]] = variables
             else:
                 found.functions[by_arn[function["FunctionArn"]]] = variables
 
@@ -77,6 +82,17 @@ def local() -> Local:
             text = text.replace(deployment.topic_arn, "topic:notifications")
             found.definitions[{v: k for k, v in deployment.names.items()}[machine["name"]]] = text
 
+        firehose = aws.client("firehose")
+        description = firehose.describe_delivery_stream(
+            DeliveryStreamName=deployment.names[platform.CAPTURE_STREAM])["DeliveryStreamDescription"]
+        [destination] = description["Destinations"]
+        s3_destination = destination["ExtendedS3DestinationDescription"]
+        found.capture_stream = {
+            "name": description["DeliveryStreamName"], "type": description["DeliveryStreamType"],
+            "bucket": by_bucket[s3_destination["BucketARN"].rsplit(":", 1)[1]], "prefix": s3_destination["Prefix"],
+            "buffering": s3_destination["BufferingHints"],
+        }
+
         ddb = aws.client("dynamodb")
         for table in platform.TABLES:
             found.table_keys[table] = ddb.describe_table(TableName=deployment.names[table])["Table"]["KeySchema"]
@@ -87,14 +103,29 @@ def local() -> Local:
 def test_same_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
     deployed = {name: set(resource["Properties"]["Environment"]["Variables"])
                 for name, (_lid, resource) in synthesized.functions().items()}
+    deployed = {name: variables - STACK_ONLY_ENV.get(name, set()) for name, variables in deployed.items()}
     assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.functions.items()} == deployed
 
 
-def test_serving_is_local_only_for_now(local: Local, synthesized: Synthesized) -> None:
-    """A tripwire: the local cloud also runs one infer function per declared model; the CDK app does not deploy
-    serving yet (register gets INFER_FUNCTIONS={} there). When it does, compare serving here too."""
+def test_same_infer_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
+    """One infer function per declared model on both sides, under the same physical name (register and the CLI
+    find it by name), with the same environment variables."""
+    deployed = {resource["Properties"]["FunctionName"]: set(resource["Properties"]["Environment"]["Variables"])
+                for _lid, resource in synthesized.serving().values()}
     assert local.serving
-    assert platform.INFER.name not in synthesized.functions()
+    assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.serving.items()} == deployed
+
+
+def test_same_capture_stream(local: Local, synthesized: Synthesized) -> None:
+    [props] = [r["Properties"] for r in synthesized.of_type("AWS::KinesisFirehose::DeliveryStream").values()]
+    destination = props["ExtendedS3DestinationConfiguration"]
+    buckets = {synthesized.logical_id(b): name for name, b in synthesized.stack.storage.buckets.items()}
+    assert local.capture_stream == {
+        "name": props["DeliveryStreamName"], "type": props["DeliveryStreamType"],
+        "bucket": buckets[destination["BucketARN"]["Fn::GetAtt"][0]], "prefix": destination["Prefix"],
+        "buffering": destination["BufferingHints"],
+    }
+    assert local.capture_stream["bucket"] == "captures"
 
 
 def test_same_s3_triggers(local: Local, synthesized: Synthesized) -> None:

@@ -12,14 +12,19 @@ from typing import Any
 
 import pytest
 
+from infra.app import CONFIG_CONTEXT, cdk_json_context
 from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT
 from infra.constructs.pipeline import STATE_MACHINES, StateMachineSpec, uses_topic
 from infra.constructs.storage import TABLE_KEYS
-from infra.stack import ACCESS
+from infra.stack import ACCESS, API_SOURCE_ARN, infer_access
 from mlops import platform, settings
+from mlops.config import load_config
 
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
+# Variables the stack sets beyond mlops.platform's declaration (register's API_SOURCE_ARN until it declares it)
+STACK_ONLY_ENV = {"register": {API_SOURCE_ARN} - set(platform.function("register").env)}
 ASYNC_FUNCTIONS = {trigger.function for trigger in platform.S3_TRIGGERS}
+MODELS = [model.name for model in load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT]).models]
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 
@@ -44,7 +49,12 @@ def as_list(value: Any) -> list[Any]:
 
 
 def role_statements(synthesized: Synthesized, function: str) -> list[dict[str, Any]]:
-    role = synthesized.logical_id(synthesized.stack.pipeline.functions[function].role)
+    """The statements of a platform function's role, or of a model's infer function's (`infer:<model>`)."""
+    if function.startswith("infer:"):
+        construct = synthesized.stack.serving.functions[function.removeprefix("infer:")]
+    else:
+        construct = synthesized.stack.pipeline.functions[function]
+    role = synthesized.logical_id(construct.role)
     return [
         statement
         for policy in synthesized.of_type("AWS::IAM::Policy").values()
@@ -59,7 +69,8 @@ def test_every_platform_function_is_deployed_as_its_spec_says(synthesized: Synth
     assert set(functions) == {spec.name for spec in platform.FUNCTIONS}
     for spec in platform.FUNCTIONS:
         props = functions[spec.name][1]["Properties"]
-        assert set(props["Environment"]["Variables"]) == {*spec.env, *POWERTOOLS_ENV}, spec.name
+        assert set(props["Environment"]["Variables"]) == {*spec.env, *POWERTOOLS_ENV,
+                                                          *STACK_ONLY_ENV.get(spec.name, ())}, spec.name
         assert props["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == spec.name
         assert props["Timeout"] == spec.timeout_s
         assert props["MemorySize"] == spec.memory_mb
@@ -85,14 +96,21 @@ def test_environment_values_point_at_the_stack_resources(synthesized: Synthesize
         settings.REGISTRY_TABLE: {"Ref": synthesized.logical_id(storage.tables["registry"])},
         settings.IDEMPOTENCY_TABLE: {"Ref": synthesized.logical_id(storage.tables["idempotency"])},
         settings.NOTIFICATIONS_TOPIC_ARN: {"Ref": synthesized.logical_id(storage.topic)},
-        settings.INFER_FUNCTIONS: "{}",
         **{machine.arn_variable: {"Ref": synthesized.logical_id(pipeline.state_machines[machine.name])}
            for machine in STATE_MACHINES},
+        # for when mlops.platform declares it for register (test_serving checks what it points at)
+        API_SOURCE_ARN: stack.resolve(stack.serving.api_source_arn),
     }
+    project = synthesized.stack.stack_name.rsplit("-", 1)[0]
+    infer_functions = {model: platform.infer_function_name(project, model) for model in synthesized.serving()}
+    assert infer_functions
     for name, (_lid, resource) in synthesized.functions().items():
         variables = resource["Properties"]["Environment"]["Variables"]
         for variable in platform.function(name).env:
-            assert variables[variable] == expected[variable], (name, variable)
+            if variable == settings.INFER_FUNCTIONS:  # a JSON object built from the functions' names
+                assert json.loads(synthesized.render(variables[variable])) == infer_functions, name
+            else:
+                assert variables[variable] == expected[variable], (name, variable)
 
 
 def test_async_functions_retry_then_keep_failed_events_in_an_encrypted_queue(synthesized: Synthesized) -> None:
@@ -327,9 +345,10 @@ def object_grants(synthesized: Synthesized, function: str) -> set[tuple[str, str
     return found
 
 
-@pytest.mark.parametrize("function", [spec.name for spec in platform.FUNCTIONS])
+@pytest.mark.parametrize("function", [*(spec.name for spec in platform.FUNCTIONS),
+                                      *(f"infer:{model}" for model in MODELS)])
 def test_functions_reach_only_their_declared_prefixes_and_tables(synthesized: Synthesized, function: str) -> None:
-    access = ACCESS[function]
+    access = infer_access(function.removeprefix("infer:")) if function.startswith("infer:") else ACCESS[function]
     expected = {("s3:GetObject", bucket, f"{prefix}*") for bucket, prefixes in access.read.items()
                 for prefix in prefixes}
     if access.read_versions:
@@ -368,7 +387,8 @@ def test_cdk_nag_findings_fail_the_synthesis(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="ValidationFailed") as failure:
         app.synth()
     assert "AwsSolutions-SQS2" in str(failure.value)
-    assert "mlops-dev/Pipeline" not in str(failure.value)  # the platform itself stays clean
+    for part in ("Storage", "Pipeline", "Serving"):
+        assert f"mlops-dev/{part}" not in str(failure.value)  # the platform itself stays clean
 
 
 def test_prod_stage_retains_data_and_caps_ingest(tmp_path: Path, synthesize_with: Any) -> None:

@@ -67,10 +67,11 @@ class EmbeddedCloud:
 
 
 @contextmanager
-def embedded_cloud(config_file: Path) -> Iterator[EmbeddedCloud]:
+def embedded_cloud(config_file: Path, *, handler_output: Any = None) -> Iterator[EmbeddedCloud]:
     from moto import mock_aws
 
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), InProcessRuntime() as runtime:
+    with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
+          InProcessRuntime(handler_output=handler_output) as runtime):
         aws.client.cache_clear()
         cloud = EmbeddedCloud(provision(aws.client, config_file=config_file), runtime)
         try:

@@ -199,7 +199,9 @@ def _current_version(bucket: str, key: str) -> str | None:
 
 
 class InProcessRuntime:
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, *, handler_output: Any = None) -> None:
+        # where handlers' prints (logs, EMF metrics) go: stderr unless told otherwise, never stdout
+        self.handler_output = handler_output
         self._tmp = tempfile.TemporaryDirectory(prefix="mlops-lambda-") if workdir is None else None
         self.workdir = Path(self._tmp.name) if self._tmp else Path(workdir or ".")
         self._envs: dict[tuple[str, str, str], _Environment] = {}
@@ -278,7 +280,7 @@ class InProcessRuntime:
             raise RuntimeError(f"cannot load handler {fn.handler} from {path}")
         module = importlib.util.module_from_spec(spec)
         # Module-level code (loggers, clients) must see the function's environment, as in Lambda's init phase.
-        with self._function_env(fn, root), contextlib.redirect_stdout(sys.stderr):
+        with self._function_env(fn, root), contextlib.redirect_stdout(self.handler_output or sys.stderr):
             sys.modules[name] = module
             spec.loader.exec_module(module)
         env = _Environment(root, module, getattr(module, attr))
@@ -312,7 +314,7 @@ class InProcessRuntime:
                 env = self._environment(fn)
                 context = LambdaContext(fn.function_name, str(fn.version), fn.function_arn,
                                         int(fn.memory_size), int(fn.timeout))
-                with self._function_env(fn, env.root), contextlib.redirect_stdout(sys.stderr):
+                with self._function_env(fn, env.root), contextlib.redirect_stdout(self.handler_output or sys.stderr):
                     result = env.handler(payload, context)
                 errored = False
             except Exception as exc:  # a handler error is the function's answer, as in Lambda
@@ -322,6 +324,9 @@ class InProcessRuntime:
                     "stackTrace": traceback.format_exception(exc),
                 }
                 errored = True
+        # Let a thread waiting for the lock (a Step Functions task between two API calls) have its turn:
+        # the lock is not fair, and a busy caller would otherwise starve the state machines.
+        time.sleep(0.0001)
         record = Invocation(fn.function_name, str(fn.version), payload, result, errored,
                             time.perf_counter() - started)
         self.invocations.append(record)

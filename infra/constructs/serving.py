@@ -1,0 +1,230 @@
+"""Serving: one infer function per declared model, the Firehose stream that captures every prediction and
+feedback into the captures bucket, and the REST API in front of the models.
+
+The `live` alias of an infer function belongs to the platform, not to CloudFormation (DESIGN.md): register creates
+it on a model's first deployment and register and rollout move its weights. So this construct creates no alias and
+no Lambda permission for it: the API integrates with `<function arn>:live` by its ARN string, and register, which
+receives the API's execute-api ARN in API_SOURCE_ARN, lets API Gateway invoke the alias once it exists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from aws_cdk import Aws, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kinesisfirehose as firehose
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.constructs.function import Packaging, PlatformFunction
+from infra.constructs.nag import acknowledge
+from infra.constructs.storage import Storage
+from mlops import platform, settings
+from mlops.deploy import LIVE_ALIAS
+
+# The tag naming the model an infer function serves (next to mlops:function=infer).
+MODEL_TAG: Final = "mlops:model"
+# An infer function's own resource variable, beside the platform's (mlops.platform.INFER.env); the local cloud sets
+# the same one.
+MODEL_NAME: Final = "MODEL_NAME"
+# Where Firehose writes in the captures bucket, and how long it buffers: the same as the local cloud's stream
+# (mlops.local.cloud.provision). Rollout reads feedback from there, so a short interval keeps the A/B test current.
+CAPTURE_PREFIX: Final = "captures/"
+CAPTURE_BUFFER_MB: Final = 1
+CAPTURE_BUFFER_SECONDS: Final = 60
+API_STAGE: Final = "v1"
+# Stage-wide throttling (every method): a ceiling against runaway clients, not a capacity plan.
+THROTTLE_RATE_PER_SECOND: Final = 100
+THROTTLE_BURST: Final = 200
+# API Gateway checks that POST bodies are JSON objects; the handler validates their fields against the model's
+# data contract (it knows the model's features, API Gateway does not).
+JSON_OBJECT_SCHEMA = apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4, type=apigw.JsonSchemaType.OBJECT)
+# The handler's error shape (mlops.serving.ServingError.body) for a body API Gateway refuses.
+BAD_BODY_TEMPLATE = json.dumps({"error": "MalformedRequest", "message": "$context.error.validationErrorString",
+                                "field": "body"})
+# Routes of functions/infer/handler.py under /models/<model>: (path below it, HTTP method, has a body)
+MODEL_ROUTES: Final = (("", "GET", False), ("predict", "POST", True), ("feedback", "POST", True))
+
+
+def live_invocation_uri(function_arn: str) -> str:
+    """API Gateway's Lambda-proxy URI for the function's `live` alias (created at run time by register)."""
+    return (f"arn:{Aws.PARTITION}:apigateway:{Aws.REGION}:lambda:path/2015-03-31/functions/"
+            f"{function_arn}:{LIVE_ALIAS}/invocations")
+
+
+class Serving(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        storage: Storage,
+        project: str,
+        config_file: Path,
+        models: Sequence[str],
+        capture_stream_name: str,
+        environment: Mapping[str, str],
+        log_retention: logs.RetentionDays,
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        """`environment` holds a value for each resource variable of mlops.platform.INFER this construct does not
+        create itself (the capture stream's name is added here)."""
+        super().__init__(scope, construct_id)
+        if not models:
+            raise ValueError("the project declares no model: there is nothing to serve")
+        self.stream = self._capture_stream(storage, capture_stream_name, log_retention, removal_policy)
+        environment = {**environment, settings.CAPTURE_STREAM: self.stream.ref}
+        if missing := [v for v in platform.INFER.env if v not in environment]:
+            raise KeyError(f"infer needs {missing} (mlops.platform) but the CDK app provides no value")
+
+        packaging = Packaging(self, "Packaging", config_file=config_file)
+        functions = Construct(self, "Functions")
+        self.functions: dict[str, PlatformFunction] = {}
+        for model in models:
+            function = PlatformFunction(
+                functions, platform.INFER,
+                construct_id=model,
+                function_name=platform.infer_function_name(project, model),
+                # onnxruntime + numpy have no public layer: until the infer layer is built (layers/README.md),
+                # infer runs from the platform's container image, which carries them
+                code=packaging.image(platform.INFER),
+                layers=[],
+                environment={
+                    **{v: environment[v] for v in platform.INFER.env},
+                    MODEL_NAME: model,
+                    "POWERTOOLS_SERVICE_NAME": platform.INFER.name,
+                    "POWERTOOLS_METRICS_NAMESPACE": project,
+                },
+                asynchronous=False,
+                key=storage.key,
+                log_retention=log_retention,
+                removal_policy=removal_policy,
+                reserved_concurrency=None,
+            )
+            Tags.of(function).add(MODEL_TAG, model)
+            self.functions[model] = function
+        self.api = self._api(project, log_retention, removal_policy)
+
+    @property
+    def stream_arn(self) -> str:
+        return self.stream.attr_arn
+
+    @property
+    def api_source_arn(self) -> str:
+        """What API Gateway presents as the source of its invocations, for any method and path of the stage."""
+        return self.api.arn_for_execute_api(stage=API_STAGE)
+
+    def _capture_stream(self, storage: Storage, name: str, log_retention: logs.RetentionDays,
+                        removal_policy: RemovalPolicy) -> firehose.CfnDeliveryStream:
+        bucket, key = storage.buckets["captures"], storage.key
+        log_group = logs.LogGroup(self, "CaptureLogs", retention=log_retention, removal_policy=removal_policy)
+        log_stream = logs.LogStream(self, "CaptureDeliveryLogs", log_group=log_group, removal_policy=removal_policy)
+        role = iam.Role(
+            self, "CaptureRole", description="serverless-mlops: Firehose delivers captures to the captures bucket",
+            assumed_by=iam.ServicePrincipal("firehose.amazonaws.com",
+                                            conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}),
+        )
+        # what Firehose asks of its role for an S3 destination, limited to the captures/ prefix
+        statements = [
+            iam.PolicyStatement(actions=["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+                                resources=[bucket.bucket_arn]),
+            iam.PolicyStatement(actions=["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
+                                resources=[bucket.arn_for_objects(f"{CAPTURE_PREFIX}*")]),
+            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn],
+                                conditions={"StringEquals": {"kms:ViaService": f"s3.{Aws.REGION}.amazonaws.com"}}),
+            iam.PolicyStatement(actions=["logs:PutLogEvents"], resources=[log_group.log_group_arn]),
+        ]
+        policy = iam.Policy(self, "CapturePolicy", statements=statements, roles=[role])
+        bucket_id = Stack.of(self).resolve(bucket.node.default_child.logical_id)  # type: ignore[union-attr]
+        acknowledge(policy, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{CAPTURE_PREFIX}*]",
+                    "Firehose writes objects whose keys it derives from the arrival time under captures/ in the "
+                    "captures bucket, and nothing outside it")
+        stream = firehose.CfnDeliveryStream(
+            self, "CaptureStream",
+            delivery_stream_name=name,
+            delivery_stream_type="DirectPut",
+            delivery_stream_encryption_configuration_input=firehose.CfnDeliveryStream
+            .DeliveryStreamEncryptionConfigurationInputProperty(key_type="CUSTOMER_MANAGED_CMK", key_arn=key.key_arn),
+            extended_s3_destination_configuration=firehose.CfnDeliveryStream.ExtendedS3DestinationConfigurationProperty(
+                bucket_arn=bucket.bucket_arn,
+                role_arn=role.role_arn,
+                prefix=CAPTURE_PREFIX,
+                buffering_hints=firehose.CfnDeliveryStream.BufferingHintsProperty(
+                    size_in_m_bs=CAPTURE_BUFFER_MB, interval_in_seconds=CAPTURE_BUFFER_SECONDS),
+                compression_format="UNCOMPRESSED",
+                encryption_configuration=firehose.CfnDeliveryStream.EncryptionConfigurationProperty(
+                    kms_encryption_config=firehose.CfnDeliveryStream.KMSEncryptionConfigProperty(
+                        awskms_key_arn=key.key_arn)),
+                cloud_watch_logging_options=firehose.CfnDeliveryStream.CloudWatchLoggingOptionsProperty(
+                    enabled=True, log_group_name=log_group.log_group_name,
+                    log_stream_name=log_stream.log_stream_name),
+            ),
+        )
+        # Firehose checks its role when the stream is created
+        stream.node.add_dependency(policy)
+        return stream
+
+    def _api(self, project: str, log_retention: logs.RetentionDays,
+             removal_policy: RemovalPolicy) -> apigw.RestApi:
+        access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=log_retention, removal_policy=removal_policy)
+        api = apigw.RestApi(
+            self, "Api",
+            rest_api_name=f"{Stack.of(self).stack_name}-api",
+            description=f"serverless-mlops ({project}): predict, feedback and describe each declared model",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            cloud_watch_role=False,
+            default_method_options=apigw.MethodOptions(authorization_type=apigw.AuthorizationType.IAM),
+            deploy_options=apigw.StageOptions(
+                stage_name=API_STAGE,
+                tracing_enabled=True,
+                throttling_rate_limit=THROTTLE_RATE_PER_SECOND,
+                throttling_burst_limit=THROTTLE_BURST,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=True, http_method=True, ip=True, protocol=True, request_time=True, resource_path=True,
+                    response_length=True, status=True, user=True),
+            ),
+        )
+        validator = api.add_request_validator("BodyValidator", validate_request_body=True,
+                                              validate_request_parameters=True)
+        body_model = api.add_model("JsonObject", content_type="application/json", schema=JSON_OBJECT_SCHEMA,
+                                   description="a JSON object; the handler checks its fields")
+        api.add_gateway_response("BadRequestBody", type=apigw.ResponseType.BAD_REQUEST_BODY, status_code="400",
+                                 templates={"application/json": BAD_BODY_TEMPLATE})
+
+        # /health answers from API Gateway itself: it needs no model deployed and costs no invocation
+        api.root.add_resource("health").add_method(
+            "GET",
+            apigw.MockIntegration(
+                request_templates={"application/json": '{"statusCode": 200}'},
+                integration_responses=[apigw.IntegrationResponse(
+                    status_code="200", response_templates={"application/json": '{"status": "ok"}'})],
+                passthrough_behavior=apigw.PassthroughBehavior.NEVER,
+            ),
+            method_responses=[apigw.MethodResponse(status_code="200")],
+        )
+        models = api.root.add_resource("models")
+        for model, function in self.functions.items():
+            integration = apigw.Integration(type=apigw.IntegrationType.AWS_PROXY, integration_http_method="POST",
+                                            uri=live_invocation_uri(function.function.function_arn))
+            resource = models.add_resource(model)
+            for path, method, has_body in MODEL_ROUTES:
+                target = resource.add_resource(path) if path else resource
+                target.add_method(method, integration, request_validator=validator if has_body else None,
+                                  request_models={"application/json": body_model} if has_body else None)
+        acknowledge(api, "AwsSolutions-APIG3",
+                    "every method needs a SigV4-signed request (AWS_IAM) and the stage is throttled; a WAF web ACL "
+                    "(a fixed monthly cost) is for when the API is opened beyond IAM principals")
+        acknowledge(api, "AwsSolutions-APIG6",
+                    "each request is recorded in the stage's access log group; execution logging needs the "
+                    "account-wide API Gateway CloudWatch role (AWS::ApiGateway::Account), an account setting this "
+                    "stack does not own")
+        acknowledge(api, "AwsSolutions-COG4",
+                    "the API authorizes with AWS_IAM (SigV4), not with a Cognito user pool: its callers are AWS "
+                    "principals (CI, services, the mlops CLI)")
+        return api

@@ -1,0 +1,219 @@
+"""Serving in the synthesized template: one infer function per declared model (found by its physical name), the
+capture stream into the captures bucket, and the IAM-authorized REST API that invokes each model's `live` alias,
+which the platform (register) creates at run time, never CloudFormation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from infra.app import CONFIG_CONTEXT, cdk_json_context
+from infra.constructs.serving import (
+    API_STAGE,
+    CAPTURE_PREFIX,
+    MODEL_NAME,
+    THROTTLE_BURST,
+    THROTTLE_RATE_PER_SECOND,
+)
+from infra.stack import API_SOURCE_ARN, DEPLOY, ROUTE
+from mlops import platform, settings
+from mlops.config import load_config
+from mlops.deploy import LIVE_ALIAS
+
+CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+MODELS = {model.name for model in CONFIG.models}
+POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
+Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_statements(synthesized: Synthesized, role: Any) -> list[dict[str, Any]]:
+    lid = synthesized.logical_id(role)
+    return [statement
+            for policy in synthesized.of_type("AWS::IAM::Policy").values()
+            if {"Ref": lid} in policy["Properties"]["Roles"]
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def stream(synthesized: Synthesized) -> tuple[str, dict[str, Any]]:
+    [(lid, resource)] = synthesized.of_type("AWS::KinesisFirehose::DeliveryStream").items()
+    return lid, resource["Properties"]
+
+
+# -- infer functions --------------------------------------------------------------------------------------------
+def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None:
+    serving = synthesized.serving()
+    assert set(serving) == MODELS
+    spec = platform.INFER
+    for model, (_lid, resource) in serving.items():
+        props = resource["Properties"]
+        # the name `mlops models`, register and rollout find it by
+        assert props["FunctionName"] == platform.infer_function_name(CONFIG.project, model)
+        variables = props["Environment"]["Variables"]
+        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV}, model
+        assert variables[MODEL_NAME] == model
+        assert variables["POWERTOOLS_SERVICE_NAME"] == spec.name
+        assert variables[settings.REGISTRY_TABLE] == {
+            "Ref": synthesized.logical_id(synthesized.stack.storage.tables["registry"])}
+        assert variables[settings.CAPTURE_STREAM] == {"Ref": stream(synthesized)[0]}
+        assert props["Timeout"] == spec.timeout_s
+        assert props["MemorySize"] == spec.memory_mb
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["LoggingConfig"]["LogGroup"]["Ref"] in synthesized.of_type("AWS::Logs::LogGroup")
+        # onnxruntime + numpy: the container image until the infer layer is built (layers/README.md)
+        assert props["PackageType"] == "Image"
+        assert props["ImageConfig"]["Command"] == [f"functions.{spec.name}.handler.handler"]
+
+
+def test_the_live_alias_is_left_to_the_platform(synthesized: Synthesized) -> None:
+    assert not synthesized.of_type("AWS::Lambda::Alias")
+    assert not synthesized.of_type("AWS::Lambda::Version")
+    infer = {lid for lid, _r in synthesized.serving().values()}
+    # a permission on the alias would fail before register creates it: register adds it (API_SOURCE_ARN)
+    for permission in synthesized.of_type("AWS::Lambda::Permission").values():
+        target = json.dumps(permission["Properties"]["FunctionName"])
+        assert not any(lid in target for lid in infer), permission
+
+
+# -- capture stream ---------------------------------------------------------------------------------------------
+def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: Synthesized) -> None:
+    storage = synthesized.stack.storage
+    key = {"Fn::GetAtt": [synthesized.logical_id(storage.key), "Arn"]}
+    _lid, props = stream(synthesized)
+    assert props["DeliveryStreamName"] == platform.resource_names(CONFIG.project)[platform.CAPTURE_STREAM]
+    assert props["DeliveryStreamType"] == "DirectPut"
+    assert props["DeliveryStreamEncryptionConfigurationInput"] == {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key}
+    destination = props["ExtendedS3DestinationConfiguration"]
+    assert destination["BucketARN"] == {"Fn::GetAtt": [synthesized.logical_id(storage.buckets["captures"]), "Arn"]}
+    assert destination["Prefix"] == CAPTURE_PREFIX
+    assert destination["EncryptionConfiguration"] == {"KMSEncryptionConfig": {"AWSKMSKeyARN": key}}
+    assert destination["CloudWatchLoggingOptions"]["Enabled"] is True
+    # its own role, which writes under captures/ and nowhere else
+    role = destination["RoleARN"]["Fn::GetAtt"][0]
+    assert synthesized.resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "firehose.amazonaws.com"}
+    written = [synthesized.render(resource)
+               for policy in synthesized.of_type("AWS::IAM::Policy").values()
+               if {"Ref": role} in policy["Properties"]["Roles"]
+               for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+               if "s3:PutObject" in as_list(statement["Action"])
+               for resource in as_list(statement["Resource"])]
+    assert written == [f"{synthesized.logical_id(storage.buckets['captures'])}.Arn/{CAPTURE_PREFIX}*"]
+
+
+def test_only_the_infer_functions_put_records_and_only_into_the_capture_stream(synthesized: Synthesized) -> None:
+    stream_arn = {"Fn::GetAtt": [stream(synthesized)[0], "Arn"]}
+    infer_roles = {synthesized.logical_id(f.role) for f in synthesized.stack.serving.functions.values()}
+    putters = set()
+    for policy in synthesized.of_type("AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = [a for a in as_list(statement["Action"]) if a.startswith("firehose:")]
+            if actions:
+                assert actions == ["firehose:PutRecordBatch"]
+                assert as_list(statement["Resource"]) == [stream_arn]
+                putters |= {role["Ref"] for role in policy["Properties"]["Roles"]}
+    assert putters == infer_roles
+
+
+# -- API --------------------------------------------------------------------------------------------------------
+def api_methods(synthesized: Synthesized) -> dict[tuple[str, str], dict[str, Any]]:
+    """(path, HTTP method) -> the method's properties."""
+    resources = synthesized.of_type("AWS::ApiGateway::Resource")
+    [api] = synthesized.of_type("AWS::ApiGateway::RestApi")
+
+    def path(parent: Any) -> str:
+        if parent == {"Fn::GetAtt": [api, "RootResourceId"]}:
+            return ""
+        props = resources[parent["Ref"]]["Properties"]
+        return f"{path(props['ParentId'])}/{props['PathPart']}"
+
+    return {(path(m["Properties"]["ResourceId"]), m["Properties"]["HttpMethod"]): m["Properties"]
+            for m in synthesized.of_type("AWS::ApiGateway::Method").values()}
+
+
+def test_api_routes_are_the_handlers_with_iam_authorization(synthesized: Synthesized) -> None:
+    methods = api_methods(synthesized)
+    expected = {("/health", "GET")}
+    for model in MODELS:
+        expected |= {(f"/models/{model}", "GET"), (f"/models/{model}/predict", "POST"),
+                     (f"/models/{model}/feedback", "POST")}
+    assert set(methods) == expected
+    assert {props["AuthorizationType"] for props in methods.values()} == {"AWS_IAM"}
+    validators = synthesized.of_type("AWS::ApiGateway::RequestValidator")
+    for (path, verb), props in methods.items():
+        if verb != "POST":
+            assert "RequestValidatorId" not in props, path
+            continue
+        validator = validators[props["RequestValidatorId"]["Ref"]]["Properties"]
+        assert validator["ValidateRequestBody"] is True, path
+        model = synthesized.resources[props["RequestModels"]["application/json"]["Ref"]]["Properties"]
+        assert model["Schema"]["type"] == "object"
+    assert methods[("/health", "GET")]["Integration"]["Type"] == "MOCK"
+
+
+def test_each_model_route_invokes_that_models_live_alias(synthesized: Synthesized) -> None:
+    methods = api_methods(synthesized)
+    for model, (lid, _r) in synthesized.serving().items():
+        for path in (f"/models/{model}", f"/models/{model}/predict", f"/models/{model}/feedback"):
+            [(route, integration)] = [(k, m["Integration"]) for k, m in methods.items() if k[0] == path]
+            assert integration["Type"] == "AWS_PROXY"
+            assert integration["IntegrationHttpMethod"] == "POST"
+            uri = synthesized.render(integration["Uri"])
+            assert uri.endswith(f":{LIVE_ALIAS}/invocations"), route
+            assert uri == (f"arn:<AWS::Partition>:apigateway:<AWS::Region>:lambda:path/2015-03-31/functions/"
+                           f"{lid}.Arn:{LIVE_ALIAS}/invocations"), route
+
+
+def test_stage_is_traced_throttled_and_access_logged(synthesized: Synthesized) -> None:
+    [stage] = synthesized.of_type("AWS::ApiGateway::Stage").values()
+    props = stage["Properties"]
+    assert props["StageName"] == API_STAGE
+    assert props["TracingEnabled"] is True
+    [settings_] = [s for s in props["MethodSettings"] if s["ResourcePath"] == "/*" and s["HttpMethod"] == "*"]
+    assert settings_["ThrottlingRateLimit"] == THROTTLE_RATE_PER_SECOND
+    assert settings_["ThrottlingBurstLimit"] == THROTTLE_BURST
+    destination = json.dumps(props["AccessLogSetting"]["DestinationArn"])
+    assert [lid for lid in synthesized.of_type("AWS::Logs::LogGroup") if lid in destination], destination
+    assert props["AccessLogSetting"]["Format"]
+
+
+# -- register and rollout ---------------------------------------------------------------------------------------
+def test_register_gets_the_infer_functions_and_the_api_source_arn(synthesized: Synthesized) -> None:
+    variables = synthesized.functions()["register"][1]["Properties"]["Environment"]["Variables"]
+    assert json.loads(synthesized.render(variables[settings.INFER_FUNCTIONS])) == {
+        model: platform.infer_function_name(CONFIG.project, model) for model in MODELS}
+    [api] = synthesized.of_type("AWS::ApiGateway::RestApi")
+    assert synthesized.render(variables[API_SOURCE_ARN]).endswith(f":ref:{api}/{API_STAGE}/*/*")
+    assert synthesized.render(variables[API_SOURCE_ARN]).startswith("arn:aws:execute-api:")
+
+
+def lambda_grants(synthesized: Synthesized, function: str) -> tuple[set[str], set[str]]:
+    actions: set[str] = set()
+    resources: set[str] = set()
+    for statement in role_statements(synthesized, synthesized.stack.pipeline.functions[function].role):
+        found = [a for a in as_list(statement["Action"]) if a.startswith("lambda:")]
+        if found:
+            actions |= set(found)
+            resources |= {synthesized.render(r) for r in as_list(statement["Resource"])}
+    return actions, resources
+
+
+def test_register_and_rollout_move_only_the_infer_functions(synthesized: Synthesized) -> None:
+    infer = {lid for lid, _r in synthesized.serving().values()}
+    qualified = {f"{lid}.Arn" for lid in infer} | {f"{lid}.Arn:*" for lid in infer}
+    assert lambda_grants(synthesized, "register") == (set(DEPLOY), qualified)
+    assert lambda_grants(synthesized, "rollout") == (set(ROUTE), qualified)
+    assert {"lambda:PublishVersion", "lambda:AddPermission"} & set(ROUTE) == set()
+    for name in synthesized.functions():
+        if name not in ("register", "rollout"):
+            assert lambda_grants(synthesized, name) == (set(), set()), name
+
+
+def test_register_starts_the_rollout(synthesized: Synthesized) -> None:
+    rollout = {"Ref": synthesized.logical_id(synthesized.stack.pipeline.state_machines[platform.ROLLOUT_STATE_MACHINE])}
+    statements = role_statements(synthesized, synthesized.stack.pipeline.functions["register"].role)
+    assert any("states:StartExecution" in as_list(s["Action"]) and rollout in as_list(s["Resource"])
+               for s in statements)
