@@ -194,8 +194,3 @@ def _curate(outcome: IngestOutcome, model: ModelConfig, data: bytes, max_bytes: 
     outcome.manifest_uri = store.uri(f"curated/{prefix}manifest.json")
     return outcome
 
-
-def newest_manifest(store: ObjectStore, model: str) -> dict[str, Any] | None:
-    """The most recently curated dataset of a model (for retraining on demand, drift or schedule)."""
-    manifests = [store.get_json(k) for k in store.keys(f"curated/{model}/") if k.endswith("/manifest.json")]
-    return max(manifests, key=lambda m: m["created_at"]) if manifests else None

@@ -7,6 +7,7 @@ why), under the model's rollout lock so that a running rollout and a person cann
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from mlops.deploy import ServingDeployer
@@ -36,35 +37,36 @@ class Lifecycle:
         self.deployer = deployer
         self.function = function
 
-    def _locked(self, model: str, owner: str | None) -> str:
-        owner = owner or f"manual-{uuid.uuid4().hex[:12]}"
+    def _move(self, model: str, *, to: str, lock_owner: str | None,
+              record: Callable[[ModelVersion, ModelVersion], None]) -> tuple[ModelVersion, ModelVersion]:
+        """Under the model's lock: route all traffic to the champion or the challenger (`to`), then record it.
+        Returns (champion, challenger) as they were before the move."""
+        owner = lock_owner or f"manual-{uuid.uuid4().hex[:12]}"
         if not self.registry.acquire_lock(model, owner):
             raise RolloutInProgress(f"a rollout of {model} is in progress; wait for it or let it decide")
-        return owner
-
-    def promote(self, model: str, *, who: str, why: str, lock_owner: str | None = None) -> dict[str, Any]:
-        owner = self._locked(model, lock_owner)
         try:
             champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
             challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)
-            assert challenger.lambda_version is not None
-            self.deployer.route(self.function, challenger.lambda_version)
-            self.registry.promote(model, champion=champion.version, challenger=challenger.version, who=who, why=why)
+            target = challenger if to == CHALLENGER else champion
+            assert target.lambda_version is not None
+            self.deployer.route(self.function, target.lambda_version)
+            record(champion, challenger)
         finally:
             self.registry.release_lock(model, owner)
+        return champion, challenger
+
+    def promote(self, model: str, *, who: str, why: str, lock_owner: str | None = None) -> dict[str, Any]:
+        champion, challenger = self._move(
+            model, to=CHALLENGER, lock_owner=lock_owner,
+            record=lambda old, new: self.registry.promote(model, champion=old.version, challenger=new.version,
+                                                          who=who, why=why))
         return {"model": model, "action": "promote", "champion": challenger.version,
                 "previous_champion": champion.version, "who": who, "why": why}
 
     def rollback(self, model: str, *, who: str, why: str, lock_owner: str | None = None) -> dict[str, Any]:
-        owner = self._locked(model, lock_owner)
-        try:
-            champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
-            challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)
-            assert champion.lambda_version is not None
-            self.deployer.route(self.function, champion.lambda_version)
-            self.registry.retire_challenger(model, challenger=challenger.version, who=who, why=why)
-        finally:
-            self.registry.release_lock(model, owner)
+        champion, challenger = self._move(
+            model, to=CHAMPION, lock_owner=lock_owner,
+            record=lambda _c, n: self.registry.retire_challenger(model, challenger=n.version, who=who, why=why))
         return {"model": model, "action": "rollback", "champion": champion.version,
                 "rolled_back": challenger.version, "who": who, "why": why}
 

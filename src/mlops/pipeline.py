@@ -14,20 +14,22 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from mlops.config import ModelConfig, ProjectConfig
-from mlops.contract import DataContract
 from mlops.deploy import ServingDeployer, Split
 from mlops.errors import IntegrityError, InvalidDataset
-from mlops.ingest import ContractStore, newest_manifest
 from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
 from mlops.storage import ObjectStore, parse_s3_uri
 
-HIGHER_IS_BETTER = True  # every metric we gate on is oriented so that larger is better (neg_rmse, ...)
+if TYPE_CHECKING:
+    from mlops.contract import DataContract
+
+# The scientific stack (pandas via mlops.contract/mlops.ingest, sklearn, onnx) is imported inside the steps
+# that use it: train_trigger and record_outcome import this module too, and run without it (zip functions).
 
 
 class Dataset(BaseModel):
@@ -49,6 +51,12 @@ class PipelineInput(BaseModel):
     run_id: str
     reason: str
     dataset: Dataset
+
+
+def newest_manifest(store: ObjectStore, model: str) -> dict[str, Any] | None:
+    """The most recently curated dataset of a model (curated by mlops.ingest), to retrain on demand."""
+    manifests = [store.get_json(k) for k in store.keys(f"curated/{model}/") if k.endswith("/manifest.json")]
+    return max(manifests, key=lambda m: m["created_at"]) if manifests else None
 
 
 def execution_name(model: str, dataset_sha256: str) -> str:
@@ -95,6 +103,8 @@ def _candidate_prefix(inp: PipelineInput) -> str:
 
 
 def _load_dataset(inp: PipelineInput, s3: Any) -> tuple[Any, DataContract]:
+    from mlops.ingest import ContractStore
+
     bucket, key = parse_s3_uri(inp.dataset.uri)
     data = ObjectStore(s3, bucket)
     frame = data.get_parquet(key)
@@ -172,6 +182,7 @@ def gate(model_cfg: ModelConfig, candidate: dict[str, Any], champion: dict[str, 
 
 def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectConfig, models: ObjectStore,
                   registry: Registry) -> dict[str, Any]:
+    from mlops.contract import DataContract
     from mlops.evaluation import evaluate
     from mlops.onnx_model import OnnxModel
 

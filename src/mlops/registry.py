@@ -133,8 +133,12 @@ class Registry:
         return {i["sk"]["S"].split("#", 1)[1]: int(i["version"]["N"]) for i in self._query(model, "ALIAS#")}
 
     def alias(self, model: str, alias: str) -> ModelVersion | None:
-        version = self.aliases(model).get(alias)
-        return self.version(model, version) if version is not None else None
+        aliases = self.aliases(model)
+        version = aliases.get(alias)
+        if version is None:
+            return None
+        item = self._get(model, _version_sk(version))
+        return self._to_version(item, aliases) if item else None
 
     def _to_version(self, item: dict[str, Any], aliases: dict[str, int]) -> ModelVersion:
         version = int(item["version"]["N"])
@@ -224,14 +228,17 @@ class Registry:
     def acquire_lock(self, model: str, owner: str, ttl_seconds: int = 900) -> bool:
         """One rollout (or manual promote/rollback) at a time per model; an expired lock can be taken over."""
         now = int(time.time())
+        return self._put_if(
+            {**_key(model, "LOCK#rollout"), "owner": {"S": owner}, "expires": {"N": str(now + ttl_seconds)}},
+            "attribute_not_exists(pk) OR expires < :now OR #o = :owner",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues={":now": {"N": str(now)}, ":owner": {"S": owner}},
+        )
+
+    def _put_if(self, item: dict[str, Any], condition: str, **expression: Any) -> bool:
+        """A conditional put: False (not an error) when the condition does not hold."""
         try:
-            self.db.put_item(
-                TableName=self.table,
-                Item={**_key(model, "LOCK#rollout"), "owner": {"S": owner}, "expires": {"N": str(now + ttl_seconds)}},
-                ConditionExpression="attribute_not_exists(pk) OR expires < :now OR #o = :owner",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":now": {"N": str(now)}, ":owner": {"S": owner}},
-            )
+            self.db.put_item(TableName=self.table, Item=item, ConditionExpression=condition, **expression)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
@@ -256,17 +263,10 @@ class Registry:
 
     def claim_dataset(self, model: str, dataset_sha256: str, run_id: str) -> bool:
         """True for the first claim of a dataset; later claims (duplicates, replays) get False."""
-        try:
-            self.db.put_item(
-                TableName=self.table,
-                Item={**_key(model, f"DATASET#{dataset_sha256}"), "run_id": {"S": run_id}, "at": {"S": now_iso()}},
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._put_if(
+            {**_key(model, f"DATASET#{dataset_sha256}"), "run_id": {"S": run_id}, "at": {"S": now_iso()}},
+            "attribute_not_exists(pk)",
+        )
 
     def release_dataset(self, model: str, dataset_sha256: str) -> None:
         """Undo a claim whose pipeline could not even start, so the dataset can be retried."""

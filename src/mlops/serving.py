@@ -2,7 +2,8 @@
 onnxruntime, capture it, answer.
 
 Imports stay light on purpose (numpy, onnxruntime, pydantic, boto3 through injected clients): this is
-the cold-start path. The data contract is read as plain JSON here, never through ``mlops.contract``
+the cold-start path, and onnxruntime is imported with the module so that its cost falls in Lambda's init
+phase rather than on the first request. The data contract is read as plain JSON here, never through ``mlops.contract``
 (which needs pandas).
 """
 
@@ -19,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops.errors import MlopsError
+from mlops.errors import IntegrityError, MlopsError
+from mlops.onnx_model import OnnxModel
 from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
 from mlops.storage import parse_s3_uri
 
@@ -143,7 +145,7 @@ def validate_row(row: Any, schema: Sequence[FeatureSpec], where: str) -> dict[st
 @dataclass
 class LoadedModel:
     version: ModelVersion
-    model: Any  # mlops.onnx_model.OnnxModel (imported lazily: onnxruntime is the heaviest import here)
+    model: OnnxModel
     schema: list[FeatureSpec]
     loaded_seconds: float
 
@@ -167,13 +169,13 @@ class ModelCache:
         tmp.replace(path)
         return data
 
+    def cached(self, model: str, version: int) -> LoadedModel | None:
+        return self._models.get((model, version))
+
     def get(self, version: ModelVersion) -> LoadedModel:
         key = (version.model, version.version)
         if key in self._models:
             return self._models[key]
-        from mlops.errors import IntegrityError
-        from mlops.onnx_model import OnnxModel
-
         started = time.perf_counter()
         folder = self.cache_dir / version.model / f"v{version.version}"
         onnx_bytes = self._fetch(version.model_uri, folder / "model.onnx")
@@ -245,6 +247,9 @@ class ModelServer:
         version = self.pinned_version or self._aliases_now().get(CHAMPION)
         if version is None:
             raise NoModelDeployed(f"no version of {self.model_name!r} is deployed yet; upload data to train one")
+        warm = self.cache.cached(self.model_name, version)
+        if warm is not None:  # a version record never changes what it serves: no registry read per request
+            return warm
         record = self.registry.version(self.model_name, version)
         if record is None:
             raise NoModelDeployed(f"{self.model_name} v{version} is not in the registry")
