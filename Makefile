@@ -36,5 +36,9 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
+# numbers to bench/results.json and bench/results.md, each beside its reference measured in the same run
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) cdk.out demo-out .pytest_cache .mypy_cache .ruff_cache
