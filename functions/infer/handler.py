@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -26,20 +28,63 @@ app = APIGatewayRestResolver(enable_validation=True)
 MAX_BODY_BYTES = int(os.environ.get("MAX_BODY_BYTES", str(256 * 1024)))
 
 
-def _error(description: str) -> dict[str, Any]:
-    schema = {"type": "object", "required": ["error", "message"], "properties": {
-        "error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}}}
+# The document (`mlops openapi`) is generated from these declarations: every answer a route gives is declared
+# here with its schema, because a declared `responses=` replaces Powertools' default 200. Request schemas spell
+# unions with anyOf: Powertools' OpenAPI model takes one string per "type" there.
+ERROR = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}}}
+ROW = {"type": "object", "description": "feature name: value, as the model's contract (GET /models/{name}) says",
+       "additionalProperties": {"anyOf": [{"type": kind} for kind in ("number", "string", "boolean", "null")]}}
+PREDICTION = {"type": "object", "required": ["request_id", "model_version", "variant", "prediction", "probabilities"],
+              "properties": {
+                  "request_id": {"type": "string"}, "model_version": {"type": "integer"},
+                  "variant": {"enum": ["champion", "challenger", "retired"]},
+                  "prediction": {"type": ["string", "number"]},
+                  "probabilities": {"type": ["object", "null"], "additionalProperties": {"type": "number"}}}}
+VERSION = {"type": ["object", "null"], "required": ["version", "created_at", "metrics", "dataset_sha256"],
+           "properties": {"version": {"type": "integer"}, "created_at": {"type": "string"},
+                          "metrics": {"type": "object"}, "dataset_sha256": {"type": "string"}}}
+FEATURE = {"type": "object", "required": ["name", "kind", "nullable"], "properties": {
+    "name": {"type": "string"}, "kind": {"enum": ["numeric", "integer", "boolean", "categorical"]},
+    "nullable": {"type": "boolean"}, "min": {"type": "number"}, "max": {"type": "number"},
+    "categories": {"type": "array", "items": {"type": "string"}}}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> OpenAPIResponse:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-NOT_FOUND: dict[int, Any] = {404: _error("no such model is served here")}
-REQUEST_ERRORS: dict[int, Any] = {
+def _request_body(schema: dict[str, Any]) -> dict[str, Any]:
+    # The handler reads the raw body itself (to answer 400 and 413 in its own words), so the body is declared for
+    # the document only, through the operation's extra fields, rather than as a validated Powertools parameter.
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _error(description: str) -> OpenAPIResponse:
+    return _json(description, ERROR)
+
+
+NOT_FOUND: dict[int, OpenAPIResponse] = {404: _error("no such model is served here")}
+SERVER_FAULT: dict[int, OpenAPIResponse] = {500: _error("the model server failed (a bug of ours, logged)")}
+NOT_DEPLOYED: dict[int, OpenAPIResponse] = {503: _error("no version of the model is deployed yet")}
+REQUEST_ERRORS: dict[int, OpenAPIResponse] = {
     400: _error("the body is not JSON, or not a JSON object"),
     413: _error("too many instances, or too large a body"),
     422: _error("a feature is missing, unexpected, mistyped, not finite, out of range or an unknown category"),
-    503: _error("no version of the model is deployed yet"),
+    **NOT_DEPLOYED,
     **NOT_FOUND,
+    **SERVER_FAULT,
 }
+PREDICT_REQUEST = {"oneOf": [
+    {"type": "object", "required": ["features"], "additionalProperties": False, "properties": {"features": ROW}},
+    {"type": "object", "required": ["instances"], "additionalProperties": False,
+     "properties": {"instances": {"type": "array", "minItems": 1, "items": ROW}}}]}
+FEEDBACK_REQUEST = {
+    "type": "object", "required": ["request_id"],
+    "properties": {"request_id": {"type": "string", "minLength": 1},
+                   "label": {"anyOf": [{"type": kind} for kind in ("string", "number", "boolean")]},
+                   "reward": {"type": "number"}},
+    "oneOf": [{"required": ["label"]}, {"required": ["reward"]}]}
 
 
 def _capture_failed(exc: Exception) -> None:
@@ -79,12 +124,20 @@ def health() -> dict[str, Any]:
 
 
 @app.get("/models/<name>", summary="Champion, challenger, their metrics and the feature schema", tags=["models"],
-         responses={**NOT_FOUND, 503: REQUEST_ERRORS[503]})
+         responses={200: _json("the model's versions in service and its request schema", {
+             "type": "object", "required": ["model", "champion", "challenger"], "properties": {
+                 "model": {"type": "string"}, "champion": VERSION, "challenger": VERSION,
+                 "features": {"type": "array", "items": FEATURE}}}),
+                    **NOT_FOUND, **NOT_DEPLOYED, **SERVER_FAULT})
 def describe(name: str) -> dict[str, Any]:
     return server.describe(name)
 
 
-@app.post("/models/<name>/predict", tags=["models"], responses=REQUEST_ERRORS,
+@app.post("/models/<name>/predict", tags=["models"], openapi_extensions=_request_body(PREDICT_REQUEST),
+          responses={200: _json("one answer for 'features', a list of them for 'instances'", {"oneOf": [
+              PREDICTION, {"type": "object", "required": ["predictions"],
+                           "properties": {"predictions": {"type": "array", "items": PREDICTION}}}]}),
+                     **REQUEST_ERRORS},
           summary="Predict one row ({'features': {...}}) or a batch ({'instances': [...]})")
 def predict(name: str) -> dict[str, Any]:
     answer = server.predict(name, _body())
@@ -92,7 +145,11 @@ def predict(name: str) -> dict[str, Any]:
     return answer
 
 
-@app.post("/models/<name>/feedback", tags=["models"], responses={k: REQUEST_ERRORS[k] for k in (400, 404, 413, 422)},
+@app.post("/models/<name>/feedback", tags=["models"], openapi_extensions=_request_body(FEEDBACK_REQUEST),
+          responses={200: _json("the feedback was captured", {
+              "type": "object", "required": ["request_id", "accepted"],
+              "properties": {"request_id": {"type": "string"}, "accepted": {"const": True}}}),
+                     **REQUEST_ERRORS},
           summary="The observed label ({'request_id', 'label'}) or reward ({'request_id', 'reward'}) of a prediction")
 def feedback(name: str) -> dict[str, Any]:
     answer = server.feedback(name, _body())
@@ -115,6 +172,29 @@ def request_invalid(exc: RequestValidationError) -> Response[dict[str, Any]]:
                           "field": field})
 
 
+@app.exception_handler(Exception)
+def server_fault(exc: Exception) -> Response[dict[str, Any]]:
+    # Our fault, not the client's: a JSON 500 (counted as a server error by the guardrails), never a crash
+    # that API Gateway would turn into an opaque 502.
+    logger.exception("unhandled error while serving")
+    return Response(status_code=500, content_type=content_types.APPLICATION_JSON,
+                    body={"error": "InternalError", "message": f"the model server failed: {type(exc).__name__}",
+                          "field": None})
+
+
 @instrumented(logger, tracer, metrics)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    started = time.perf_counter()
+    answer: dict[str, Any] = app.resolve(event, context)
+    if str(event.get("path", "")).endswith("/predict"):
+        # what the rollout's guardrails read: latency (p95) and server errors per model version
+        metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
+        metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=int(answer.get("statusCode", 200) >= 500))
+    if metrics.metric_set:
+        # Every metric of this environment belongs to one model version (its Lambda version pins it): the
+        # rollout's guardrails compare champion and challenger on these dimensions. Added per flush, because
+        # Powertools shares dimensions between Metrics instances of one process.
+        metrics.add_dimension(name="model", value=server.model_name)
+        metrics.add_dimension(name="model_version", value=str(server.pinned_version or "latest"))
+    return answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -14,6 +15,7 @@ from mlops.lifecycle import Lifecycle
 from mlops.observability import instrumented, powertools
 from mlops.registry import Registry
 from mlops.rollout import RolloutState, analyze, rollout_name
+from mlops.serving_health import ServingMetrics
 from mlops.settings import resources
 from mlops.storage import ObjectStore
 
@@ -28,7 +30,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                           function=resources.infer_functions[state.model])
     result = analyze(state, model_cfg=load_config().model(state.model), registry=registry, lifecycle=lifecycle,
                      captures=ObjectStore(aws.client("s3"), resources.captures_bucket),
-                     lock_owner=rollout_name(state.model, state.challenger))
+                     lock_owner=rollout_name(state.model, state.challenger),
+                     health=ServingMetrics(aws.client("cloudwatch"), os.environ["POWERTOOLS_METRICS_NAMESPACE"]))
     metrics.add_metric(name=f"Rollout{result['action'].capitalize()}", unit=MetricUnit.Count, value=1)
     logger.info("rollout look", extra={"model": state.model, "look": result["history"][-1] if result.get("history")
                                        else None, "action": result["action"]})

@@ -31,6 +31,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.constructs.nag import acknowledge
+from layers import builder as layer_build
 from mlops import platform
 from mlops.config import CONFIG_FILE
 
@@ -49,14 +50,20 @@ POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.12/{
 ZIP_RUNTIME = lambda_.Runtime.PYTHON_3_12  # the container image's base is python:3.12 too
 
 
+class LayerNotBuilt(RuntimeError):
+    pass
+
+
 class Packaging(Construct):
     """The code of every function: one container image shared by all image functions (one build, one push;
-    each function only changes CMD), and one zip per zip function."""
+    each function only changes CMD), one zip per zip function, and one layer version per layer of
+    layers/builder.py that some function uses (shared by all of them)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config_file: Path) -> None:
         super().__init__(scope, construct_id)
         self.config_file = config_file
         self._layer: lambda_.ILayerVersion | None = None
+        self.built_layers: dict[str, lambda_.LayerVersion] = {}
 
     def image(self, spec: platform.FunctionSpec) -> lambda_.DockerImageCode:
         config = self.config_file.resolve().relative_to(ROOT).as_posix()
@@ -83,6 +90,32 @@ class Packaging(Construct):
                 local=_ZipBundle(spec, self.config_file),  # type: ignore[arg-type]
             ),
         )
+
+    def layers(self, spec: platform.FunctionSpec) -> list[lambda_.ILayerVersion]:
+        """A zip function's layers: Powertools', then those its spec names."""
+        return [self.powertools_layer, *(self.layer(name) for name in spec.layers)]
+
+    def layer(self, name: str) -> lambda_.LayerVersion:
+        """The layer built by layers/builder.py. It must be built and current (`make layers`; infra.app builds the
+        layers the platform uses before synthesizing): a stale layer would deploy other pins than the lock's."""
+        if name not in self.built_layers:
+            spec = layer_build.LAYERS[name]
+            if not spec.deployed:
+                raise ValueError(f"layer {name!r} is built only to be measured; a function cannot use it")
+            built = layer_build.current(name)
+            if built is None:
+                raise LayerNotBuilt(f"layer {name!r} is not built or out of date: run `make layers`")
+            self.built_layers[name] = lambda_.LayerVersion(
+                self, f"{name}_layer",
+                code=lambda_.Code.from_asset(
+                    str(built.path),
+                    # the build's inputs (pins, spec) identify the content: no need to hash 100+ MB per synthesis
+                    asset_hash_type=AssetHashType.CUSTOM, asset_hash=built.inputs),
+                compatible_runtimes=[ZIP_RUNTIME],
+                compatible_architectures=[lambda_.Architecture.X86_64],
+                description=f"serverless-mlops {name}: {spec.description}"[:256],
+            )
+        return self.built_layers[name]
 
     @property
     def powertools_layer(self) -> lambda_.ILayerVersion:

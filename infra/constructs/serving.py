@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Final
 
 from aws_cdk import Aws, RemovalPolicy, Stack, Tags
@@ -51,6 +51,16 @@ BAD_BODY_TEMPLATE = json.dumps({"error": "MalformedRequest", "message": "$contex
 MODEL_ROUTES: Final = (("", "GET", False), ("predict", "POST", True), ("feedback", "POST", True))
 
 
+@dataclass(frozen=True)
+class ApiKeyPlan:
+    """API keys on top of AWS_IAM (never instead of it): every request must also carry a key of the usage plan,
+    which meters each caller and caps it. A key identifies a client; it does not authorize one."""
+
+    quota_per_day: int
+    rate_per_second: float = THROTTLE_RATE_PER_SECOND / 4
+    burst: int = THROTTLE_BURST // 4
+
+
 def live_invocation_uri(function_arn: str) -> str:
     """API Gateway's Lambda-proxy URI for the function's `live` alias (created at run time by register)."""
     return (f"arn:{Aws.PARTITION}:apigateway:{Aws.REGION}:lambda:path/2015-03-31/functions/"
@@ -65,15 +75,19 @@ class Serving(Construct):
         *,
         storage: Storage,
         project: str,
-        config_file: Path,
+        packaging: Packaging,
         models: Sequence[str],
         capture_stream_name: str,
         environment: Mapping[str, str],
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
+        api_keys: ApiKeyPlan | None = None,
+        throttle_rate_per_second: float = THROTTLE_RATE_PER_SECOND,
+        throttle_burst: int = THROTTLE_BURST,
     ) -> None:
         """`environment` holds a value for each resource variable of mlops.platform.INFER this construct does not
-        create itself (the capture stream's name is added here)."""
+        create itself (the capture stream's name is added here). `throttle_*` is the stage-wide ceiling of every
+        method; `api_keys` also requires a usage plan's API key on every method."""
         super().__init__(scope, construct_id)
         if not models:
             raise ValueError("the project declares no model: there is nothing to serve")
@@ -82,7 +96,6 @@ class Serving(Construct):
         if missing := [v for v in platform.INFER.env if v not in environment]:
             raise KeyError(f"infer needs {missing} (mlops.platform) but the CDK app provides no value")
 
-        packaging = Packaging(self, "Packaging", config_file=config_file)
         functions = Construct(self, "Functions")
         self.functions: dict[str, PlatformFunction] = {}
         for model in models:
@@ -90,10 +103,10 @@ class Serving(Construct):
                 functions, platform.INFER,
                 construct_id=model,
                 function_name=platform.infer_function_name(project, model),
-                # onnxruntime + numpy have no public layer: until the infer layer is built (layers/README.md),
-                # infer runs from the platform's container image, which carries them
-                code=packaging.image(platform.INFER),
-                layers=[],
+                # onnxruntime + numpy come from the infer layer (layers/builder.py): a zip function cold-starts
+                # faster than the container image, and its versions are what the `live` alias splits between
+                code=packaging.zip(platform.INFER),
+                layers=packaging.layers(platform.INFER),
                 environment={
                     **{v: environment[v] for v in platform.INFER.env},
                     MODEL_NAME: model,
@@ -108,7 +121,10 @@ class Serving(Construct):
             )
             Tags.of(function).add(MODEL_TAG, model)
             self.functions[model] = function
-        self.api = self._api(project, log_retention, removal_policy)
+        self.api_key: apigw.IApiKey | None = None
+        self.usage_plan: apigw.UsagePlan | None = None
+        self.api = self._api(project, log_retention, removal_policy, api_keys, throttle_rate_per_second,
+                             throttle_burst)
 
     @property
     def stream_arn(self) -> str:
@@ -169,8 +185,8 @@ class Serving(Construct):
         stream.node.add_dependency(policy)
         return stream
 
-    def _api(self, project: str, log_retention: logs.RetentionDays,
-             removal_policy: RemovalPolicy) -> apigw.RestApi:
+    def _api(self, project: str, log_retention: logs.RetentionDays, removal_policy: RemovalPolicy,
+             api_keys: ApiKeyPlan | None, rate: float, burst: int) -> apigw.RestApi:
         access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=log_retention, removal_policy=removal_policy)
         api = apigw.RestApi(
             self, "Api",
@@ -178,18 +194,33 @@ class Serving(Construct):
             description=f"serverless-mlops ({project}): predict, feedback and describe each declared model",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=False,
-            default_method_options=apigw.MethodOptions(authorization_type=apigw.AuthorizationType.IAM),
+            default_method_options=apigw.MethodOptions(authorization_type=apigw.AuthorizationType.IAM,
+                                                       api_key_required=api_keys is not None),
             deploy_options=apigw.StageOptions(
                 stage_name=API_STAGE,
                 tracing_enabled=True,
-                throttling_rate_limit=THROTTLE_RATE_PER_SECOND,
-                throttling_burst_limit=THROTTLE_BURST,
+                # per-method metrics: the per-model alarms and dashboards (infra/constructs/monitoring.py) read
+                # /models/<model>/predict's latency and 5XX; CloudWatch bills them only while requests arrive
+                metrics_enabled=True,
+                throttling_rate_limit=rate,
+                throttling_burst_limit=burst,
                 access_log_destination=apigw.LogGroupLogDestination(access_logs),
                 access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
                     caller=True, http_method=True, ip=True, protocol=True, request_time=True, resource_path=True,
                     response_length=True, status=True, user=True),
             ),
         )
+        if api_keys is not None:
+            self.usage_plan = api.add_usage_plan(
+                "UsagePlan", name=f"{Stack.of(self).stack_name}-clients",
+                description="each API key's rate and daily quota",
+                throttle=apigw.ThrottleSettings(rate_limit=api_keys.rate_per_second, burst_limit=api_keys.burst),
+                quota=apigw.QuotaSettings(limit=api_keys.quota_per_day, period=apigw.Period.DAY),
+                api_stages=[apigw.UsagePlanPerApiStage(api=api, stage=api.deployment_stage)],
+            )
+            # the first client's key; API Gateway generates its value (`aws apigateway get-api-key --include-value`)
+            self.api_key = api.add_api_key("ApiKey", description="serverless-mlops: the first client's key")
+            self.usage_plan.add_api_key(self.api_key)
         validator = api.add_request_validator("BodyValidator", validate_request_body=True,
                                               validate_request_parameters=True)
         body_model = api.add_model("JsonObject", content_type="application/json", schema=JSON_OBJECT_SCHEMA,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlops.drift_cli import add_drift_commands
 from mlops.errors import MlopsError
 
 
@@ -88,7 +89,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def _lifecycle(args: argparse.Namespace) -> Any:
     """Against AWS, or the local cloud when AWS_ENDPOINT_URL points at it; names follow mlops.platform."""
-    from mlops import aws, platform
+    from mlops import aws, platform, settings
     from mlops.config import load_config
     from mlops.deploy import ServingDeployer
     from mlops.lifecycle import Lifecycle
@@ -96,10 +97,13 @@ def _lifecycle(args: argparse.Namespace) -> Any:
 
     config = load_config(args.config) if args.config else load_config()
     config.model(args.name)
-    table = os.environ.get("REGISTRY_TABLE") or platform.resource_names(config.project)["registry"]
+    # On AWS the stack's `Environment` output gives the physical names (they carry the stage), e.g.
+    # `export REGISTRY_TABLE=... INFER_FUNCTIONS='{"<model>": "<function>"}'`; the local cloud's are derived.
+    table = os.environ.get(settings.REGISTRY_TABLE) or platform.resource_names(config.project)["registry"]
+    function = (json.loads(os.environ.get(settings.INFER_FUNCTIONS) or "{}").get(args.name)
+                or platform.infer_function_name(config.project, args.name))
     return Lifecycle(registry=Registry(aws.client("dynamodb"), table),
-                     deployer=ServingDeployer(aws.client("lambda")),
-                     function=platform.infer_function_name(config.project, args.name))
+                     deployer=ServingDeployer(aws.client("lambda")), function=function)
 
 
 def _who() -> str:
@@ -112,6 +116,10 @@ def _who() -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "republish":
+        return _cmd_republish(args)
+    if not args.name:
+        raise MlopsError(f"models {args.action} needs a model name")
     lifecycle = _lifecycle(args)
     if args.action in ("promote", "rollback"):
         result = getattr(lifecycle, args.action)(args.name, who=_who(), why=args.reason)
@@ -138,6 +146,46 @@ def _cmd_models(args: argparse.Namespace) -> int:
         metrics = v["metrics"].get("metrics", {})
         shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "r2") if k in metrics)
         print(f"{v['version']:<8} {v['status']:<11} {v['weight']:>7.2f}  {v['created_at']:<25} {shown}")
+    return 0
+
+
+def _cmd_republish(args: argparse.Namespace) -> int:
+    from mlops.config import load_config
+    from mlops.lifecycle import NothingToDo
+
+    config = load_config(args.config) if args.config else load_config()
+    if args.all == bool(args.name):
+        raise MlopsError("models republish: give a model name or --all")
+    names = [m.name for m in config.models] if args.all else [args.name]
+    results = []
+    for name in names:
+        try:
+            results.append(_lifecycle(argparse.Namespace(**{**vars(args), "name": name})).republish(
+                name, who=_who(), why=args.reason if args.reason != "manual" else "the function's code changed"))
+        except NothingToDo as exc:  # a model with nothing deployed yet has nothing to republish
+            results.append({"model": name, "action": "skipped", "why": str(exc)})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        moved = ", ".join(f"v{v}: lambda {x['before']} -> {x['after']}"
+                          for v, x in r.get("lambda_versions", {}).items())
+        print(f"{r['model']}: {r['action']} {moved or r['why']}")
+    return 0
+
+
+def _cmd_ab_status(args: argparse.Namespace) -> int:
+    from mlops.ab_status import ab_status, render_html, render_table
+
+    lifecycle = _lifecycle(args)
+    status = ab_status(lifecycle.registry, lifecycle.deployer.split(lifecycle.function), args.name, args.challenger)
+    if args.html:
+        Path(args.html).write_text(render_html(status))
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(render_table(status))
     return 0
 
 
@@ -217,15 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.set_defaults(func=_cmd_experiment)
 
     models = sub.add_parser("models", help="list, show, promote or roll back a model's versions")
-    models.add_argument("action", choices=["list", "show", "promote", "rollback"])
-    models.add_argument("name", help="the model's name (as declared in mlops.toml)")
+    models.add_argument("action", choices=["list", "show", "promote", "rollback", "republish"],
+                        help="republish: champion and challenger again on the infer function's current code "
+                             "(after a code-only cdk deploy), the split unchanged")
+    models.add_argument("name", nargs="?", help="the model's name (as declared in mlops.toml)")
+    models.add_argument("--all", action="store_true", help="republish: every declared model")
     models.add_argument("--version", type=int, help="show: only this version")
     models.add_argument("--reason", default="manual", help="promote/rollback: why (recorded in the registry)")
     models.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_cmd_models)
 
-    ab = sub.add_parser("ab", help="A/B test planning").add_subparsers(dest="ab_command", required=True)
+    ab = sub.add_parser("ab", help="A/B test planning and status").add_subparsers(dest="ab_command", required=True)
+    status = ab.add_parser("status", help="the canary's looks: n, metric per arm, p-value, boundary, decision")
+    status.add_argument("name", help="the model's name")
+    status.add_argument("--challenger", type=int, help="the rollout of this challenger version (default: newest)")
+    status.add_argument("--html", help="also write an HTML page with the metric per arm and the test's boundary")
+    status.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_ab_status)
     plan = ab.add_parser("plan", help="sample size per arm for a two-proportion test")
     plan.add_argument("--baseline", type=float, required=True, help="the champion's rate, e.g. 0.80 accuracy")
     plan.add_argument("--mde", type=float, required=True, help="minimum detectable effect, e.g. 0.02")
@@ -244,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="where to copy the registered artefacts")
     demo.add_argument("--verbose", action="store_true", help="also show the functions' JSON logs and metrics")
     demo.set_defaults(func=_cmd_demo)
+    add_drift_commands(sub)
+
+    from mlops.local.command import register as register_local
+
+    register_local(sub)  # mlops local up
     return parser
 
 

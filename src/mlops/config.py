@@ -10,7 +10,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,6 +31,42 @@ class Task(StrEnum):
     @property
     def is_classification(self) -> bool:
         return self is not Task.REGRESSION
+
+
+class DriftConfig(BaseModel):
+    """How ``drift_check`` watches a model (``[model.drift]`` in mlops.toml; every field has a default).
+
+    A feature drifts when its effect size reaches its threshold AND its Benjamini-Hochberg adjusted p-value
+    is below ``alpha``; retraining is asked for only when ``retrain_windows`` of the last
+    ``retrain_window_of`` windows drifted, ``retrain_min_labels`` new labelled rows exist and
+    ``retrain_cooldown_hours`` have passed since the last request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    schedule: str = Field(default="rate(1 hour)", pattern=r"^(rate|cron)\(.+\)$")  # EventBridge expression
+    window_hours: float = Field(default=1.0, gt=0.0)  # the captures one check reads
+    # feedback arrives after its prediction: predictions this far before the window are joined too
+    feedback_lookback_hours: float = Field(default=24.0, ge=0.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    min_samples: int = Field(default=200, ge=10)
+    wasserstein_threshold: float = Field(default=0.1, gt=0.0)  # in training standard deviations
+    psi_threshold: float = Field(default=0.2, gt=0.0)
+    js_threshold: float = Field(default=0.05, gt=0.0, le=1.0)
+    min_feedback: int = Field(default=100, ge=1)
+    concept_threshold: float = Field(default=0.05, gt=0.0)  # accuracy points lost (relative MAE increase)
+    retrain: bool = True
+    retrain_cooldown_hours: float = Field(default=24.0, ge=0.0)
+    retrain_min_labels: int = Field(default=200, ge=0)
+    retrain_windows: int = Field(default=3, ge=1)
+    retrain_window_of: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _n_of_m(self) -> DriftConfig:
+        if self.retrain_windows > self.retrain_window_of:
+            raise ValueError(f"retrain_windows ({self.retrain_windows}) cannot exceed retrain_window_of "
+                             f"({self.retrain_window_of})")
+        return self
 
 
 class ModelConfig(BaseModel):
@@ -58,12 +94,31 @@ class ModelConfig(BaseModel):
     rollout_power: float = Field(default=0.8, gt=0.5, lt=1.0)
     rollout_interval_seconds: int = Field(default=300, ge=1)
     rollout_max_hours: float = Field(default=72.0, gt=0.0)
+    # what the canary is judged on: feedback labels (accuracy) or feedback rewards (mean reward, where a
+    # change of `rollout_mde` in the mean is worth detecting; at most `rollout_max_samples` per arm)
+    rollout_metric: Literal["accuracy", "reward"] = "accuracy"
+    rollout_max_samples: int = Field(default=20000, ge=100)
+    # operational guardrails, read from the infer function's CloudWatch metrics: the challenger is rolled
+    # back at once when its server-error rate exceeds the champion's by more than this (absolute), or its
+    # p95 latency exceeds this multiple of the champion's, once it has served `guardrail_min_requests`
+    guardrail_max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
+    guardrail_max_p95_ratio: float = Field(default=1.5, gt=1.0)
+    guardrail_min_requests: int = Field(default=200, ge=1)
     # a declared data contract (see mlops.contract.DataContract); inferred from the first file when absent
     contract: dict[str, Any] | None = None
     # files larger than this are rejected whole by ingest (one Lambda holds the file in memory)
     max_file_mb: int = Field(default=256, gt=0)
     # a file with more bad rows than this share is rejected whole rather than half-curated
     max_bad_row_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    # drift monitoring and drift-driven retraining (see DriftConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    # where the train step runs: in the `train` function (at most 15 minutes and 10 GB of memory) or, for data that
+    # outgrows it, as a SageMaker training job started by the same state machine from the same image, on this
+    # instance type with this much disk, stopped after this long (432000 s, 5 days, is SageMaker's default limit)
+    training_backend: Literal["lambda", "sagemaker"] = "lambda"
+    sagemaker_instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+    sagemaker_max_runtime_seconds: int = Field(default=3600, ge=60, le=432000)
+    sagemaker_volume_size_gb: int = Field(default=30, ge=1, le=16384)
 
     @field_validator("family")
     @classmethod

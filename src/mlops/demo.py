@@ -14,11 +14,13 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from mlops.ab_status import ab_status, render_html, render_table
 from mlops.config import load_config
+from mlops.deploy import ServingDeployer
 from mlops.storage import parse_s3_uri
 
 
@@ -72,7 +74,7 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
     started = time.perf_counter()
     say(f"== serverless-mlops demo: model '{model.name}' (target '{model.target}', {model.family}) ==")
     say("-> starting the local cloud (embedded moto: S3, DynamoDB, SNS, Lambda, Step Functions)")
-    with embedded_cloud(config_file, handler_output=quiet) as cloud:
+    with embedded_cloud(config_file, handler_output=quiet, buffered_captures=True) as cloud:
         d = cloud.deployment
         say(f"   data bucket s3://{d.data_bucket}, models bucket s3://{d.models_bucket}")
         body = demo_dataset(model.target)
@@ -124,12 +126,20 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
         say(f"     onnx      sha256 {manifest['onnx']['sha256'][:16]}..., opset {manifest['onnx'].get('opset')}")
         say(f"   artefacts in the (in-memory) cloud: {version.artefacts_prefix}")
         say(f"   copied to {out_dir}/: " + ", ".join(sorted(p.name for p in out_dir.iterdir())))
-        canary = (_serve_and_canary(cloud, model.name, model.target, model.rollout_interval_seconds, say)
+        canary = (_serve_and_canary(cloud, model.name, model.target, model.rollout_interval_seconds, say, out_dir)
                   if model.task.is_classification else None)
-        say(f"== done in {time.perf_counter() - started:.1f}s. Next: `mlops train --data FILE.csv --target COL` "
-            "to experiment offline; `mlops models list <name>` against a deployment. ==")
+        drift = _drift_and_retrain(cloud, model.name, model.target, say, out_dir) if canary else None
+        versions = cloud.registry.versions(model.name)
+        say(f"== done in {time.perf_counter() - started:.1f}s: {len(versions)} versions of {model.name}, champion "
+            f"v{next((v.version for v in versions if 'champion' in v.aliases), '?')}; reports and artefacts in "
+            f"{out_dir}/ ({', '.join(sorted(p.name for p in out_dir.iterdir() if p.suffix == '.html'))}) ==")
+        say("   poke at a running cloud: `.venv/bin/mlops local up` (prints its endpoints), then the AWS CLI "
+            "(`aws --endpoint-url ... s3 cp data.csv s3://mlops-data/incoming/<model>/`), curl "
+            "(`POST <api_url>/models/<model>/predict`), `mlops models list <model>`, `mlops ab status <model>` "
+            "and `mlops drift report <model>` with AWS_ENDPOINT_URL set; offline: `mlops train --data FILE.csv "
+            "--target COL` and `mlops drift --reference A.csv --current B.csv`")
         return {"status": execution["status"], "version": version.to_dict(), "out_dir": str(out_dir),
-                "canary": canary}
+                "canary": canary, "drift": drift}
 
 
 def _invoke(cloud: Any, function: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -157,8 +167,8 @@ def new_world(target: str) -> tuple[bytes, list[dict[str, Any]], list[str]]:
     return frame.to_csv(index=False).encode(), rows, [str(v) for v in frame[target]]
 
 
-def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: Callable[[str], None]
-                      ) -> dict[str, Any]:
+def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: Callable[[str], None],
+                      out_dir: Path) -> dict[str, Any]:
     function = cloud.deployment.infer_function(model)
     rows_csv, rows, labels = new_world(target)
     answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": rows[0]})
@@ -189,8 +199,8 @@ def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: C
         arm[1] += 1
         if i % 250 == 249:
             say("     " + ", ".join(f"{name}: {ok}/{n} right" for name, (ok, n) in seen.items() if n))
-            if all(e["status"] != "RUNNING" for e in cloud.executions(rollout_arn)):
-                break
+        if i % 50 == 49 and all(e["status"] != "RUNNING" for e in cloud.executions(rollout_arn)):
+            break
     [rollout] = cloud.wait_for_executions(1, timeout=120, state_machine_arn=rollout_arn)
     output = json.loads(rollout.get("output") or "{}")
     look = (output.get("history") or [{}])[-1]
@@ -200,14 +210,72 @@ def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: C
     champion = cloud.registry.alias(model, "champion")
     say(f"   champion is now v{champion.version if champion else '?'} at 100%; audit: "
         + "; ".join(f"{e['action']} by {e['who']}" for e in cloud.registry.events(model)))
+    status = ab_status(cloud.registry, ServingDeployer(cloud.client("lambda")).split(function), model)
+    (out_dir / "ab-status.html").write_text(render_html(status))
+    table = render_table(status).splitlines()
+    say("   the rollout's looks (`mlops ab status`; chart in ab-status.html):")
+    for line in [table[3], *table[4:][-4:]]:
+        say(f"     {line}")
     return {"action": output.get("action"), "champion": champion.version if champion else None}
+
+
+DRIFTED = ("mean radius", "mean texture", "mean perimeter", "mean area")
+
+
+def _drift_and_retrain(cloud: Any, model: str, target: str, say: Callable[[str], None],
+                       out_dir: Path) -> dict[str, Any]:
+    """A sensor is recalibrated: a few inputs arrive one standard deviation higher. drift_check (scheduled
+    on AWS, called here) finds it window after window; retraining is asked for once, then debounced."""
+    import pandas as pd
+
+    function = cloud.deployment.infer_function(model)
+    _csv, rows, labels = new_world(target)
+    frame = pd.DataFrame(rows)
+    for name in DRIFTED:
+        frame[name] = frame[name] + frame[name].std()
+    say(f"-> the inputs drift: {', '.join(DRIFTED)} now arrive one standard deviation higher")
+    started = datetime.now(UTC)
+    for i, row in enumerate(frame.head(400).to_dict("records")):
+        answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": row})
+        _invoke(cloud, function, "POST", f"/models/{model}/feedback",
+                {"request_id": answer["request_id"], "label": labels[i]})
+    cloud.flush_captures()
+    lam, retrain, summary = cloud.client("lambda"), None, {}
+    for look in range(4):  # four checks in a row, as the schedule would run them (each its own window end)
+        end = datetime.now(UTC) + timedelta(seconds=look)
+        hours = (end - started).total_seconds() / 3600
+        response = lam.invoke(FunctionName=cloud.deployment.function_arns["drift_check"],
+                              Payload=json.dumps({"model": model, "window_end": end.isoformat(),
+                                                  "window_hours": hours}).encode())
+        summary = json.loads(response["Payload"].read())
+        if "FunctionError" in response:
+            say(f"!! drift_check failed: {summary.get('errorMessage')}")
+            return {"status": "error"}
+        decision = summary["retrain"]
+        retrain = retrain or (decision["file"] if decision["requested"] else None)
+        say(f"   drift_check #{look + 1}: {summary['status']}, drifted: "
+            f"{', '.join(summary['drifted_features']) or 'none'}; retrain: "
+            f"{'ASKED' if decision['requested'] else 'no'} ({decision['reason']})")
+    report_uri = summary["report"]["html"]
+    (out_dir / "drift-report.html").write_bytes(cloud.models.get_bytes(parse_s3_uri(report_uri)[1]))
+    say(f"   report: {report_uri} (copied to {out_dir}/drift-report.html)")
+    if retrain:
+        executions = cloud.wait_for_executions(3)
+        versions = cloud.registry.versions(model)
+        say(f"-> retraining on curated + captured labelled rows ({retrain.rsplit('/', 1)[-1]}): pipeline "
+            f"{executions[-1]['status'] if executions else '?'}, latest version v{versions[-1].version} "
+            f"({', '.join(versions[-1].aliases) or 'not deployed'})")
+        # its canary would now wait for live traffic: the demo ends here (the local cloud stops the rollout)
+    return {"status": summary.get("status"), "retrain": retrain}
 
 
 def demo_config(config_file: Path, workdir: Path) -> Path:
     """The project's configuration with the first model's rollout looking every second (not every few
     minutes, as in production), so the canary is decided while you watch."""
     text = config_file.read_text()
-    setting = "rollout_interval_seconds = 2"
+    # In one process the two arms share two cores: their latencies differ by noise, not by model, so the
+    # demo's latency guardrail is loose (production keeps the configured one).
+    setting = "rollout_interval_seconds = 2\nguardrail_max_p95_ratio = 5.0"
     if re.search(r"^rollout_interval_seconds\s*=.*$", text, flags=re.M):
         text = re.sub(r"^rollout_interval_seconds\s*=.*$", setting, text, count=1, flags=re.M)
     else:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from mlops.errors import TransientError
 
 LIVE_ALIAS = "live"
@@ -88,7 +90,15 @@ class ServingDeployer:
             self.lam.update_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
                                   RoutingConfig=routing)
         except self.lam.exceptions.ResourceNotFoundException:
-            self.lam.create_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
-                                  RoutingConfig=routing)
+            try:
+                self.lam.create_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
+                                      RoutingConfig=routing)
+            except ClientError as exc:
+                # created meanwhile: by our own attempt whose answer was lost, or a replayed step (AWS says
+                # ResourceConflictException, moto ConflictException)
+                if exc.response["Error"]["Code"] not in ("ResourceConflictException", "ConflictException"):
+                    raise
+                self.lam.update_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
+                                      RoutingConfig=routing)
             self._allow_api(function)
         return self.split(function)

@@ -70,6 +70,32 @@ class Lifecycle:
         return {"model": model, "action": "rollback", "champion": champion.version,
                 "rolled_back": challenger.version, "who": who, "why": why}
 
+    def republish(self, model: str, *, who: str, why: str = "the function's code changed",
+                  lock_owner: str | None = None) -> dict[str, Any]:
+        """Champion and challenger published again on the function's current code (after a code-only
+        ``cdk deploy``), with the traffic split unchanged; recorded in the registry."""
+        owner = lock_owner or f"republish-{uuid.uuid4().hex[:12]}"
+        if not self.registry.acquire_lock(model, owner):
+            raise RolloutInProgress(f"a rollout of {model} holds its lock; try again in a few seconds")
+        try:
+            champion = _deployed(self.registry.alias(model, CHAMPION), CHAMPION, model)
+            challenger = self.registry.alias(model, CHALLENGER)
+            split = self.deployer.split(self.function)
+            moved = {champion.version: self.deployer.publish(self.function, champion.version)}
+            if challenger is not None and challenger.lambda_version is not None:
+                moved[challenger.version] = self.deployer.publish(self.function, challenger.version)
+            self.deployer.route(self.function, moved[champion.version],
+                                moved.get(challenger.version) if challenger else None, split.challenger_weight)
+            before = {v.version: v.lambda_version for v in (champion, challenger) if v is not None}
+            for version, lambda_version in moved.items():
+                self.registry.set_lambda_version(model, version, lambda_version)
+            details = {"lambda_versions": {str(v): {"before": before.get(v), "after": lv} for v, lv in moved.items()},
+                       "challenger_weight": split.challenger_weight}
+            self.registry.record_event(model, "republish", who=who, why=why, details=details)
+        finally:
+            self.registry.release_lock(model, owner)
+        return {"model": model, "action": "republish", **details, "who": who, "why": why}
+
     def status(self, model: str) -> dict[str, Any]:
         split = self.deployer.split(self.function)
         weights = {split.champion: 1 - split.challenger_weight, split.challenger: split.challenger_weight}

@@ -60,6 +60,8 @@ class Prediction:
 
 
 def _numeric(value: Any, column: str) -> float:
+    if type(value) is float:  # the validated serving path: nothing to convert
+        return value
     if value is None or value == "":
         return math.nan
     if isinstance(value, bool | np.bool_):
@@ -93,7 +95,18 @@ def column_array(values: Iterable[Any], spec: InputSpec) -> np.ndarray:
 
 def feeds_from_records(records: Sequence[Mapping[str, Any]], inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
     """Per-input arrays from row records; a key absent from a record counts as a missing value."""
-    return {spec.name: column_array([r.get(spec.name) for r in records], spec) for spec in inputs}
+    numeric = [spec for spec in inputs if spec.kind == "numeric"]
+    feeds: dict[str, np.ndarray] = {}
+    if numeric:
+        # One array for every numeric input (a row of it per input, so each feed is a contiguous view):
+        # the serving path feeds one row at a time, and one array per input would cost more than the model.
+        block = np.array([[_numeric(r.get(spec.name), spec.name) for r in records] for spec in numeric],
+                         dtype=np.float64)
+        feeds = {spec.name: block[i].reshape(-1, 1) for i, spec in enumerate(numeric)}
+    for spec in inputs:
+        if spec.kind != "numeric":
+            feeds[spec.name] = column_array([r.get(spec.name) for r in records], spec)
+    return feeds
 
 
 def feeds_from_columns(columns: Any, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +42,19 @@ class Dataset(BaseModel):
     contract_version: int
 
 
+class TrainingJobResources(BaseModel):
+    """A SageMaker training job's ResourceConfig and StoppingCondition, as the state machine reads them."""
+
+    instance_type: str
+    volume_size_gb: int
+    max_runtime_seconds: int
+
+    @classmethod
+    def of(cls, model_cfg: ModelConfig) -> TrainingJobResources:
+        return cls(instance_type=model_cfg.sagemaker_instance_type, volume_size_gb=model_cfg.sagemaker_volume_size_gb,
+                   max_runtime_seconds=model_cfg.sagemaker_max_runtime_seconds)
+
+
 class PipelineInput(BaseModel):
     """What ``train_trigger`` starts an execution with; every step receives it (plus earlier results)."""
 
@@ -51,6 +64,9 @@ class PipelineInput(BaseModel):
     run_id: str
     reason: str
     dataset: Dataset
+    # the state machine's TrainingBackend choice; `sagemaker` comes with the training job's resources
+    training_backend: Literal["lambda", "sagemaker"] = "lambda"
+    sagemaker: TrainingJobResources | None = None
 
 
 def newest_manifest(store: ObjectStore, model: str) -> dict[str, Any] | None:
@@ -69,7 +85,7 @@ def execution_name(model: str, dataset_sha256: str) -> str:
 def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str, config: ProjectConfig,
                      data: ObjectStore, registry: Registry, sfn: Any, state_machine_arn: str) -> dict[str, Any]:
     """Start the pipeline for a curated dataset (the newest one when none is given), at most once per dataset."""
-    config.model(model)
+    model_cfg = config.model(model)
     manifest = manifest or newest_manifest(data, model)
     if manifest is None:
         return {"status": "skipped", "model": model, "reason": f"no curated data for {model} yet"}
@@ -86,6 +102,8 @@ def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str
             rows=manifest["rows"]["curated"],
             contract_version=manifest["contract_version"],
         ),
+        training_backend=model_cfg.training_backend,
+        sagemaker=TrainingJobResources.of(model_cfg) if model_cfg.training_backend == "sagemaker" else None,
     )
     try:
         execution = sfn.start_execution(stateMachineArn=state_machine_arn, name=run_id, input=payload.model_dump_json())
@@ -225,6 +243,8 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
     onnx_bytes = _verified_onnx(models, cand + "model.onnx", train["onnx_sha256"])
     final = f"models/{inp.model}/runs/{inp.run_id}/"
     dataset_manifest_bucket, dataset_manifest_key = parse_s3_uri(inp.dataset.manifest_uri)
+    # what serving and drift_check read besides the model: each verified against these before use
+    sidecars = {name: models.get_bytes(cand + name) for name in ("baseline.json", "contract.json")}
     manifest = build_manifest(
         model=inp.model,
         run_id=inp.run_id,
@@ -242,14 +262,17 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         timings=train["timings"],
         extra={"parity_max_abs_diff": train["parity_max_abs_diff"], "execution_arn": execution_arn,
                "champion_at_evaluation": evaluation.get("champion"), "reason": inp.reason,
-               "dataset_manifest": {"bucket": dataset_manifest_bucket, "key": dataset_manifest_key}},
+               "dataset_manifest": {"bucket": dataset_manifest_bucket, "key": dataset_manifest_key},
+               **{name.removesuffix(".json"): {"uri": models.uri(final + name),
+                                               "sha256": hashlib.sha256(body).hexdigest()}
+                  for name, body in sidecars.items()}},
     )
     # Artefacts first, under the run's own prefix; the registry record that makes them a version comes last.
     if not models.exists(final + "model.onnx"):
         models.put_bytes(final + "model.onnx", onnx_bytes)
-    for name in ("baseline.json", "contract.json"):
+    for name, body in sidecars.items():
         if not models.exists(final + name):
-            models.put_bytes(final + name, models.get_bytes(cand + name), content_type="application/json")
+            models.put_bytes(final + name, body, content_type="application/json")
     if not models.exists(final + "manifest.json"):
         models.put_json(final + "manifest.json", manifest, create_only=True)
     alias = CHALLENGER if registry.alias(inp.model, CHAMPION) else CHAMPION

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops import settings
+
+if TYPE_CHECKING:
+    from mlops.config import ProjectConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = ROOT / "functions"
@@ -22,9 +26,11 @@ class FunctionSpec:
     env: tuple[str, ...]  # which resource variables (mlops.settings) it needs
     memory_mb: int
     timeout_s: int
-    # the scientific stack (sklearn, skl2onnx, pandas) exceeds the 250 MB zip limit: those run from the
+    # the scientific stack (sklearn, skl2onnx, scipy) exceeds the 250 MB zip limit: those run from the
     # container image; the others fit a zip with a slim layer (see DESIGN.md, "Size").
     image: bool = False
+    # a zip function's layers beyond Powertools' (layers/builder.py LAYERS), e.g. onnxruntime + numpy for infer
+    layers: tuple[str, ...] = ()
 
     @property
     def code_dir(self) -> Path:
@@ -44,7 +50,8 @@ class S3Trigger:
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("ingest", "Validates a CSV under incoming/<model>/ and curates it (or quarantines it)",
-                 (settings.DATA_BUCKET, settings.IDEMPOTENCY_TABLE), memory_mb=3008, timeout_s=600, image=True),
+                 (settings.DATA_BUCKET, settings.IDEMPOTENCY_TABLE), memory_mb=3008, timeout_s=600,
+                 layers=("data",)),
     FunctionSpec("train_trigger", "Starts the training pipeline once per curated dataset",
                  (settings.DATA_BUCKET, settings.REGISTRY_TABLE, settings.TRAINING_STATE_MACHINE_ARN),
                  memory_mb=512, timeout_s=60),
@@ -60,12 +67,19 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("rollout", "Looks at a canary: sequential test on feedback, then promote, roll back or wait",
                  (settings.REGISTRY_TABLE, settings.CAPTURES_BUCKET, settings.INFER_FUNCTIONS),
                  memory_mb=512, timeout_s=300),
+    # image: it reads the curated parquet (pandas/pyarrow) to build the retraining dataset; the drift
+    # statistics themselves need numpy only. Reads captures, writes reports (models bucket), labelled rows
+    # and retraining files (data bucket: labelled/, incoming/), alerts on the topic.
+    FunctionSpec("drift_check", "Compares a window of captured inputs and feedback with the champion's baseline",
+                 (settings.DATA_BUCKET, settings.MODELS_BUCKET, settings.CAPTURES_BUCKET, settings.REGISTRY_TABLE,
+                  settings.NOTIFICATIONS_TOPIC_ARN), memory_mb=3008, timeout_s=900, image=True),
 )
 
 # One per declared model ("one-click model service"): its versions pin model versions, its `live` alias is
 # the A/B split. onnxruntime + numpy only: a zip function, no scientific stack.
 INFER = FunctionSpec("infer", "Serves a model's champion and challenger (ONNX) behind API Gateway",
-                     (settings.REGISTRY_TABLE, settings.CAPTURE_STREAM), memory_mb=1024, timeout_s=30)
+                     (settings.REGISTRY_TABLE, settings.CAPTURE_STREAM), memory_mb=1024, timeout_s=30,
+                     layers=("infer",))
 
 
 def infer_function_name(project: str, model: str) -> str:
@@ -92,8 +106,58 @@ ASL_SUBSTITUTIONS = {
     "RecordOutcomeFunctionArn": "record_outcome",
 }
 ASL_TOPIC_SUBSTITUTION = "NotificationsTopicArn"
+# The training pipeline's SageMaker path (TrainOnSageMaker and the states after it): placeholder -> what it stands
+# for, by platform name: the train function's image, the training jobs' execution role, and the bucket and key of the
+# candidates the job writes
+ASL_TRAINING_JOB_SUBSTITUTIONS = {
+    "TrainingImageUri": "image:train",
+    "SageMakerRoleArn": "role:sagemaker",
+    "ModelsBucketName": "bucket:models",
+    "DataKeyArn": "key:data",
+}
 ROLLOUT_STATE_MACHINE = "rollout"
 ROLLOUT_SUBSTITUTIONS = {"RolloutFunctionArn": "rollout"}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A function run by EventBridge rules, one per declared model: the expression and the on/off switch are
+    read from each model's configuration (dotted attribute paths of ``ModelConfig``)."""
+
+    function: str
+    expression_field: str
+    enabled_field: str
+
+
+@dataclass(frozen=True)
+class ScheduledRule:
+    function: str
+    model: str
+    expression: str  # rate(...) | cron(...)
+    rule_name: str  # physical EventBridge rule name (at most 64 characters)
+    input: dict[str, str]  # the rule's constant input: the event the function receives
+
+
+SCHEDULES: tuple[Schedule, ...] = (Schedule("drift_check", "drift.schedule", "drift.enabled"),)
+
+
+def scheduled_rules(config: ProjectConfig) -> list[ScheduledRule]:
+    """Every schedule of every model that has it enabled; the CDK app and the local cloud both read this."""
+    rules = []
+    for schedule in SCHEDULES:
+        for model in config.models:
+            if not _attribute(model, schedule.enabled_field):
+                continue
+            name = f"{config.project}-{schedule.function.replace('_', '-')}-{model.name}"[:64]
+            rules.append(ScheduledRule(schedule.function, model.name, str(_attribute(model, schedule.expression_field)),
+                                       name, {"model": model.name}))
+    return rules
+
+
+def _attribute(obj: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def function(name: str) -> FunctionSpec:

@@ -8,6 +8,7 @@ One table, one partition per model::
                      sk=ALIAS#champion    version
                      sk=RUN#<run_id>      outcome of a pipeline run: registered | rejected | failed
                      sk=DATASET#<sha256>  the run that claimed this dataset (a dataset trains once)
+                     sk=LOOK#000007#<at>  one look of the rollout of challenger v7: its statistics, its action
 
 A version exists only once its record is written, and it is written in one transaction together with
 the version counter, its alias and its run outcome: a failure before that leaves no trace in the registry,
@@ -187,7 +188,22 @@ class Registry:
         return [{"at": i["at"]["S"], "action": i["action"]["S"], "who": i["who"]["S"], "why": i["why"]["S"],
                  "details": json.loads(i["details"]["S"])} for i in self._query(model, "EVENT#")]
 
+    def looks(self, model: str, challenger: int | None = None) -> list[dict[str, Any]]:
+        """The rollout's looks (statistics and action of each), oldest first; of one challenger if given."""
+        prefix = "LOOK#" + (_version_sk(challenger).split("#", 1)[1] + "#" if challenger is not None else "")
+        return [json.loads(i["look"]["S"]) for i in self._query(model, prefix)]
+
     # -- writes ------------------------------------------------------------------------------------------
+    def record_look(self, model: str, challenger: int, look: dict[str, Any]) -> None:
+        at = str(look.get("at") or now_iso())
+        sk = f"LOOK#{_version_sk(challenger).split('#', 1)[1]}#{at}#{uuid.uuid4().hex[:6]}"
+        self.db.put_item(TableName=self.table, Item={
+            **_key(model, sk), "look": {"S": json.dumps({**look, "challenger": challenger}, default=str)}})
+
+    def record_event(self, model: str, action: str, *, who: str, why: str, details: dict[str, Any]) -> None:
+        """An audit record of a change that moves no alias (e.g. a republish on new code)."""
+        self._transact([self._event_put(model, action, who, why, details)], f"record {action} of {model}")
+
     def _event_put(self, model: str, action: str, who: str, why: str, details: dict[str, Any]) -> dict[str, Any]:
         at = now_iso()
         return {"Put": {"TableName": self.table, "Item": {
@@ -262,10 +278,15 @@ class Registry:
         )
 
     def claim_dataset(self, model: str, dataset_sha256: str, run_id: str) -> bool:
-        """True for the first claim of a dataset; later claims (duplicates, replays) get False."""
+        """True for the first claim of a dataset; later claims (duplicates, replays) get False.
+
+        The token makes the SDK's retry of this very call succeed: when a first attempt was written but its
+        answer lost (a timeout, a 5xx after the commit), the retry must not find "someone else's" claim."""
+        token = uuid.uuid4().hex
         return self._put_if(
-            {**_key(model, f"DATASET#{dataset_sha256}"), "run_id": {"S": run_id}, "at": {"S": now_iso()}},
-            "attribute_not_exists(pk)",
+            {**_key(model, f"DATASET#{dataset_sha256}"), "run_id": {"S": run_id}, "at": {"S": now_iso()},
+             "claim_token": {"S": token}},
+            "attribute_not_exists(pk) OR claim_token = :token", ExpressionAttributeValues={":token": {"S": token}},
         )
 
     def release_dataset(self, model: str, dataset_sha256: str) -> None:
@@ -293,12 +314,14 @@ class Registry:
 
         Idempotent per run: a retried register of the same run returns the version it already made.
         """
-        previous = self.run(model, run_id)
-        if previous and previous.outcome == "registered":
-            existing = self.version(model, int(previous.details["version"]))
-            if existing:
-                return existing
         for _attempt in range(5):
+            # Checked before every attempt: a write whose answer was lost (a timeout or 5xx after the commit)
+            # looks like a lost race, and must come back as the version it made, not make a second one.
+            previous = self.run(model, run_id)
+            if previous and previous.outcome == "registered":
+                existing = self.version(model, int(previous.details["version"]))
+                if existing:
+                    return existing
             latest = self.latest_version(model)
             version = latest + 1
             created = now_iso()
@@ -338,3 +361,58 @@ class Registry:
             assert registered is not None
             return registered
         raise RegistryConflict(f"could not allocate a version for {model} after 5 attempts (concurrent registers)")
+
+    # -- drift monitoring (drift_check) ------------------------------------------------------------------
+    # sk=DRIFT#<window end>        one item per checked window (a replayed window overwrites its own item)
+    # sk=RETRAIN#LATEST            the last retraining request, claimed conditionally (the cooldown)
+    # sk=RETRAINDECISION#<at>#<id> every retrain decision, requested or not, with its reason
+    def record_drift_window(self, model: str, window_end: str, *, status: str, drifted: bool, labelled_rows: int,
+                            details: dict[str, Any]) -> None:
+        self.db.put_item(TableName=self.table, Item={
+            **_key(model, f"DRIFT#{window_end}"), "window_end": {"S": window_end}, "status": {"S": status},
+            "drifted": {"BOOL": drifted}, "labelled_rows": {"N": str(labelled_rows)},
+            "details": {"S": json.dumps(details, default=str)}})
+
+    def drift_windows(self, model: str, *, after: str = "") -> list[dict[str, Any]]:
+        """Checked windows ending after ``after`` (an ISO time; default: all), oldest first."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            # BETWEEN is inclusive: the window ending exactly at `after` is dropped below
+            "ExpressionAttributeValues": {":pk": _pk(model), ":lo": {"S": f"DRIFT#{after}"}, ":hi": {"S": "DRIFT#~"}},
+        }
+        while True:
+            page = self.db.query(**kwargs)
+            items.extend(i for i in page.get("Items", []) if i["window_end"]["S"] > after)
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return [{"window_end": i["window_end"]["S"], "status": i["status"]["S"], "drifted": i["drifted"]["BOOL"],
+                 "labelled_rows": int(i["labelled_rows"]["N"]), "details": json.loads(i["details"]["S"])}
+                for i in items]
+
+    def last_retrain_request(self, model: str) -> str | None:
+        item = self._get(model, "RETRAIN#LATEST")
+        return item["requested_at"]["S"] if item else None
+
+    def claim_retrain(self, model: str, at: str, *, not_after: str) -> bool:
+        """Record a retraining request at ``at`` unless another was made after ``not_after`` (the cooldown):
+        of two concurrent checks, one wins."""
+        return self._put_if(
+            {**_key(model, "RETRAIN#LATEST"), "requested_at": {"S": at}},
+            "attribute_not_exists(pk) OR requested_at <= :cutoff",
+            ExpressionAttributeValues={":cutoff": {"S": not_after}},
+        )
+
+    def record_retrain_decision(self, model: str, at: str, *, requested: bool, reason: str,
+                                details: dict[str, Any]) -> None:
+        self.db.put_item(TableName=self.table, Item={
+            **_key(model, f"RETRAINDECISION#{at}#{uuid.uuid4().hex[:8]}"), "at": {"S": at},
+            "requested": {"BOOL": requested}, "reason": {"S": reason},
+            "details": {"S": json.dumps(details, default=str)}})
+
+    def retrain_decisions(self, model: str) -> list[dict[str, Any]]:
+        """Every retrain decision, oldest first."""
+        return [{"at": i["at"]["S"], "requested": i["requested"]["BOOL"], "reason": i["reason"]["S"],
+                 "details": json.loads(i["details"]["S"])} for i in self._query(model, "RETRAINDECISION#")]

@@ -13,10 +13,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from mlops.abtest import SequentialTest, plan_two_proportions, ratio_from_weight, sequential_inflation
+from mlops.abtest import (
+    Decision,
+    SequentialTest,
+    guardrail_breached,
+    plan_two_proportions,
+    ratio_from_weight,
+    sequential_inflation,
+)
 from mlops.config import ModelConfig
 from mlops.lifecycle import Lifecycle, RolloutInProgress
 from mlops.registry import CHALLENGER, CHAMPION, Registry
+from mlops.serving_health import ServingMetrics
 from mlops.storage import ObjectStore
 
 CAPTURE_PREFIX = "captures/"
@@ -37,6 +45,8 @@ class RolloutState(BaseModel):
     # incremental join of captures: counts so far, the last capture object read, predictions still
     # waiting for their feedback (bounded, oldest dropped first: they travel in the execution payload)
     counts: dict[str, list[int]] = {}
+    # with rollout_metric = "reward": per version [feedback count, sum of rewards, sum of squared rewards]
+    rewards: dict[str, list[float]] = {}
     last_key: str | None = None
     pending: dict[str, list[Any]] = {}
 
@@ -50,9 +60,11 @@ MAX_PENDING = 2000
 
 def join_new_captures(state: RolloutState, captures: ObjectStore) -> None:
     """Read the capture objects written since the last look (Firehose keys sort by time) and join each
-    feedback with its prediction by request id; counts[version] = [correct, with feedback]."""
+    feedback with its prediction by request id; counts[version] = [correct, with a label], rewards[version] =
+    [with a reward, sum, sum of squares]."""
     versions = (state.champion, state.challenger)
     counts = {str(v): state.counts.get(str(v), [0, 0]) for v in versions}
+    rewards = {str(v): state.rewards.get(str(v), [0.0, 0.0, 0.0]) for v in versions}
     pending = dict(state.pending)
     paginator = captures.s3.get_paginator("list_objects_v2")
     extra = {"StartAfter": state.last_key} if state.last_key else {}
@@ -65,17 +77,27 @@ def join_new_captures(state: RolloutState, captures: ObjectStore) -> None:
                     continue
                 if record.get("type") == "prediction" and record.get("model_version") in versions:
                     pending[record["request_id"]] = [record["model_version"], str(record["prediction"])]
-                elif record.get("type") == "feedback" and record.get("label") is not None:
+                elif record.get("type") == "feedback":
                     joined = pending.pop(record["request_id"], None)
-                    if joined is not None:  # the first feedback of a request counts, once
+                    if joined is None:  # the first feedback of a request counts, once
+                        continue
+                    if record.get("label") is not None:
                         arm = counts[str(joined[0])]
                         arm[0] += int(joined[1] == str(record["label"]))
                         arm[1] += 1
-    state.counts = counts
+                    elif record.get("reward") is not None:
+                        sums = rewards[str(joined[0])]
+                        reward = float(record["reward"])
+                        sums[0], sums[1], sums[2] = sums[0] + 1, sums[1] + reward, sums[2] + reward * reward
+    state.counts, state.rewards = counts, rewards
     state.pending = dict(list(pending.items())[-MAX_PENDING:])
 
 
 def _new_test(model_cfg: ModelConfig, baseline: float) -> SequentialTest:
+    if model_cfg.rollout_metric == "reward":
+        # A mean reward has no planning baseline here: the horizon is the configured maximum per arm.
+        return SequentialTest(max_samples_per_arm=model_cfg.rollout_max_samples, alpha=model_cfg.rollout_alpha,
+                              mde=model_cfg.rollout_mde)
     # Plan around the champion's evaluation accuracy, clipped so baseline + mde stays a probability.
     baseline = min(max(baseline, 0.01), 0.99 - model_cfg.rollout_mde)
     plan = plan_two_proportions(baseline, model_cfg.rollout_mde, alpha=model_cfg.rollout_alpha,
@@ -85,9 +107,45 @@ def _new_test(model_cfg: ModelConfig, baseline: float) -> SequentialTest:
                           mde=model_cfg.rollout_mde)
 
 
+def _mean_var(sums: list[float]) -> tuple[float, float, int]:
+    n, total, squares = int(sums[0]), sums[1], sums[2]
+    mean = total / n if n else 0.0
+    var = max(0.0, (squares - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+    return mean, var, n
+
+
+def _look_at_metric(state: RolloutState, test: SequentialTest, metric: str) -> Decision:
+    champion, challenger = str(state.champion), str(state.challenger)
+    if metric == "reward":
+        mean_c, var_c, n_c = _mean_var(state.rewards[champion])
+        mean_t, var_t, n_t = _mean_var(state.rewards[challenger])
+        return test.update_means(mean_c, var_c, n_c, mean_t, var_t, n_t)
+    (c_ok, c_n), (t_ok, t_n) = state.counts[champion], state.counts[challenger]
+    return test.update(c_ok, c_n, t_ok, t_n)
+
+
+def _guardrails(state: RolloutState, model_cfg: ModelConfig, health: ServingMetrics | None,
+                now: datetime) -> tuple[str | None, dict[str, Any]]:
+    """The reason to roll back at once on operational health (or None), and the numbers read."""
+    if health is None:
+        return None, {}
+    arms = health.health(state.model, (state.champion, state.challenger),
+                         datetime.fromisoformat(state.started_at), now)
+    champion, challenger = arms[state.champion], arms[state.challenger]
+    breach = guardrail_breached(challenger.error_rate, champion.error_rate, challenger.p95_ms, champion.p95_ms,
+                                max_error_rate_increase=model_cfg.guardrail_max_error_rate_increase,
+                                max_p95_ratio=model_cfg.guardrail_max_p95_ratio,
+                                min_requests=model_cfg.guardrail_min_requests,
+                                challenger_requests=int(challenger.requests))
+    return breach, {"champion": champion.to_dict(), "challenger": challenger.to_dict()}
+
+
 def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, lifecycle: Lifecycle,
-            captures: ObjectStore, lock_owner: str, now: datetime | None = None) -> dict[str, Any]:
-    """One look. Returns the next payload with ``action`` in continue | promote | rollback | superseded."""
+            captures: ObjectStore, lock_owner: str, health: ServingMetrics | None = None,
+            now: datetime | None = None) -> dict[str, Any]:
+    """One look. Returns the next payload with ``action`` in continue | promote | rollback | superseded.
+
+    Every look is recorded in the registry with its statistics (``mlops ab status`` shows them)."""
     now = now or datetime.now(UTC)
     aliases = registry.aliases(state.model)
     if aliases.get(CHALLENGER) != state.challenger or aliases.get(CHAMPION) != state.champion:
@@ -102,13 +160,17 @@ def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, 
     else:
         test = SequentialTest.from_dict(state.test)
     join_new_captures(state, captures)
-    (c_ok, c_n), (t_ok, t_n) = state.counts[str(state.champion)], state.counts[str(state.challenger)]
-    decision = test.update(c_ok, c_n, t_ok, t_n)
+    decision = _look_at_metric(state, test, model_cfg.rollout_metric)
     action, reason = decision.action, decision.reason
+    breach, health_numbers = _guardrails(state, model_cfg, health, now)
     elapsed_hours = (now - datetime.fromisoformat(state.started_at)).total_seconds() / 3600
-    if action == "continue" and elapsed_hours > model_cfg.rollout_max_hours:
+    if breach:
+        action, reason = "rollback", f"guardrail breached: {breach}"
+    elif action == "continue" and elapsed_hours > model_cfg.rollout_max_hours:
         action, reason = "stop_no_difference", f"no decision after {elapsed_hours:.1f} h (maximum duration)"
-    look = {"at": now.isoformat(timespec="seconds"), **decision.to_dict(), "action": action, "reason": reason}
+    look = {"at": now.isoformat(timespec="seconds"), **decision.to_dict(), "metric": model_cfg.rollout_metric,
+            "champion": state.champion, "action": action, "reason": reason, "health": health_numbers}
+    registry.record_look(state.model, state.challenger, look)
     who = f"rollout:{lock_owner}"
     if action == "promote":
         lifecycle.promote(state.model, who=who, why=reason, lock_owner=lock_owner)

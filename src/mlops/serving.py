@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mlops.errors import IntegrityError, MlopsError
 from mlops.onnx_model import OnnxModel
 from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
@@ -172,21 +174,31 @@ class ModelCache:
     def cached(self, model: str, version: int) -> LoadedModel | None:
         return self._models.get((model, version))
 
+    def _verified(self, uri: str, path: Path, sha256: str, what: str) -> bytes:
+        data = self._fetch(uri, path)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            # a stale or torn file in /tmp: fetch once more before calling the artefact corrupt
+            data = self._fetch(uri, path, cached=False)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            path.unlink(missing_ok=True)
+            raise IntegrityError(f"{uri} does not match the sha256 recorded for {what}")
+        return data
+
     def get(self, version: ModelVersion) -> LoadedModel:
         key = (version.model, version.version)
         if key in self._models:
             return self._models[key]
         started = time.perf_counter()
         folder = self.cache_dir / version.model / f"v{version.version}"
-        onnx_bytes = self._fetch(version.model_uri, folder / "model.onnx")
-        if hashlib.sha256(onnx_bytes).hexdigest() != version.onnx_sha256:
-            # a stale or torn file in /tmp: fetch once more before calling the artefact corrupt
-            onnx_bytes = self._fetch(version.model_uri, folder / "model.onnx", cached=False)
-        if hashlib.sha256(onnx_bytes).hexdigest() != version.onnx_sha256:
-            (folder / "model.onnx").unlink(missing_ok=True)
-            raise IntegrityError(f"{version.model_uri} does not match the sha256 recorded for v{version.version}")
-        contract = json.loads(self._fetch(version.artefacts_prefix + "contract.json", folder / "contract.json"))
-        loaded = LoadedModel(version, OnnxModel(onnx_bytes), schema_from_contract(contract),
+        what = f"{version.model} v{version.version}"
+        onnx_bytes = self._verified(version.model_uri, folder / "model.onnx", version.onnx_sha256, what)
+        # The contract (the request schema) is checked against the manifest, whose sha256 of it is immutable.
+        manifest = json.loads(self._fetch(version.manifest_uri, folder / "manifest.json"))
+        expected = (manifest.get("contract") or {}).get("sha256")
+        uri = version.artefacts_prefix + "contract.json"
+        contract_bytes = (self._verified(uri, folder / "contract.json", expected, f"{what}'s manifest") if expected
+                          else self._fetch(uri, folder / "contract.json"))  # registered before manifests held it
+        loaded = LoadedModel(version, OnnxModel(onnx_bytes), schema_from_contract(json.loads(contract_bytes)),
                              time.perf_counter() - started)
         self._models[key] = loaded
         return loaded
@@ -274,6 +286,14 @@ class ModelServer:
         where = ["features"] if has_features else [f"instances[{i}]" for i in range(len(rows))]
         clean = [validate_row(row, loaded.schema, w) for row, w in zip(rows, where, strict=True)]
         prediction = loaded.model.predict_records(clean)
+        # Finite inputs can still overflow the model's arithmetic (1e308 times a coefficient): its answer would
+        # be NaN probabilities behind a made-up label. The inputs are the client's to fix.
+        scores = prediction.labels if prediction.probabilities is None else prediction.probabilities
+        unscorable = np.flatnonzero(~np.isfinite(np.asarray(scores, dtype=float).reshape(len(clean), -1)).all(axis=1))
+        if unscorable.size:
+            at = where[int(unscorable[0])]
+            raise InvalidInput(f"{at}: the model gives no finite answer for these values; they are far outside the "
+                               "range it was trained on", at)
         version = loaded.version.version
         variant = self._variant(version)
         now = datetime.now(UTC).isoformat(timespec="milliseconds")

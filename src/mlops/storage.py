@@ -59,6 +59,10 @@ class ObjectStore:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+                # The same bytes are already there: our own earlier attempt (its answer lost, the SDK retried),
+                # or a replay of the same step. Only different content is a conflict.
+                if self.get_bytes(key) == data:
+                    return
                 raise RegistryConflict(f"{self.uri(key)} already exists and is immutable") from exc
             raise
 

@@ -101,13 +101,19 @@ class Synthesized:
 
     def state_machine(self, name: str) -> tuple[dict[str, Any], str]:
         """A state machine's properties and its definition, each substitution replaced by what it points at:
-        `function:<platform name>` or `topic:notifications`."""
+        `function:<platform name>`, `topic:notifications`, or for the SageMaker path's placeholders their platform
+        names (mlops.platform.ASL_TRAINING_JOB_SUBSTITUTIONS; test_training_jobs checks what their values are)."""
+        from mlops.platform import ASL_TRAINING_JOB_SUBSTITUTIONS
+
         props = self.resources[self.logical_id(self.stack.pipeline.state_machines[name])]["Properties"]
         text = self.file_asset(props["DefinitionS3Location"]["Key"]).read_text()
         names = self.function_names_by_logical_id()
         topic = {"Ref": self.logical_id(self.stack.storage.topic)}
         for placeholder, value in props["DefinitionSubstitutions"].items():
-            target = "topic:notifications" if value == topic else f"function:{names[value['Fn::GetAtt'][0]]}"
+            if placeholder in ASL_TRAINING_JOB_SUBSTITUTIONS:
+                target = ASL_TRAINING_JOB_SUBSTITUTIONS[placeholder]
+            else:
+                target = "topic:notifications" if value == topic else f"function:{names[value['Fn::GetAtt'][0]]}"
             text = text.replace(f"${{{placeholder}}}", target)
         return props, text
 
@@ -130,13 +136,38 @@ def synthesize(outdir: Path, **context: Any) -> Synthesized:
     return Synthesized(stack, assembly.get_stack_by_name(stack.stack_name).template, Path(assembly.directory))
 
 
+# reports a test hands over (the size table of tests/infra/test_sizes.py), shown at the end of every run
+_REPORTS: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for title, report in _REPORTS.items():
+        terminalreporter.section(title)
+        terminalreporter.write_line(report)
+
+
+@pytest.fixture(scope="session")
+def reports() -> dict[str, str]:
+    """title -> text, printed in the run's summary, passing or not."""
+    return _REPORTS
+
+
 @pytest.fixture(scope="session")
 def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     """The stack of cdk.json's stage (dev), as `npx cdk synth` produces it."""
     return synthesize(tmp_path_factory.mktemp("cdk.out"))
 
 
+# For the extra syntheses, which only look at the template: assets (the layers are 300 MB) stay where they are
+# instead of being copied into each cloud assembly.
+NO_STAGING = {"aws:cdk:disable-asset-staging": True}
+
+
 @pytest.fixture
 def synthesize_with() -> Callable[..., Synthesized]:
     """Another synthesis with some context changed (`synthesize_with(tmp_path, **{"mlops:stage": "prod"})`)."""
-    return synthesize
+
+    def synthesize_unstaged(outdir: Path, **context: Any) -> Synthesized:
+        return synthesize(outdir, **{**NO_STAGING, **context})
+
+    return synthesize_unstaged

@@ -18,6 +18,7 @@ from infra.app import CONFIG_CONTEXT, cdk_json_context
 from infra.constructs.pipeline import STATE_MACHINES
 from infra.stack import API_SOURCE_ARN
 from mlops import platform
+from mlops.config import load_config
 
 # The local cloud has no X-Ray daemon; on AWS the functions trace actively (see test_stack).
 LOCAL_ONLY_ENV = {"POWERTOOLS_TRACE_DISABLED"}
@@ -45,7 +46,6 @@ def local() -> Local:
     from moto import mock_aws
 
     from mlops import aws
-    from mlops.config import load_config
     from mlops.local.cloud import provision
 
     config_file = platform.ROOT / cdk_json_context()[CONFIG_CONTEXT]  # the file the CDK app bundles
@@ -80,6 +80,8 @@ def local() -> Local:
             for arn, name in by_arn.items():
                 text = text.replace(arn, f"function:{name}")
             text = text.replace(deployment.topic_arn, "topic:notifications")
+            for placeholder, value in deployment.training_job_values().items():
+                text = text.replace(value, platform.ASL_TRAINING_JOB_SUBSTITUTIONS[placeholder])
             found.definitions[{v: k for k, v in deployment.names.items()}[machine["name"]]] = text
 
         firehose = aws.client("firehose")
@@ -108,10 +110,15 @@ def test_same_functions_with_the_same_environment(local: Local, synthesized: Syn
 
 
 def test_same_infer_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
-    """One infer function per declared model on both sides, under the same physical name (register and the CLI
-    find it by name), with the same environment variables."""
-    deployed = {resource["Properties"]["FunctionName"]: set(resource["Properties"]["Environment"]["Variables"])
-                for _lid, resource in synthesized.serving().values()}
+    """One infer function per declared model on both sides, named by the same rule (register finds it through
+    INFER_FUNCTIONS), with the same environment variables. The stack's names carry the stage
+    (`<project>-<stage>`), the local cloud's the bare project."""
+    config = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+    deployed = {}
+    for model, (_lid, resource) in synthesized.serving().items():
+        props = resource["Properties"]
+        assert props["FunctionName"] == platform.infer_function_name(synthesized.stack.name_prefix, model)
+        deployed[platform.infer_function_name(config.project, model)] = set(props["Environment"]["Variables"])
     assert local.serving
     assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.serving.items()} == deployed
 
@@ -120,8 +127,11 @@ def test_same_capture_stream(local: Local, synthesized: Synthesized) -> None:
     [props] = [r["Properties"] for r in synthesized.of_type("AWS::KinesisFirehose::DeliveryStream").values()]
     destination = props["ExtendedS3DestinationConfiguration"]
     buckets = {synthesized.logical_id(b): name for name, b in synthesized.stack.storage.buckets.items()}
+    config = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+    names = platform.resource_names(config.project), platform.resource_names(synthesized.stack.name_prefix)
+    assert props["DeliveryStreamName"] == names[1][platform.CAPTURE_STREAM]  # with the stage
     assert local.capture_stream == {
-        "name": props["DeliveryStreamName"], "type": props["DeliveryStreamType"],
+        "name": names[0][platform.CAPTURE_STREAM], "type": props["DeliveryStreamType"],
         "bucket": buckets[destination["BucketARN"]["Fn::GetAtt"][0]], "prefix": destination["Prefix"],
         "buffering": destination["BufferingHints"],
     }

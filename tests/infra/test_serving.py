@@ -5,9 +5,10 @@ which the platform (register) creates at run time, never CloudFormation."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from infra.app import CONFIG_CONTEXT, cdk_json_context
+from infra.app import CONFIG_CONTEXT, STAGE_CONTEXT, cdk_json_context
 from infra.constructs.serving import (
     API_STAGE,
     CAPTURE_PREFIX,
@@ -21,6 +22,8 @@ from mlops.config import load_config
 from mlops.deploy import LIVE_ALIAS
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+# physical names carry the stage, so that two stages can share an account
+NAMES = f"{CONFIG.project}-{cdk_json_context()[STAGE_CONTEXT]}"
 MODELS = {model.name for model in CONFIG.models}
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
@@ -50,8 +53,8 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
     spec = platform.INFER
     for model, (_lid, resource) in serving.items():
         props = resource["Properties"]
-        # the name `mlops models`, register and rollout find it by
-        assert props["FunctionName"] == platform.infer_function_name(CONFIG.project, model)
+        # the name register and rollout find it by (INFER_FUNCTIONS), with the stage in it
+        assert props["FunctionName"] == platform.infer_function_name(NAMES, model)
         variables = props["Environment"]["Variables"]
         assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV}, model
         assert variables[MODEL_NAME] == model
@@ -63,9 +66,11 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
         assert props["MemorySize"] == spec.memory_mb
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["LoggingConfig"]["LogGroup"]["Ref"] in synthesized.of_type("AWS::Logs::LogGroup")
-        # onnxruntime + numpy: the container image until the infer layer is built (layers/README.md)
-        assert props["PackageType"] == "Image"
-        assert props["ImageConfig"]["Command"] == [f"functions.{spec.name}.handler.handler"]
+        # a zip function: onnxruntime + numpy come from the infer layer, shared by every model's function
+        assert "PackageType" not in props
+        assert props["Runtime"] == "python3.12"
+        assert props["Handler"] == "handler.handler"
+        assert props["Layers"][1:] == [{"Ref": synthesized.logical_id(synthesized.stack.packaging.layer("infer"))}]
 
 
 def test_the_live_alias_is_left_to_the_platform(synthesized: Synthesized) -> None:
@@ -83,7 +88,7 @@ def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: 
     storage = synthesized.stack.storage
     key = {"Fn::GetAtt": [synthesized.logical_id(storage.key), "Arn"]}
     _lid, props = stream(synthesized)
-    assert props["DeliveryStreamName"] == platform.resource_names(CONFIG.project)[platform.CAPTURE_STREAM]
+    assert props["DeliveryStreamName"] == platform.resource_names(NAMES)[platform.CAPTURE_STREAM]
     assert props["DeliveryStreamType"] == "DirectPut"
     assert props["DeliveryStreamEncryptionConfigurationInput"] == {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key}
     destination = props["ExtendedS3DestinationConfiguration"]
@@ -184,7 +189,7 @@ def test_stage_is_traced_throttled_and_access_logged(synthesized: Synthesized) -
 def test_register_gets_the_infer_functions_and_the_api_source_arn(synthesized: Synthesized) -> None:
     variables = synthesized.functions()["register"][1]["Properties"]["Environment"]["Variables"]
     assert json.loads(synthesized.render(variables[settings.INFER_FUNCTIONS])) == {
-        model: platform.infer_function_name(CONFIG.project, model) for model in MODELS}
+        model: platform.infer_function_name(NAMES, model) for model in MODELS}
     [api] = synthesized.of_type("AWS::ApiGateway::RestApi")
     assert synthesized.render(variables[API_SOURCE_ARN]).endswith(f":ref:{api}/{API_STAGE}/*/*")
     assert synthesized.render(variables[API_SOURCE_ARN]).startswith("arn:aws:execute-api:")
@@ -217,3 +222,39 @@ def test_register_starts_the_rollout(synthesized: Synthesized) -> None:
     statements = role_statements(synthesized, synthesized.stack.pipeline.functions["register"].role)
     assert any("states:StartExecution" in as_list(s["Action"]) and rollout in as_list(s["Resource"])
                for s in statements)
+
+
+def test_api_keys_are_an_option_on_top_of_iam(tmp_path: Any, synthesize_with: Any) -> None:
+    """`-c mlops:api-key-quota-per-day=N`: every method also needs a key of a usage plan capped at N a day."""
+    from infra.app import API_KEY_CONTEXT
+
+    plain = {props.get("ApiKeyRequired", False) for props in api_methods_of(synthesize_with(tmp_path / "a"))}
+    assert plain == {False}
+    keyed = synthesize_with(tmp_path / "b", **{API_KEY_CONTEXT: 5000})
+    assert {(p["AuthorizationType"], p["ApiKeyRequired"]) for p in api_methods_of(keyed)} == {("AWS_IAM", True)}
+    [plan] = [r["Properties"] for r in keyed.of_type("AWS::ApiGateway::UsagePlan").values()]
+    assert plan["Quota"] == {"Limit": 5000, "Period": "DAY"}
+    assert plan["Throttle"]["RateLimit"] <= THROTTLE_RATE_PER_SECOND
+    [stage] = keyed.of_type("AWS::ApiGateway::Stage")
+    assert plan["ApiStages"][0]["Stage"] == {"Ref": stage}
+    [key] = keyed.of_type("AWS::ApiGateway::ApiKey")
+    [binding] = keyed.of_type("AWS::ApiGateway::UsagePlanKey").values()
+    assert binding["Properties"]["KeyId"] == {"Ref": key}
+    assert keyed.template["Outputs"]["ApiKeyId"]["Value"] == {"Ref": key}
+
+
+def api_methods_of(synthesized: Synthesized) -> list[dict[str, Any]]:
+    return [m["Properties"] for m in synthesized.of_type("AWS::ApiGateway::Method").values()]
+
+
+def test_outputs_give_the_api_url_and_the_deployments_variables(synthesized: Synthesized) -> None:
+    outputs = synthesized.template["Outputs"]
+    [api] = synthesized.of_type("AWS::ApiGateway::RestApi")
+    assert f"ref:{api}" in synthesized.render(outputs["ApiUrl"]["Value"])
+    # a JSON object whose values CloudFormation fills in (INFER_FUNCTIONS is itself a JSON string in it)
+    rendered = synthesized.render(outputs["Environment"]["Value"])
+    variables = set(re.findall(r'(?<![\\])"([A-Z_]+)":', rendered))
+    needed = {v for spec in (*platform.FUNCTIONS, platform.INFER) for v in spec.env} - {settings.CAPTURE_STREAM}
+    assert needed <= variables
+    assert f'"POWERTOOLS_METRICS_NAMESPACE":"{NAMES}"' in rendered
+    assert "ApiKeyId" not in outputs  # IAM only by default

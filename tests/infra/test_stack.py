@@ -3,6 +3,7 @@ says, with cdk-nag enforced on every synthesis."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -12,19 +13,25 @@ from typing import Any
 
 import pytest
 
-from infra.app import CONFIG_CONTEXT, cdk_json_context
-from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT
+from infra.app import CONFIG_CONTEXT, STAGE_CONTEXT, STAGES, cdk_json_context
+from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT, POWERTOOLS_LAYER_PARAMETER
 from infra.constructs.pipeline import STATE_MACHINES, StateMachineSpec, uses_topic
 from infra.constructs.storage import TABLE_KEYS
 from infra.stack import ACCESS, API_SOURCE_ARN, infer_access
+from layers import builder as layer_build
 from mlops import platform, settings
 from mlops.config import load_config
 
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
 # Variables the stack sets beyond mlops.platform's declaration (register's API_SOURCE_ARN until it declares it)
 STACK_ONLY_ENV = {"register": {API_SOURCE_ARN} - set(platform.function("register").env)}
-ASYNC_FUNCTIONS = {trigger.function for trigger in platform.S3_TRIGGERS}
-MODELS = [model.name for model in load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT]).models]
+CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+MODELS = [model.name for model in CONFIG.models]
+S3_FUNCTIONS = {trigger.function for trigger in platform.S3_TRIGGERS}
+# physical names carry the stage: the project in its stage is what the platform's naming functions get
+NAMED = CONFIG.model_copy(update={"project": f"{CONFIG.project}-{cdk_json_context()[STAGE_CONTEXT]}"})
+SCHEDULED_RULES = platform.scheduled_rules(NAMED)
+ASYNC_FUNCTIONS = S3_FUNCTIONS | {rule.function for rule in SCHEDULED_RULES}
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 
@@ -83,7 +90,22 @@ def test_every_platform_function_is_deployed_as_its_spec_says(synthesized: Synth
         else:
             assert props["Runtime"] == "python3.12"
             assert props["Handler"] == "handler.handler"
-            assert len(props["Layers"]) == 1  # Powertools
+            assert layer_names(synthesized, props) == ["powertools", *spec.layers], spec.name
+
+
+def layer_names(synthesized: Synthesized, props: dict[str, Any]) -> list[str]:
+    """A zip function's layers by name: `powertools` for the public layer, else the built layer's name."""
+    built = {synthesized.logical_id(layer): name for name, layer in synthesized.stack.packaging.built_layers.items()}
+    powertools = POWERTOOLS_LAYER_PARAMETER.format(version=importlib.metadata.version("aws-lambda-powertools"))
+    names = []
+    for layer in props["Layers"]:
+        if layer["Ref"] in built:
+            names.append(built[layer["Ref"]])
+        else:  # the SSM parameter Powertools publishes per release, resolved by CloudFormation
+            parameter = synthesized.template["Parameters"][layer["Ref"]]
+            assert parameter == {"Type": "AWS::SSM::Parameter::Value<String>", "Default": powertools}, parameter
+            names.append("powertools")
+    return names
 
 
 def test_environment_values_point_at_the_stack_resources(synthesized: Synthesized) -> None:
@@ -101,7 +123,7 @@ def test_environment_values_point_at_the_stack_resources(synthesized: Synthesize
         # for when mlops.platform declares it for register (test_serving checks what it points at)
         API_SOURCE_ARN: stack.resolve(stack.serving.api_source_arn),
     }
-    project = synthesized.stack.stack_name.rsplit("-", 1)[0]
+    project = NAMED.project
     infer_functions = {model: platform.infer_function_name(project, model) for model in synthesized.serving()}
     assert infer_functions
     for name, (_lid, resource) in synthesized.functions().items():
@@ -138,13 +160,28 @@ def test_zip_functions_bundle_the_handler_config_and_core_package(synthesized: S
         assert not (bundle / "mlops" / "local").exists()  # the moto-based local cloud stays out
 
 
+def zip_props(synthesized: Synthesized, function: str) -> dict[str, Any]:
+    if function == platform.INFER.name:  # one per model, all from the same bundle
+        props: dict[str, Any] = next(iter(synthesized.serving().values()))[1]["Properties"]
+    else:
+        props = synthesized.functions()[function][1]["Properties"]
+    return props
+
+
 def zip_bundle(synthesized: Synthesized, function: str) -> Path:
-    props = synthesized.functions()[function][1]["Properties"]
-    return synthesized.file_asset(props["Code"]["S3Key"])
+    return synthesized.file_asset(zip_props(synthesized, function)["Code"]["S3Key"])
+
+
+def layer_packages(spec: platform.FunctionSpec) -> set[str]:
+    """The top-level packages the function's built layers hold."""
+    return {path.name.split(".")[0] for name in spec.layers
+            for path in (layer_build.layer_dir(name) / "python").iterdir()
+            if path.is_dir() and not path.name.endswith((".dist-info", ".libs"))}
 
 
 # Powertools (with pydantic and the X-Ray SDK) comes from its layer and boto3 from the runtime: what a zip
-# function may not import is the scientific stack, which only the container image carries.
+# function may not import is the scientific stack beyond what its own layers hold, which only the container
+# image carries.
 IMAGE_ONLY = ("numpy", "pandas", "pyarrow", "scipy", "sklearn", "skl2onnx", "onnx", "onnxruntime")
 IMPORT_CHECK = """
 import importlib.abc, os, sys
@@ -160,15 +197,17 @@ assert mlops.__file__.startswith(os.getcwd()), mlops.__file__
 """
 
 
-ZIP_FUNCTIONS = [pytest.param(spec, id=spec.name) for spec in platform.FUNCTIONS if not spec.image]
+ZIP_FUNCTIONS = [pytest.param(spec, id=spec.name) for spec in (*platform.FUNCTIONS, platform.INFER) if not spec.image]
 
 
 @pytest.mark.parametrize("spec", ZIP_FUNCTIONS)
-def test_zip_functions_import_without_the_scientific_stack(synthesized: Synthesized,
-                                                           spec: platform.FunctionSpec) -> None:
-    env = {variable: "placeholder" for variable in spec.env}
+def test_zip_functions_import_only_what_their_layers_hold(synthesized: Synthesized,
+                                                          spec: platform.FunctionSpec) -> None:
+    env = {variable: "placeholder" for variable in zip_props(synthesized, spec.name)["Environment"]["Variables"]}
+    blocked = set(IMAGE_ONLY) - layer_packages(spec)
+    assert blocked < set(IMAGE_ONLY) if spec.layers else blocked == set(IMAGE_ONLY)
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_CHECK, ",".join(IMAGE_ONLY)], cwd=zip_bundle(synthesized, spec.name),
+        [sys.executable, "-c", IMPORT_CHECK, ",".join(sorted(blocked))], cwd=zip_bundle(synthesized, spec.name),
         env={**env, "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "true", "PATH": ""},
         capture_output=True, text=True, timeout=120, check=False,
     )
@@ -198,7 +237,26 @@ def test_s3_notifications_are_the_platform_triggers(synthesized: Synthesized) ->
     names = synthesized.function_names_by_logical_id()
     invoked = {names[p["Properties"]["FunctionName"]["Fn::GetAtt"][0]] for p in permissions
                if p["Properties"]["Principal"] == "s3.amazonaws.com" and "SourceAccount" in p["Properties"]}
-    assert invoked == ASYNC_FUNCTIONS
+    assert invoked == S3_FUNCTIONS
+
+
+def test_each_models_schedule_invokes_its_function_with_the_model(synthesized: Synthesized) -> None:
+    assert SCHEDULED_RULES, "mlops.toml's models keep drift monitoring on by default"
+    names = synthesized.function_names_by_logical_id()
+    rules = synthesized.of_type("AWS::Events::Rule")
+    found = {}
+    for rule in rules.values():
+        props = rule["Properties"]
+        [target] = props["Targets"]
+        found[props["Name"]] = (names[target["Arn"]["Fn::GetAtt"][0]], props["ScheduleExpression"],
+                                json.loads(target["Input"]), props["State"])
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] == 2
+    assert found == {rule.rule_name: (rule.function, rule.expression, rule.input, "ENABLED")
+                     for rule in SCHEDULED_RULES}
+    # EventBridge may invoke the function, from these rules only
+    permissions = [p["Properties"] for p in synthesized.of_type("AWS::Lambda::Permission").values()
+                   if p["Properties"]["Principal"] == "events.amazonaws.com"]
+    assert sorted(p["SourceArn"]["Fn::GetAtt"][0] for p in permissions) == sorted(rules)
 
 
 # -- state machines ---------------------------------------------------------------------------------------------
@@ -206,6 +264,8 @@ def expected_definition(machine: StateMachineSpec) -> str:
     text = machine.asl.read_text()
     for placeholder, function in machine.functions.items():
         text = text.replace(f"${{{placeholder}}}", f"function:{function}")
+    for placeholder, target in platform.ASL_TRAINING_JOB_SUBSTITUTIONS.items():
+        text = text.replace(f"${{{placeholder}}}", target)
     return text.replace(f"${{{platform.ASL_TOPIC_SUBSTITUTION}}}", "topic:notifications")
 
 
@@ -315,7 +375,7 @@ RESOURCELESS_ACTIONS = {
     "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
     "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
-    "logs:DescribeLogGroups",
+    "logs:DescribeLogGroups", "cloudwatch:GetMetricData", "ecr:GetAuthorizationToken",
 }
 
 
@@ -382,7 +442,8 @@ def test_cdk_nag_findings_fail_the_synthesis(tmp_path: Path) -> None:
 
     from infra.app import build, cdk_json_context
 
-    app = App(context=cdk_json_context(), outdir=str(tmp_path))
+    # assets are not copied: the synthesis is meant to stop before anything is deployed
+    app = App(context={**cdk_json_context(), "aws:cdk:disable-asset-staging": True}, outdir=str(tmp_path))
     sqs.Queue(build(app), "Unencrypted", encryption=sqs.QueueEncryption.UNENCRYPTED)
     with pytest.raises(RuntimeError, match="ValidationFailed") as failure:
         app.synth()
@@ -398,3 +459,35 @@ def test_prod_stage_retains_data_and_caps_ingest(tmp_path: Path, synthesize_with
         assert {r.get("DeletionPolicy") for r in prod.of_type(kind).values()} == {"Retain"}, kind
     assert {r["Properties"]["RetentionInDays"] for r in prod.of_type("AWS::Logs::LogGroup").values()} == {365}
     assert prod.functions()["ingest"][1]["Properties"]["ReservedConcurrentExecutions"] == 20
+    # the stage is in every physical name, so dev and prod can share an account
+    for model, (_lid, resource) in prod.serving().items():
+        assert resource["Properties"]["FunctionName"] == platform.infer_function_name(f"{CONFIG.project}-prod", model)
+    assert {r["Properties"]["Name"] for r in prod.of_type("AWS::Events::Rule").values()}.isdisjoint(
+        {rule.rule_name for rule in SCHEDULED_RULES})
+    # and its alarms follow the stage's thresholds
+    latency = prod.resources[prod.logical_id(prod.stack.monitoring.alarms[MODELS[0]]["latency_p95"])]["Properties"]
+    assert latency["EvaluationPeriods"] == STAGES["prod"].alarms.evaluation_periods
+    assert STAGES["prod"].alarms != STAGES["dev"].alarms
+
+
+def granted(synthesized: Synthesized, action: str) -> dict[str, list[Any]]:
+    """Platform function -> the resources of its statements that allow `action`."""
+    found: dict[str, list[Any]] = {}
+    for name in synthesized.functions():
+        for statement in role_statements(synthesized, name):
+            if action in as_list(statement["Action"]):
+                found.setdefault(name, []).extend(as_list(statement["Resource"]))
+    return found
+
+
+def test_only_drift_check_publishes_to_the_topic(synthesized: Synthesized) -> None:
+    topic = {"Ref": synthesized.logical_id(synthesized.stack.storage.topic)}
+    assert granted(synthesized, "sns:Publish") == {name: [topic] for name, access in ACCESS.items()
+                                                   if access.publishes}
+    assert ACCESS["drift_check"].publishes
+    # SNS encrypts with the topic's key on the publisher's behalf
+    assert "drift_check" in granted(synthesized, "kms:GenerateDataKey")
+
+
+def test_only_the_rollout_reads_metrics(synthesized: Synthesized) -> None:
+    assert granted(synthesized, "cloudwatch:GetMetricData") == {"rollout": ["*"]}

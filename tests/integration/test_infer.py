@@ -185,3 +185,24 @@ def test_the_serving_path_imports_neither_sklearn_nor_pandas(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_artefacts_are_verified_against_the_registry_and_manifest_before_serving(served: Any, tmp_path: Path) -> None:
+    from mlops.errors import IntegrityError
+    from mlops.serving import ModelCache
+
+    cloud, _ = served
+    version = cloud.registry.version("breast-cancer", 1)
+    assert version is not None
+    manifest = cloud.models.get_json(version.manifest_uri.split("/", 3)[3])
+    assert len(manifest["contract"]["sha256"]) == 64  # the manifest records what serving will check
+    assert len(manifest["baseline"]["sha256"]) == 64  # ...and what drift_check will
+    contract_key = version.artefacts_prefix.split("/", 3)[3] + "contract.json"
+    original = cloud.models.get_bytes(contract_key)
+    assert ModelCache(cloud.client("s3"), tmp_path / "a").get(version).schema  # intact: it loads
+    try:
+        cloud.models.put_bytes(contract_key, original + b"\n")  # still valid JSON, not the same bytes
+        with pytest.raises(IntegrityError, match=r"contract\.json does not match"):
+            ModelCache(cloud.client("s3"), tmp_path / "b").get(version)
+    finally:
+        cloud.models.put_bytes(contract_key, original)

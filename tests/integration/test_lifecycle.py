@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,41 @@ def two_versions(cloud: EmbeddedCloud, config_file: Path) -> Lifecycle:
 
 def _alias(cloud: EmbeddedCloud) -> dict[str, Any]:
     alias: dict[str, Any] = cloud.client("lambda").get_alias(FunctionName=FUNCTION, Name="live")
+    alias.pop("ResponseMetadata", None)
     return alias
+
+
+def test_republish_puts_both_versions_on_new_code_and_keeps_the_split(
+    cloud: EmbeddedCloud, two_versions: Lifecycle
+) -> None:
+    lam = cloud.client("lambda")
+    before = _alias(cloud)
+    # a code-only deploy: $LATEST gets new code (here: a new description stands for it), the alias stays
+    lam.update_function_configuration(FunctionName=FUNCTION, Description="new code")
+    result = two_versions.republish("breast-cancer", who="ci", why="code-only deploy")
+    after = _alias(cloud)
+    new_champion = after["FunctionVersion"]
+    [(new_challenger, weight)] = after["RoutingConfig"]["AdditionalVersionWeights"].items()
+    assert weight == pytest.approx(0.1)  # the split is unchanged...
+    assert {new_champion, new_challenger}.isdisjoint(
+        {before["FunctionVersion"], *before["RoutingConfig"]["AdditionalVersionWeights"]})  # ...on new versions
+    for lambda_version, model_version in ((new_champion, "1"), (new_challenger, "2")):
+        config = lam.get_function_configuration(FunctionName=FUNCTION, Qualifier=lambda_version)
+        assert config["Environment"]["Variables"]["MODEL_VERSION"] == model_version
+        assert config["Description"] == f"model version {model_version}"
+    assert cloud.registry.version("breast-cancer", 1).lambda_version == new_champion  # type: ignore[union-attr]
+    assert cloud.registry.version("breast-cancer", 2).lambda_version == new_challenger  # type: ignore[union-attr]
+    [event] = cloud.registry.events("breast-cancer")
+    assert (event["action"], event["who"], event["why"]) == ("republish", "ci", "code-only deploy")
+    assert result["lambda_versions"]["1"] == {"before": before["FunctionVersion"], "after": new_champion}
+
+
+def test_republish_waits_for_a_running_rollout(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
+    assert cloud.registry.acquire_lock("breast-cancer", "rollout-x")
+    before = _alias(cloud)
+    with pytest.raises(RolloutInProgress):
+        two_versions.republish("breast-cancer", who="ci")
+    assert _alias(cloud) == before
 
 
 def test_status_shows_each_version_with_its_weight(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
@@ -103,6 +138,8 @@ def moto_server(config_file: Path) -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto's backends are process-wide: start each server test from an empty account
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     saved = os.environ.get("AWS_ENDPOINT_URL")
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     aws.client.cache_clear()
@@ -144,3 +181,36 @@ def test_models_cli_lists_and_promotes_through_the_endpoint(moto_server: str, co
     assert nothing.returncode == 2
     assert "has no challenger" in nothing.stderr
     assert "Traceback" not in nothing.stderr
+
+
+def test_republish_all_and_ab_status_through_the_endpoint(moto_server: str, config_file: Path) -> None:
+    republished = _cli(moto_server, config_file, "republish", "--all", "--json")
+    assert republished.returncode == 0, republished.stderr
+    by_model = {r["model"]: r for r in json.loads(republished.stdout)}
+    assert by_model["breast-cancer"]["action"] == "republish"
+    assert set(by_model["breast-cancer"]["lambda_versions"]) == {"1", "2"}
+    assert by_model["wine"]["action"] == "skipped"  # nothing deployed: nothing to republish, not an error
+
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_server, "MLOPS_CONFIG": str(config_file)}
+    nothing = subprocess.run([sys.executable, "-m", "mlops.cli", "ab", "status", "breast-cancer"],
+                             capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert nothing.returncode == 2
+    assert "no rollout on record" in nothing.stderr
+
+    registry = Registry(aws.client("dynamodb"), "mlops-registry")
+    for i, (n, action) in enumerate(((50, "continue"), (150, "continue"), (300, "promote"))):
+        registry.record_look("breast-cancer", 2, {
+            "at": f"2026-11-27T10:0{i}:00+00:00", "action": action, "reason": f"look {i}", "champion": 1,
+            "metric": "accuracy", "n_control": n, "n_treatment": n, "rate_control": 0.80,
+            "rate_treatment": 0.90, "p_value": 1.0 if i < 2 else 0.01, "lower": -0.1, "upper": 0.2,
+            "statistic": float(i), "boundary": 3.0})
+    html = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"ab-{os.getpid()}.html"
+    shown = subprocess.run([sys.executable, "-m", "mlops.cli", "ab", "status", "breast-cancer", "--html", str(html)],
+                           capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "challenger v2 vs champion v1 on accuracy - promote (look 2)" in shown.stdout
+    assert len([line for line in shown.stdout.splitlines() if line.startswith("2026-11-27T10:0")]) == 3
+    page = html.read_text()
+    html.unlink()
+    assert page.count("<svg") == 2  # the metric per arm, and the statistic against its boundary
+    assert "boundary" in page

@@ -92,6 +92,41 @@ def test_better_challenger_is_promoted_by_the_sequential_test(
     assert look["p_value"] <= 0.05
     assert look["n_control"] >= 100
     assert look["n_treatment"] >= 100
+    # every look is on record with its statistics, the last one being the decision
+    looks = cloud.registry.looks("canary", 2)
+    assert len(looks) >= 2
+    assert [x["action"] for x in looks[:-1]] == ["continue"] * (len(looks) - 1)
+    assert looks[-1]["action"] == "promote"
+    assert looks[-1]["p_value"] == look["p_value"]
+    # the guardrails read both arms' serving metrics from CloudWatch (published by the infer function)
+    assert looks[-1]["health"]["champion"]["requests"] > 0
+    assert looks[-1]["health"]["challenger"]["requests"] > 0
+    assert looks[-1]["health"]["challenger"]["error_rate"] == 0
+
+
+def test_a_challenger_that_fails_to_serve_is_rolled_back_by_the_guardrail(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes, rows: list[dict[str, Any]]
+) -> None:
+    _champion_and_challenger(cloud, breast_cancer_csv)
+    # the challenger's artefact no longer matches the sha256 on record: it must refuse to serve it
+    cloud.client("dynamodb").update_item(
+        TableName=cloud.deployment.names["registry"], Key={"pk": {"S": "MODEL#canary"}, "sk": {"S": "VERSION#000002"}},
+        UpdateExpression="SET onnx_sha256 = :s", ExpressionAttributeValues={":s": {"S": "0" * 64}})
+    statuses = {"champion": [], "challenger": []}
+    event = json.loads((EVENTS / "apigw_predict.json").read_text())
+    for i in range(400):
+        event["path"], event["body"] = "/models/canary/predict", json.dumps({"features": rows[i % len(rows)]})
+        response = cloud.client("lambda").invoke(FunctionName=FUNCTION, Payload=json.dumps(event).encode())
+        payload = json.loads(response["Payload"].read())
+        statuses["challenger" if payload["statusCode"] == 500 else "champion"].append(payload["statusCode"])
+        if i % 50 == 49 and all(e["status"] != "RUNNING" for e in cloud.executions(cloud.deployment.rollout_arn)):
+            break
+    assert statuses["challenger"]  # the broken challenger answered 500s (JSON, not a crash)...
+    assert set(statuses["champion"]) == {200}  # ...while the champion kept serving
+    output = _decided(cloud, "rollback", champion=1)
+    assert output["reason"].startswith("guardrail breached: error rate")
+    # the sequential test had no feedback at all: the guardrail alone decided
+    assert output["history"][-1]["n_treatment"] == 0
 
 
 def test_worse_challenger_is_rolled_back(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from mlops import platform, settings
 from mlops.config import CONFIG_FILE, load_config
+from mlops.local.alarms import create_alarms
 
 ACCOUNT = "123456789012"
 
@@ -39,6 +41,8 @@ class Deployment:
     state_machine_arn: str = ""
     function_arns: dict[str, str] = field(default_factory=dict)
     models: tuple[str, ...] = ()
+    alarms: list[str] = field(default_factory=list)  # CloudWatch alarm names (mlops.alarms)
+    role_arn: str = ""
 
     @property
     def data_bucket(self) -> str:
@@ -66,6 +70,16 @@ class Deployment:
     def rollout_arn(self) -> str:
         return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names['rollout']}"
 
+    def training_job_values(self) -> dict[str, str]:
+        """What the SageMaker path's placeholders stand for here. moto cannot run a training job (nor the image):
+        the path is there so that the local cloud runs the very ASL file the stack deploys."""
+        return {
+            "TrainingImageUri": f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com/{self.project}-train:local",
+            "SageMakerRoleArn": self.role_arn,
+            "ModelsBucketName": self.models_bucket,
+            "DataKeyArn": f"arn:aws:kms:{self.region}:{ACCOUNT}:alias/{self.project}-local",
+        }
+
     def infer_function(self, model: str) -> str:
         return platform.infer_function_name(self.project, model)
 
@@ -83,6 +97,8 @@ def _definition(path: Path, functions: dict[str, str], deployment: Deployment) -
     text = path.read_text()
     for placeholder, function in functions.items():
         text = text.replace(f"${{{placeholder}}}", deployment.function_arns[function])
+    for placeholder, value in deployment.training_job_values().items():
+        text = text.replace(f"${{{placeholder}}}", value)
     return text.replace(f"${{{platform.ASL_TOPIC_SUBSTITUTION}}}", deployment.topic_arn)
 
 
@@ -92,6 +108,12 @@ def training_definition(deployment: Deployment) -> str:
 
 def rollout_definition(deployment: Deployment) -> str:
     return _definition(platform.ROLLOUT_ASL, platform.ROLLOUT_SUBSTITUTIONS, deployment)
+
+
+# moto warns on every parse of the training ASL that it cannot run SageMaker tasks: the local cloud never
+# takes that branch (training_backend = "lambda" locally), so the warning only hides real messages.
+logging.getLogger("moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
+                  "state_task_service_unsupported").setLevel(logging.ERROR)
 
 
 def provision(client: Callable[[str], Any], *, config_file: Path, region: str = "us-east-1") -> Deployment:
@@ -109,12 +131,14 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
             AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name, _ in key],
         )
     deployment.topic_arn = client("sns").create_topic(Name=deployment.names["notifications"])["TopicArn"]
+    deployment.alarms = create_alarms(client("cloudwatch"), config, deployment.topic_arn)
     role = client("iam").create_role(
         RoleName=f"{config.project}-local-lambda",
         AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
             "Action": "sts:AssumeRole"}]}),
     )["Role"]["Arn"]
+    deployment.role_arn = role
     lam = client("lambda")
     # The state machine ARN is known before it exists; functions that start it get it in their environment.
     deployment.state_machine_arn = f"arn:aws:states:{region}:{ACCOUNT}:stateMachine:{deployment.names['training']}"

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mlops import aws
+from mlops.local.alarms import alarm_watcher
 from mlops.local.cloud import Deployment, provision
+from mlops.local.firehose import BufferedFirehose
 from mlops.local.lambda_runtime import InProcessRuntime
+from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.registry import Registry
 from mlops.storage import ObjectStore
 
@@ -21,6 +24,12 @@ from mlops.storage import ObjectStore
 class EmbeddedCloud:
     deployment: Deployment
     runtime: InProcessRuntime
+    firehose: BufferedFirehose | None = None
+
+    def flush_captures(self) -> None:
+        """Deliver what Firehose holds in its buffer now (it would within its interval)."""
+        if self.firehose is not None:
+            self.firehose.flush()
 
     def client(self, service: str) -> Any:
         return aws.client(service)
@@ -67,17 +76,34 @@ class EmbeddedCloud:
 
 
 @contextmanager
-def embedded_cloud(config_file: Path, *, handler_output: Any = None) -> Iterator[EmbeddedCloud]:
+def embedded_cloud(config_file: Path, *, handler_output: Any = None,
+                   buffered_captures: bool = False) -> Iterator[EmbeddedCloud]:
+    """``buffered_captures``: Firehose writes one S3 object per buffer, as on AWS, instead of moto's one per
+    call; readers of the captures (rollout, drift_check) then stay fast under thousands of predictions."""
     from moto import mock_aws
 
-    with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
-          InProcessRuntime(handler_output=handler_output) as runtime):
+    # Handlers print their metrics (EMF): the bridge plays CloudWatch Logs' part and publishes them.
+    output = EmfBridge(moto_publisher(aws.client("cloudwatch").meta.region_name), handler_output)
+    with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), percentiles_in_moto(),
+          InProcessRuntime(handler_output=output) as runtime):
         aws.client.cache_clear()
-        cloud = EmbeddedCloud(provision(aws.client, config_file=config_file), runtime)
+        firehose = BufferedFirehose(interval_s=0.5) if buffered_captures else None
+        if firehose is not None:
+            firehose.install()
+        cloud = EmbeddedCloud(provision(aws.client, config_file=config_file), runtime, firehose)
+        runtime.listeners.append(alarm_watcher(cloud.deployment, aws.client))
         try:
             yield cloud
         finally:
-            # Executions run on moto's threads: let them end inside this mock, not in the next one.
+            if firehose is not None:
+                firehose.uninstall()
+            # Executions run on moto's threads: let them end inside this mock, not in the next one. A rollout
+            # waits for traffic that will not come any more: stop it rather than wait for its decision.
+            sfn = aws.client("stepfunctions")
+            for execution in cloud.executions(cloud.deployment.rollout_arn):
+                if execution["status"] == "RUNNING":
+                    with contextlib.suppress(sfn.exceptions.ExecutionDoesNotExist):
+                        sfn.stop_execution(executionArn=execution["executionArn"], cause="the local cloud stops")
             for arn in (cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn):
                 with contextlib.suppress(TimeoutError):
                     cloud.wait_for_executions(0, timeout=60, state_machine_arn=arn)

@@ -9,8 +9,10 @@ Lambda) and every invocation runs with that version's own environment variables.
 Handlers run in this process. Each invocation sees its version's environment variables through a
 thread-local overlay on ``os.environ`` (other threads, such as moto's Step Functions engine, keep seeing
 the process's own environment), and runs under a re-entrant lock: one invocation at a time, nested ones
-(an S3 write inside a handler triggering another function) allowed. Log output of handlers goes to
-stderr, never to stdout.
+(an S3 write inside a handler triggering another function) allowed. Behind moto's server (``mlops local
+up``) such a nested invocation would arrive on another thread and wait for the lock forever, so there S3
+notifications are queued instead (``mlops.local.dispatch``), as AWS delivers them. Log output of handlers
+goes to stderr, never to stdout.
 
 moto stores an alias's routing weights but always invokes its main version; the runtime also replaces
 ``LambdaBackend.invoke`` so that an invocation of a weighted alias picks its version by those weights,
@@ -37,7 +39,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
 from moto.awslambda.models import LambdaBackend, LambdaFunction
@@ -198,6 +200,38 @@ def _current_version(bucket: str, key: str) -> str | None:
     return str(version) if version and version != "null" else None
 
 
+class ThreadRoutedStdout(io.TextIOBase):
+    """sys.stdout while the runtime is installed: a thread running a handler writes to the handlers' output,
+    every other thread to the real stdout. ``contextlib.redirect_stdout`` swaps the stream for the whole
+    process, so a handler running on a Step Functions thread would swallow the main thread's prints."""
+
+    def __init__(self, base: TextIO) -> None:
+        self.base = base
+        self._local = threading.local()
+
+    def route(self, target: TextIO | None) -> None:
+        self._local.target = target
+
+    def _current(self) -> TextIO:
+        return getattr(self._local, "target", None) or self.base
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self._current().write(text)
+
+    def flush(self) -> None:
+        self._current().flush()
+
+    def fileno(self) -> int:
+        return self.base.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.base, "encoding", "utf-8"))
+
+
 class InProcessRuntime:
     def __init__(self, workdir: Path | None = None, *, handler_output: Any = None) -> None:
         # where handlers' prints (logs, EMF metrics) go: stderr unless told otherwise, never stdout
@@ -225,6 +259,8 @@ class InProcessRuntime:
 
         LambdaFunction._invoke_lambda = _invoke_lambda  # type: ignore[method-assign,assignment]
         LambdaBackend.invoke = _backend_invoke  # type: ignore[method-assign,assignment]
+        if not isinstance(sys.stdout, ThreadRoutedStdout):
+            sys.stdout = ThreadRoutedStdout(sys.stdout)
         if not isinstance(os.environ, OverlayEnviron):
             os.environ = OverlayEnviron(os.environ)  # type: ignore[assignment]  # noqa: B003 - an overlay, on purpose
 
@@ -246,6 +282,8 @@ class InProcessRuntime:
         return str(alias.function_version)
 
     def uninstall(self) -> None:
+        if isinstance(sys.stdout, ThreadRoutedStdout):
+            sys.stdout = sys.stdout.base
         LambdaFunction._invoke_lambda = _ORIGINAL  # type: ignore[method-assign]
         LambdaBackend.invoke = _ORIGINAL_BACKEND_INVOKE  # type: ignore[method-assign]
         if isinstance(os.environ, OverlayEnviron):
@@ -259,6 +297,21 @@ class InProcessRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.uninstall()
+
+    @contextlib.contextmanager
+    def _handler_stdout(self) -> Iterator[None]:
+        """This thread's prints go to the handlers' output while it runs a handler (module import included)."""
+        stdout = sys.stdout
+        if not isinstance(stdout, ThreadRoutedStdout):  # not installed: fall back to the process-wide swap
+            with contextlib.redirect_stdout(self.handler_output or sys.stderr):
+                yield
+            return
+        previous = getattr(stdout._local, "target", None)
+        stdout.route(self.handler_output or sys.stderr)
+        try:
+            yield
+        finally:
+            stdout.route(previous)
 
     # -- environments --------------------------------------------------------------------------------------
     def _environment(self, fn: LambdaFunction) -> _Environment:
@@ -280,7 +333,7 @@ class InProcessRuntime:
             raise RuntimeError(f"cannot load handler {fn.handler} from {path}")
         module = importlib.util.module_from_spec(spec)
         # Module-level code (loggers, clients) must see the function's environment, as in Lambda's init phase.
-        with self._function_env(fn, root), contextlib.redirect_stdout(self.handler_output or sys.stderr):
+        with self._function_env(fn, root), self._handler_stdout():
             sys.modules[name] = module
             spec.loader.exec_module(module)
         env = _Environment(root, module, getattr(module, attr))
@@ -308,13 +361,13 @@ class InProcessRuntime:
     def invoke(self, fn: LambdaFunction, event: Any) -> tuple[str, bool, str]:
         payload = json.loads(event) if isinstance(event, str | bytes) else (event if event is not None else {})
         payload = complete_s3_event(payload)
-        started = time.perf_counter()
         with self._lock:
+            started = time.perf_counter()  # the function's own duration, as Lambda bills it: not the wait
             try:
                 env = self._environment(fn)
                 context = LambdaContext(fn.function_name, str(fn.version), fn.function_arn,
                                         int(fn.memory_size), int(fn.timeout))
-                with self._function_env(fn, env.root), contextlib.redirect_stdout(self.handler_output or sys.stderr):
+                with self._function_env(fn, env.root), self._handler_stdout():
                     result = env.handler(payload, context)
                 errored = False
             except Exception as exc:  # a handler error is the function's answer, as in Lambda
