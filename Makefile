@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: install demo test lint unit integration bench clean layers
+.PHONY: install demo test load lint unit integration bench clean layers
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -39,8 +39,13 @@ lint: $(STAMP) $(NODE_STAMP)
 layers: $(STAMP)
 	$(BIN)/python -m layers.builder
 
+# everything but the load tests (minutes of traffic through the local cloud): those are `make load`, and CI
+# (.ci/run) runs both
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not load"
+
+load: $(STAMP)
+	$(BIN)/pytest -m load
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

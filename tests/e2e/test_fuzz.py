@@ -48,10 +48,9 @@ def server(start_local_up: Callable[..., LocalUp], world: Callable[..., list[dic
 
 
 def aimed_at(document: dict[str, Any], model: str, features: list[dict[str, Any]]) -> dict[str, Any]:
-    """The document narrowed to the served model: its name in the path, its numeric features (as its
-    description lists them) in the rows. Requests
-    generated from it get past "no such model" and "missing feature" to the model itself; the answers stay
-    checked against the responses the document declares, which are left as they are."""
+    """The document narrowed to the served model: its name in the path, its numeric features (as its description
+    lists them) in the rows. Requests generated from it get past "no such model" and "missing feature" to the
+    model itself; the answers stay checked against the responses the document declares, left as they are."""
     narrowed = copy.deepcopy(document)
     for item in narrowed["paths"].values():
         for operation in item.values():
@@ -62,9 +61,9 @@ def aimed_at(document: dict[str, Any], model: str, features: list[dict[str, Any]
     row = {"type": "object", "required": [f["name"] for f in features], "additionalProperties": False,
            "properties": {f["name"]: {"type": "number"} for f in features}}
     predict = narrowed["paths"]["/models/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]
-    features, instances = (branch["properties"] for branch in predict["schema"]["oneOf"])
-    features["features"] = row
-    instances["instances"]["items"] = row
+    one, batch = (branch["properties"] for branch in predict["schema"]["oneOf"])
+    one["features"] = row
+    batch["instances"]["items"] = row
     return narrowed
 
 

@@ -22,7 +22,7 @@ import pytest
 if TYPE_CHECKING:
     from conftest import LocalUp  # tests/e2e/conftest.py
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.load]
 
 MODEL = "e2e"
 LOAD_PREDICTIONS = 20_000

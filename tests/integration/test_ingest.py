@@ -148,3 +148,26 @@ def test_oversized_file_is_rejected_unread(cloud: EmbeddedCloud) -> None:
     assert outcome.status == "rejected"
     assert outcome.code == "too_large"
     assert "300.0 MB" in outcome.reason
+
+
+@pytest.mark.parametrize(("key", "status", "code"), [
+    # `..` means nothing to S3, but would to whoever copies the keys to a file system: refused, and said why
+    ("incoming/breast-cancer/../../curated/breast-cancer/x.csv", "rejected", "bad_key"),
+    ("incoming/../curated/evil.csv", "rejected", "bad_key"),
+    ("incoming/nobody/data.csv", "rejected", "unknown_model"),
+    ("incoming/breast-cancer/数据 ✓ %41.csv", "curated", ""),
+])
+def test_hostile_keys_get_a_recorded_outcome_and_write_only_under_their_prefixes(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes, key: str, status: str, code: str
+) -> None:
+    data = cloud.data
+    data.put_bytes(key, breast_cancer_csv)
+    [ingested] = [i for i in cloud.runtime.invocations if i.function.endswith("ingest")]
+    [outcome] = ingested.result["results"]
+    assert (outcome["status"], outcome["code"]) == (status, code)
+    assert outcome["source"] == f"s3://{cloud.deployment.data_bucket}/{key}"  # decoded exactly, unicode included
+    written = set(data.keys("")) - {key}
+    assert written, "every outcome leaves a record"
+    # what ingest wrote stays under its own prefixes, whatever the key spelled
+    assert all(k.split("/", 1)[0] in ("curated", "quarantine", "contracts") for k in written), written
+    assert data.exists(key)  # the original is never lost

@@ -130,6 +130,51 @@ def test_concurrent_promote_and_rollback_have_one_winner(cloud: EmbeddedCloud, t
     assert cloud.registry.aliases("breast-cancer") == {CHAMPION: 2}
 
 
+def test_a_rollout_deciding_and_a_manual_rollback_at_the_same_moment_have_one_winner(
+    cloud: EmbeddedCloud, two_versions: Lifecycle, config_file: Path
+) -> None:
+    import threading
+
+    from mlops.rollout import RolloutState, analyze
+    from mlops.storage import ObjectStore
+
+    # a look whose counts make the sequential test promote (100/100 right against 50/100)
+    state = RolloutState(model="breast-cancer", champion=1, challenger=2, started_at="2026-11-27T10:00:00+00:00",
+                         counts={"1": [50, 100], "2": [100, 100]})
+    start, outcomes = threading.Barrier(2), {}
+
+    def rollout() -> None:
+        start.wait()
+        try:
+            outcomes["rollout"] = analyze(
+                state, model_cfg=load_config(config_file).model("breast-cancer"), registry=cloud.registry,
+                lifecycle=two_versions, captures=ObjectStore(aws.client("s3"), cloud.deployment.names["captures"]),
+                lock_owner="breast-cancer-v2-rollout")["action"]
+        except (RolloutInProgress, NothingToDo) as exc:
+            outcomes["rollout"] = type(exc).__name__
+
+    def person() -> None:
+        start.wait()
+        try:
+            outcomes["person"] = two_versions.rollback("breast-cancer", who="bob", why="now")["action"]
+        except (RolloutInProgress, NothingToDo) as exc:
+            outcomes["person"] = type(exc).__name__
+
+    threads = [threading.Thread(target=rollout), threading.Thread(target=person)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    moved = [who for who, outcome in outcomes.items() if outcome in ("promote", "rollback")]
+    assert len(moved) == 1, outcomes  # one winner; the other is refused or finds nothing left to decide
+    [event] = cloud.registry.events("breast-cancer")  # one audit record, the winner's
+    champion = 2 if event["action"] == "promote" else 1
+    assert cloud.registry.aliases("breast-cancer") == {CHAMPION: champion}
+    version = cloud.registry.version("breast-cancer", champion)
+    assert version is not None
+    assert _alias(cloud)["FunctionVersion"] == version.lambda_version  # the traffic agrees with the registry
+
+
 @pytest.fixture
 def moto_server(config_file: Path) -> Iterator[str]:
     from moto.server import ThreadedMotoServer
