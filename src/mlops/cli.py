@@ -87,8 +87,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 1 if failed and len(failed) == len(rows) else 0
 
 
-def _lifecycle(args: argparse.Namespace) -> Any:
-    """Against AWS, or the local cloud when AWS_ENDPOINT_URL points at it; names follow mlops.platform."""
+def _lifecycle(args: argparse.Namespace, name: str | None = None) -> Any:
+    """Against AWS, or the local cloud when AWS_ENDPOINT_URL points at it; names follow mlops.platform.
+    ``name``: the model, when not ``args.name`` (e.g. each model of ``--all``)."""
     from mlops import aws, platform, settings
     from mlops.config import load_config
     from mlops.deploy import ServingDeployer
@@ -96,12 +97,13 @@ def _lifecycle(args: argparse.Namespace) -> Any:
     from mlops.registry import Registry
 
     config = load_config(args.config) if args.config else load_config()
-    config.model(args.name)
+    name = name or args.name
+    config.model(name)
     # On AWS the stack's `Environment` output gives the physical names (they carry the stage), e.g.
     # `export REGISTRY_TABLE=... INFER_FUNCTIONS='{"<model>": "<function>"}'`; the local cloud's are derived.
     table = os.environ.get(settings.REGISTRY_TABLE) or platform.resource_names(config.project)["registry"]
-    function = (json.loads(os.environ.get(settings.INFER_FUNCTIONS) or "{}").get(args.name)
-                or platform.infer_function_name(config.project, args.name))
+    function = (json.loads(os.environ.get(settings.INFER_FUNCTIONS) or "{}").get(name)
+                or platform.infer_function_name(config.project, name))
     return Lifecycle(registry=Registry(aws.client("dynamodb"), table),
                      deployer=ServingDeployer(aws.client("lambda")), function=function)
 
@@ -160,7 +162,7 @@ def _cmd_republish(args: argparse.Namespace) -> int:
     results = []
     for name in names:
         try:
-            results.append(_lifecycle(argparse.Namespace(**{**vars(args), "name": name})).republish(
+            results.append(_lifecycle(args, name).republish(
                 name, who=_who(), why=args.reason if args.reason != "manual" else "the function's code changed"))
         except NothingToDo as exc:  # a model with nothing deployed yet has nothing to republish
             results.append({"model": name, "action": "skipped", "why": str(exc)})

@@ -83,7 +83,7 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None,
     from moto import mock_aws
 
     # Handlers print their metrics (EMF): the bridge plays CloudWatch Logs' part and publishes them.
-    output = EmfBridge(moto_publisher(aws.client("cloudwatch").meta.region_name), handler_output)
+    output = EmfBridge(moto_publisher(aws.region()), handler_output)
     with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), percentiles_in_moto(),
           InProcessRuntime(handler_output=output) as runtime):
         aws.client.cache_clear()
