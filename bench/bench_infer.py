@@ -68,6 +68,17 @@ def _load_handler(root: Path, env: dict[str, str]) -> Any:
     return module
 
 
+def deployed_handler(cloud: Any, name: str, workdir: Path) -> Any:
+    """The infer handler module of a deployed function's version 1, loaded in this process with its environment
+    (pop it with ``os.environ.pop_layer()``)."""
+    fn = cloud.client("lambda").get_function(FunctionName=name, Qualifier="1")
+    env = {**fn["Configuration"]["Environment"]["Variables"], "AWS_LAMBDA_FUNCTION_NAME": name,
+           "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING",
+           "MODEL_CACHE_DIR": str(workdir / "models")}
+    with contextlib.redirect_stdout(QUIET):
+        return _load_handler(ROOT / "functions" / "infer", env)
+
+
 @contextlib.contextmanager
 def _served_model(workdir: Path) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
     """(infer handler module, the fitted sklearn pipeline, one feature row) on the embedded local cloud."""
@@ -87,13 +98,7 @@ def _served_model(workdir: Path) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
         cloud.wait_for_executions(1)
         if not cloud.registry.versions(MODEL):
             raise RuntimeError("the pipeline registered no version; run `make demo` to see why")
-        name = infer_function_name(config.project, MODEL)
-        fn = cloud.client("lambda").get_function(FunctionName=name, Qualifier="1")
-        env = {**fn["Configuration"]["Environment"]["Variables"], "AWS_LAMBDA_FUNCTION_NAME": name,
-               "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING",
-               "MODEL_CACHE_DIR": str(workdir / "models")}
-        with contextlib.redirect_stdout(QUIET):
-            handler = _load_handler(ROOT / "functions" / "infer", env)
+        handler = deployed_handler(cloud, infer_function_name(config.project, MODEL), workdir)
         pipeline, row = _sklearn_pipeline(workdir, body, model_cfg)
         try:
             yield handler, pipeline, row

@@ -33,6 +33,7 @@ CDK_JSON = platform.ROOT / "cdk.json"
 STAGE_CONTEXT = "mlops:stage"
 CONFIG_CONTEXT = "mlops:config"
 API_KEY_CONTEXT = "mlops:api-key-quota-per-day"
+BATCH_BUCKETS_CONTEXT = "mlops:batch-buckets"  # `-c mlops:batch-buckets=a,b`: buckets batch runs may also use
 # Without credentials (offline synth, CI, tests) the CLI sets no account: synthesize for a placeholder one,
 # the same the local cloud uses. `cdk deploy` always runs with credentials, hence with the real account.
 FALLBACK_ACCOUNT = "123456789012"
@@ -106,6 +107,7 @@ def build(app: App) -> MlopsStack:
         reserved_concurrency=stage.reserved_concurrency,
         alarm_thresholds=stage.alarms,
         api_keys=api_keys(app),
+        batch_buckets=[b for b in str(app.node.try_get_context(BATCH_BUCKETS_CONTEXT) or "").split(",") if b],
         env=environment(),
         description=f"serverless-mlops ({project}, {stage_name}): ingest, train, evaluate, register",
         tags={"project": project, "stage": stage_name},

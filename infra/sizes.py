@@ -43,7 +43,7 @@ def measure(function: str, code_dir: Path, layers: Iterable[str]) -> FunctionSiz
 
 
 def zip_specs() -> list[platform.FunctionSpec]:
-    return [spec for spec in (*platform.FUNCTIONS, platform.INFER) if not spec.image]
+    return [spec for spec in (*platform.FUNCTIONS, platform.INFER, platform.PUSH) if not spec.image]
 
 
 def platform_sizes(config_file: Path) -> list[FunctionSize]:

@@ -3,7 +3,7 @@ handler does (ACCESS below; the keys come from mlops.ingest, mlops.pipeline, mlo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -13,10 +13,13 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.constructs.batch import DATA_PREFIX as BATCH_PREFIX
+from infra.constructs.batch import Batch
 from infra.constructs.function import Packaging
 from infra.constructs.monitoring import AlarmThresholds, Monitoring
 from infra.constructs.nag import acknowledge
 from infra.constructs.pipeline import Pipeline
+from infra.constructs.push import Push
 from infra.constructs.serving import ApiKeyPlan, Serving
 from infra.constructs.storage import Storage
 from mlops import platform, settings
@@ -52,10 +55,11 @@ API_SOURCE_ARN: Final = "API_SOURCE_ARN"
 
 
 ACCESS: dict[str, Access] = {
-    # reads the exact version an S3 event names; the data contract is read and versioned under contracts/
+    # reads the exact version an S3 event names; the data contract is read and versioned under contracts/; the
+    # entities' newest features go to the online store (mlops.features)
     "ingest": Access(read={"data": ("incoming/", "contracts/")},
                      write={"data": ("curated/", "quarantine/", "contracts/")},
-                     read_versions=True, tables={"idempotency": WRITE}),
+                     read_versions=True, tables={"idempotency": WRITE, "features": WRITE}),
     # the manifest it was notified of, or the newest one; claims the dataset in the registry
     "train_trigger": Access(read={"data": ("curated/",)}, tables={"registry": WRITE},
                             starts=(platform.STATE_MACHINE,)),
@@ -76,12 +80,27 @@ ACCESS: dict[str, Access] = {
                                 "data": ("curated/", "labelled/")},
                           write={"models": ("reports/",), "data": ("labelled/", "incoming/")},
                           tables={"registry": WRITE}, publishes=True),
+    # mlops.batch_run: a run's input objects, predictions, manifest and working files under batch/ in the data bucket
+    # (and in the buckets named by batch_buckets, see infra/constructs/batch.py); the model version's artefacts
+    "batch": Access(read={"data": (BATCH_PREFIX,), "models": ("models/",)}, write={"data": (BATCH_PREFIX,)},
+                    tables={"registry": READ}),
 }
 
 
 def infer_access(model: str) -> Access:
     """A model's infer function: that model's registered artefacts, the registry, and the capture stream."""
-    return Access(read={"models": (f"models/{model}/",)}, tables={"registry": READ}, puts=(platform.CAPTURE_STREAM,))
+    return Access(read={"models": (f"models/{model}/",)}, tables={"registry": READ, "features": READ},
+                  puts=(platform.CAPTURE_STREAM,))
+
+
+def push_access(queue: platform.PushQueue) -> Access:
+    """A model's push function scores like its infer function; with push_output = "s3" it also writes its answers
+    under predictions/<model>/ in the data bucket (its queues and topic are granted by infra/constructs/push.py)."""
+    access = infer_access(queue.model)
+    if queue.output != "s3":
+        return access
+    return Access(read=access.read, tables=access.tables, puts=access.puts,
+                  write={"data": (f"{platform.PREDICTIONS_PREFIX}{queue.model}/",)})
 
 DDB_READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem",
             "dynamodb:DescribeTable")
@@ -106,10 +125,12 @@ class MlopsStack(Stack):
         reserved_concurrency: Mapping[str, int],
         alarm_thresholds: AlarmThresholds,
         api_keys: ApiKeyPlan | None = None,
+        batch_buckets: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         """`stage` is part of every physical name and of the metrics namespace (`<project>-<stage>`), so that two
-        stages can share an account; `api_keys` adds API keys and a usage plan on top of AWS_IAM."""
+        stages can share an account; `api_keys` adds API keys and a usage plan on top of AWS_IAM; `batch_buckets`
+        names buckets outside the stack where batch runs may also read and write (docs/batch.md)."""
         super().__init__(scope, construct_id, **kwargs)
         if ungranted := [spec.name for spec in platform.FUNCTIONS if spec.name not in ACCESS]:
             raise KeyError(f"declare what {ungranted} may access in infra/stack.py ACCESS")
@@ -126,7 +147,8 @@ class MlopsStack(Stack):
             packaging=packaging,
             models=[model.name for model in config.models],
             capture_stream_name=platform.resource_names(project)[platform.CAPTURE_STREAM],
-            environment={settings.REGISTRY_TABLE: storage.tables["registry"].table_name},
+            environment={settings.REGISTRY_TABLE: storage.tables["registry"].table_name,
+                         settings.FEATURES_TABLE: storage.tables["features"].table_name},
             log_retention=log_retention,
             removal_policy=removal_policy,
             api_keys=api_keys,
@@ -140,6 +162,7 @@ class MlopsStack(Stack):
                 settings.CAPTURES_BUCKET: storage.buckets["captures"].bucket_name,
                 settings.REGISTRY_TABLE: storage.tables["registry"].table_name,
                 settings.IDEMPOTENCY_TABLE: storage.tables["idempotency"].table_name,
+                settings.FEATURES_TABLE: storage.tables["features"].table_name,
                 settings.NOTIFICATIONS_TOPIC_ARN: storage.topic.topic_arn,
                 # model -> the infer function's physical name (its Ref), as the local cloud gives it
                 settings.INFER_FUNCTIONS: self.to_json_string(
@@ -163,6 +186,18 @@ class MlopsStack(Stack):
         self._grant("train (SageMaker training jobs)", self.pipeline.training_job_role, ACCESS["train"])
         for model, function in serving.functions.items():
             self._grant(f"infer ({model})", function.role, infer_access(model))
+        # push mode: each model's queue, dead-letter queue, topic and push function (infra/constructs/push.py)
+        self.push = Push(self, "Push", storage=storage, project=project, packaging=packaging,
+                         queues=platform.push_queues(config), log_retention=log_retention,
+                         removal_policy=removal_policy,
+                         environment={**self.pipeline.environment, settings.CAPTURE_STREAM: serving.stream.ref})
+        for model, function in self.push.functions.items():
+            self._grant(f"push ({model})", function.role, push_access(self.push.specs[model]))
+        self.batch = Batch(self, "Batch", storage=storage, functions=self.pipeline.functions,
+                           infer_functions=serving.functions, api=serving.api, log_retention=log_retention,
+                           removal_policy=removal_policy, extra_buckets=batch_buckets)
+        # one registry of the state machines: monitoring alarms on a failed run, the outputs and the tests find it there
+        self.pipeline.state_machines[platform.BATCH_STATE_MACHINE] = self.batch.state_machine
         self.monitoring = Monitoring(
             self, "Monitoring",
             project=project,
@@ -171,6 +206,7 @@ class MlopsStack(Stack):
             infer_functions=serving.functions,
             pipeline_functions=self.pipeline.functions,
             state_machines=self.pipeline.state_machines,
+            dead_letter_queues=self.push.dead_letter_queues,
             api_name=serving.api.rest_api_name,
             api_stage=serving.api.deployment_stage.stage_name,
             thresholds=alarm_thresholds,
@@ -187,6 +223,7 @@ class MlopsStack(Stack):
                          self.pipeline.state_machines[platform.STATE_MACHINE].state_machine_arn,
                      settings.ROLLOUT_STATE_MACHINE_ARN:
                          self.pipeline.state_machines[platform.ROLLOUT_STATE_MACHINE].state_machine_arn,
+                     settings.BATCH_STATE_MACHINE_ARN: self.batch.state_machine.state_machine_arn,
                      "POWERTOOLS_METRICS_NAMESPACE": self.name_prefix}
         CfnOutput(self, "Environment", value=self.to_json_string(variables),
                   description="resource variables (mlops.settings) of this deployment, as a JSON object")

@@ -1,6 +1,7 @@
 """infer: API Gateway REST proxy -> the model's ONNX champion or challenger (this version's MODEL_VERSION).
 
-Routes: POST /models/<name>/predict, POST /models/<name>/feedback, GET /models/<name>, GET /health.
+Routes: POST /models/<name>/predict, POST /models/<name>/feedback, GET /models/<name>, GET /health; and
+POST /models/<name>/batch, GET /models/<name>/batch/<batch_id>, which start and describe batch runs (mlops.batch).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -17,10 +17,9 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mlops import aws
+from mlops import aws, batch
 from mlops.observability import instrumented, powertools
-from mlops.registry import Registry
-from mlops.serving import CaptureSink, MalformedRequest, ModelCache, ModelServer, PayloadTooLarge, ServingError
+from mlops.serving import MalformedRequest, ModelServer, PayloadTooLarge, ServingError
 from mlops.settings import resources
 
 logger, tracer, metrics = powertools()
@@ -40,7 +39,8 @@ PREDICTION = {"type": "object", "required": ["request_id", "model_version", "var
                   "request_id": {"type": "string"}, "model_version": {"type": "integer"},
                   "variant": {"enum": ["champion", "challenger", "retired"]},
                   "prediction": {"type": ["string", "number"]},
-                  "probabilities": {"type": ["object", "null"], "additionalProperties": {"type": "number"}}}}
+                  "probabilities": {"type": ["object", "null"], "additionalProperties": {"type": "number"}},
+                  "entity_id": {"type": "string"}, "features_as_of": {"type": "string"}}}
 VERSION = {"type": ["object", "null"], "required": ["version", "created_at", "metrics", "dataset_sha256"],
            "properties": {"version": {"type": "integer"}, "created_at": {"type": "string"},
                           "metrics": {"type": "object"}, "dataset_sha256": {"type": "string"}}}
@@ -64,7 +64,8 @@ def _error(description: str) -> OpenAPIResponse:
     return _json(description, ERROR)
 
 
-NOT_FOUND: dict[int, OpenAPIResponse] = {404: _error("no such model is served here")}
+NOT_FOUND: dict[int, OpenAPIResponse] = {
+    404: _error("no such model is served here, or no such entity in the feature store")}
 SERVER_FAULT: dict[int, OpenAPIResponse] = {500: _error("the model server failed (a bug of ours, logged)")}
 NOT_DEPLOYED: dict[int, OpenAPIResponse] = {503: _error("no version of the model is deployed yet")}
 REQUEST_ERRORS: dict[int, OpenAPIResponse] = {
@@ -78,7 +79,10 @@ REQUEST_ERRORS: dict[int, OpenAPIResponse] = {
 PREDICT_REQUEST = {"oneOf": [
     {"type": "object", "required": ["features"], "additionalProperties": False, "properties": {"features": ROW}},
     {"type": "object", "required": ["instances"], "additionalProperties": False,
-     "properties": {"instances": {"type": "array", "minItems": 1, "items": ROW}}}]}
+     "properties": {"instances": {"type": "array", "minItems": 1, "items": ROW}}},
+    {"type": "object", "required": ["entity_id"], "additionalProperties": False,
+     "properties": {"entity_id": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}],
+                                  "description": "the entity whose features the feature store holds"}}}]}
 FEEDBACK_REQUEST = {
     "type": "object", "required": ["request_id"],
     "properties": {"request_id": {"type": "string", "minLength": 1},
@@ -92,19 +96,7 @@ def _capture_failed(exc: Exception) -> None:
     metrics.add_metric(name="CaptureErrors", unit=MetricUnit.Count, value=1)
 
 
-def _server() -> ModelServer:
-    version = os.environ.get("MODEL_VERSION")
-    return ModelServer(
-        model=os.environ["MODEL_NAME"],
-        version=int(version) if version else None,
-        registry=Registry(aws.client("dynamodb"), resources.registry_table),
-        cache=ModelCache(aws.client("s3"), Path(os.environ.get("MODEL_CACHE_DIR", "/tmp/models"))),  # noqa: S108
-        capture=CaptureSink(aws.client("firehose"), os.environ.get("CAPTURE_STREAM"), _capture_failed),
-        max_batch=int(os.environ.get("MAX_BATCH", "100")),
-    )
-
-
-server = _server()
+server = ModelServer.from_environment(_capture_failed)
 
 
 def _body() -> Any:
@@ -137,8 +129,10 @@ def describe(name: str) -> dict[str, Any]:
           responses={200: _json("one answer for 'features', a list of them for 'instances'", {"oneOf": [
               PREDICTION, {"type": "object", "required": ["predictions"],
                            "properties": {"predictions": {"type": "array", "items": PREDICTION}}}]}),
-                     **REQUEST_ERRORS},
-          summary="Predict one row ({'features': {...}}) or a batch ({'instances': [...]})")
+                     **REQUEST_ERRORS,
+                     409: _error("the entity's online features come from other feature definitions than the model's")},
+          summary="Predict one row ({'features': {...}}), a batch ({'instances': [...]}) or an entity's row from the "
+                  "feature store ({'entity_id': ...})")
 def predict(name: str) -> dict[str, Any]:
     answer = server.predict(name, _body())
     metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=len(answer.get("predictions", [answer])))
@@ -155,6 +149,44 @@ def feedback(name: str) -> dict[str, Any]:
     answer = server.feedback(name, _body())
     metrics.add_metric(name="Feedback", unit=MetricUnit.Count, value=1)
     return answer
+
+
+BATCH_REQUEST = {"type": "object", "required": ["input"], "additionalProperties": False, "properties": {
+    "input": {"type": "string", "description": "s3://bucket/prefix/: every CSV and Parquet object under it is scored"},
+    "output": {"type": "string", "description": "s3://bucket/prefix/ (default: <input>-predictions/<batch_id>/)"},
+    "version": {"type": "integer", "minimum": 1, "description": "the model version (default: the champion)"}}}
+BATCH_RUN_FIELDS = {"batch_id": {"type": "string"}, "execution_arn": {"type": "string"}, "model": {"type": "string"},
+                    "model_version": {"type": "integer"}, "input": {"type": "string"}, "output": {"type": "string"},
+                    "manifest": {"type": "string", "description": "where the manifest is written when the run ends"},
+                    "status": {"enum": ["running", "succeeded", "failed"]}}
+BATCH_RUN = {"type": "object", "required": list(BATCH_RUN_FIELDS), "properties": {
+    **BATCH_RUN_FIELDS, "output_defaulted": {"type": "boolean"},
+    "summary": {"type": "object", "description": "the manifest's counts, once succeeded (docs/batch.md)"},
+    "error": {"type": "string"}, "cause": {"type": "string"}}}
+
+
+@app.post("/models/<name>/batch", tags=["batch"], openapi_extensions=_request_body(BATCH_REQUEST),
+          responses={202: _json("the run started; its manifest is written to `manifest` when it ends", BATCH_RUN),
+                     400: _error("the body is not JSON, or not a JSON object"),
+                     404: _error("no such model is served here, or no such version of it"),
+                     422: _error("input or output is not an s3://bucket/prefix/ URI, or they overlap"),
+                     503: _error("the model has no champion yet, or batch runs are not deployed"), **SERVER_FAULT},
+          summary="Score every CSV and Parquet object under an S3 prefix ({'input', 'output'?, 'version'?})")
+def start_batch(name: str) -> Response[dict[str, Any]]:
+    answer = batch.start(name, _body(), registry=server.registry, sfn=aws.client("stepfunctions"),
+                         state_machine_arn=resources.batch_state_machine_arn, served=server.model_name)
+    metrics.add_metric(name="BatchRuns", unit=MetricUnit.Count, value=1)
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=answer)
+
+
+@app.get("/models/<name>/batch/<batch_id>", tags=["batch"], summary="A batch run's status, and its summary when done",
+         responses={200: _json("running, succeeded (with the manifest's summary) or failed (with the error)",
+                               BATCH_RUN),
+                    404: _error("no such model, or no such batch run of it"), 422: _error("not a batch id"),
+                    **SERVER_FAULT})
+def batch_status(name: str, batch_id: str) -> dict[str, Any]:
+    return batch.status(name, batch_id, sfn=aws.client("stepfunctions"),
+                        state_machine_arn=resources.batch_state_machine_arn, served=server.model_name)
 
 
 @app.exception_handler(ServingError)

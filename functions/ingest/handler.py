@@ -17,7 +17,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
 from mlops.config import load_config
-from mlops.ingest import ingest_object
+from mlops.features import OnlineStore
+from mlops.ingest import ingest_object, materialize_curated
 from mlops.observability import instrumented, powertools
 from mlops.settings import resources
 from mlops.storage import ObjectStore
@@ -30,11 +31,17 @@ persistence = DynamoDBPersistenceLayer(table_name=resources.idempotency_table, b
 
 @idempotent_function(data_keyword_argument="obj", config=idempotency, persistence_store=persistence)
 def ingest_one(obj: dict[str, Any]) -> dict[str, Any]:
+    config, store = load_config(), ObjectStore(aws.client("s3"), obj["bucket"])
     outcome = ingest_object(
         bucket=obj["bucket"], key=obj["key"], version_id=obj["version_id"], etag=obj["etag"], size=obj["size"],
-        config=load_config(), store=ObjectStore(aws.client("s3"), obj["bucket"]),
+        config=config, store=store,
     )
     logger.info("ingested", extra=outcome.to_dict())
+    if outcome.status == "curated" and outcome.model and resources.features_table:
+        materialized = materialize_curated(config.model(outcome.model), outcome, data=store,
+                                           online=OnlineStore(aws.client("dynamodb"), resources.features_table))
+        logger.info("features materialised", extra=materialized)
+        metrics.add_metric(name="EntitiesMaterialized", unit=MetricUnit.Count, value=materialized.get("entities", 0))
     metrics.add_metric(name=f"Files{outcome.status.capitalize()}", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="RowsCurated", unit=MetricUnit.Count, value=outcome.rows_curated)
     metrics.add_metric(name="RowsQuarantined", unit=MetricUnit.Count, value=outcome.rows_quarantined)

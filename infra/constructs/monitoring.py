@@ -69,6 +69,7 @@ class Monitoring(Construct):
         infer_functions: Mapping[str, PlatformFunction],
         pipeline_functions: Mapping[str, PlatformFunction],
         state_machines: Mapping[str, sfn.StateMachine],
+        dead_letter_queues: Mapping[str, sqs.Queue],
         api_name: str,
         api_stage: str,
         thresholds: AlarmThresholds,
@@ -102,7 +103,7 @@ class Monitoring(Construct):
             self.alarms[model.name] = alarms
             self.dashboards[model.name] = self._dashboard(scope_, model, infer_functions[model.name], alarms)
         self.alarms["platform"] = self._platform_alarms(Construct(self, "platform"), pipeline_functions,
-                                                        state_machines)
+                                                        state_machines, dead_letter_queues)
 
     # -- metrics --------------------------------------------------------------------------------------------
     def _api(self, model: str, metric: str, statistic: str, path: str = "predict", method: str = "POST") -> cw.Metric:
@@ -248,7 +249,8 @@ class Monitoring(Construct):
 
     # -- platform -------------------------------------------------------------------------------------------
     def _platform_alarms(self, scope: Construct, functions: Mapping[str, PlatformFunction],
-                         state_machines: Mapping[str, sfn.StateMachine]) -> dict[str, cw.Alarm]:
+                         state_machines: Mapping[str, sfn.StateMachine],
+                         dead_letter_queues: Mapping[str, sqs.Queue]) -> dict[str, cw.Alarm]:
         alarms: dict[str, cw.Alarm] = {}
         for name, machine in state_machines.items():
             alarms[f"{name}_failed"] = self._alarm(
@@ -262,4 +264,10 @@ class Monitoring(Construct):
                     queue.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
                     threshold=0, periods=1,
                     description=f"{name} gave up on an event after its retries: it is kept in its failure queue")
+        for model, queue in dead_letter_queues.items():
+            alarms[f"push_{model}_dead_letters"] = self._alarm(
+                scope, f"push_{model}_dead_letters",
+                queue.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"), threshold=0,
+                periods=1, description=f"a message pushed to {model}'s queue was dead-lettered: a poison message "
+                                       "(its reason in its attributes) or one that kept failing")
         return alarms

@@ -48,7 +48,8 @@ JSON_OBJECT_SCHEMA = apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4, typ
 BAD_BODY_TEMPLATE = json.dumps({"error": "MalformedRequest", "message": "$context.error.validationErrorString",
                                 "field": "body"})
 # Routes of functions/infer/handler.py under /models/<model>: (path below it, HTTP method, has a body)
-MODEL_ROUTES: Final = (("", "GET", False), ("predict", "POST", True), ("feedback", "POST", True))
+MODEL_ROUTES: Final = (("", "GET", False), ("predict", "POST", True), ("feedback", "POST", True),
+                       ("batch", "POST", True))  # and GET batch/{batch_id} (infra/constructs/batch.py)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class TableKey:
 TABLE_KEYS: dict[str, TableKey] = {
     "registry": TableKey("pk", "sk"),
     "idempotency": TableKey("id", ttl="expiration"),
+    "features": TableKey("pk", "sk"),  # the online feature store: model, entity id
 }
 
 # Intermediate artefacts: register copies an accepted candidate under models/<model>/runs/, so what stays under

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlops.batch_cli import add_batch_command
 from mlops.drift_cli import add_drift_commands
 from mlops.errors import MlopsError
+from mlops.features_cli import add_feature_commands
 
 
 def _progress(line: str) -> None:
@@ -305,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="also show the functions' JSON logs and metrics")
     demo.set_defaults(func=_cmd_demo)
     add_drift_commands(sub)
+    add_batch_command(sub)  # mlops batch
+    add_feature_commands(sub)
 
     from mlops.local.command import register as register_local
 

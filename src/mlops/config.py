@@ -69,6 +69,46 @@ class DriftConfig(BaseModel):
         return self
 
 
+class FeatureDefinition(BaseModel):
+    """One model input computed from the curated data: an aggregate of ``source`` over the entity's rows up to the
+    row's time (inclusive), within ``window`` before it when given. ``last`` is the entity's latest value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    source: str | None = None  # a column of the curated data; the feature's own name when absent
+    aggregate: Literal["last", "mean", "sum", "min", "max", "count"] = "last"
+    window: str | None = Field(default=None, pattern=r"^[1-9][0-9]*(s|min|h|d)$")  # e.g. "30d", "12h"
+
+    @property
+    def column(self) -> str:
+        return self.source or self.name
+
+
+class FeatureStoreConfig(BaseModel):
+    """A model's features, declared once (``[model.features]``): ``mlops.features`` builds the training set from them
+    (point in time on ``timestamp``, else in file order) and materialises the online store after each ingest, so
+    the API can predict from ``{"entity_id": ...}`` with exactly the values the model was trained on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entity_key: str = Field(min_length=1)
+    timestamp: str | None = None
+    columns: list[FeatureDefinition] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> FeatureStoreConfig:
+        names = [f.name for f in self.columns]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"features declared twice: {dupes}")
+        keys = {self.entity_key} | ({self.timestamp} if self.timestamp else set())
+        if clash := sorted(keys & (set(names) | {f.column for f in self.columns})):
+            raise ValueError(f"{clash}: the entity key and the timestamp cannot be features or features' sources")
+        if self.timestamp is None and (windowed := [f.name for f in self.columns if f.window]):
+            raise ValueError(f"features {windowed} have a window, which needs a `timestamp` column")
+        return self
+
+
 class ModelConfig(BaseModel):
     """One model: what it predicts, how it is trained and when a candidate is good enough."""
 
@@ -119,6 +159,14 @@ class ModelConfig(BaseModel):
     sagemaker_instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
     sagemaker_max_runtime_seconds: int = Field(default=3600, ge=60, le=432000)
     sagemaker_volume_size_gb: int = Field(default=30, ge=1, le=16384)
+    # push mode (mlops.push): the model's queue moves a message that failed this many receives to its dead-letter
+    # queue, and the answers go to the model's SNS topic or, as JSON lines, under predictions/<model>/ in the data
+    # bucket
+    push_max_receives: int = Field(default=3, ge=1, le=1000)
+    push_output: Literal["sns", "s3"] = "sns"
+    # the model's inputs computed from curated data by declared definitions (see FeatureStoreConfig); absent: the
+    # curated columns themselves are the inputs
+    features: FeatureStoreConfig | None = None
 
     @field_validator("family")
     @classmethod
@@ -135,6 +183,10 @@ class ModelConfig(BaseModel):
         for metric in [*self.thresholds, self.primary_metric]:
             if metric not in known:
                 raise ValueError(f"metric {metric!r} does not apply to a {self.task} model; use one of {known}")
+        if self.features and self.target in {self.features.entity_key, self.features.timestamp,
+                                             *(f.column for f in self.features.columns)}:
+            raise ValueError(f"the target {self.target!r} cannot be the entity key, the timestamp or a feature's "
+                             "source: the model would be trained on its own label")
         return self
 
     @property

@@ -36,6 +36,22 @@ def demo_dataset(target: str) -> bytes:
     return ("\n".join([*lines, *broken]) + "\n").encode()
 
 
+def purchases_dataset(customers: int = 150, per_customer: int = 8, seed: int = 3) -> Any:
+    """Customers' purchases over 90 days, in shuffled file order, as a DataFrame: the example of a model whose
+    inputs come from the feature store (an entity, a timestamp, a history to aggregate). ``big``: over 100."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = customers * per_customer
+    at = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 90 * 24, n), unit="h")
+    frame = pd.DataFrame({"customer": np.repeat(np.arange(1000, 1000 + customers), per_customer),
+                          "at": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "amount": rng.gamma(2.0, 50.0, n).round(2),
+                          "channel": rng.choice(["web", "shop", "phone"], n)})
+    frame["big"] = (frame["amount"] > 100).astype(int)
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
 def _duration(start: datetime, end: datetime) -> str:
     return f"{(end - start).total_seconds():6.2f}s"
 
@@ -129,6 +145,8 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
         canary = (_serve_and_canary(cloud, model.name, model.target, model.rollout_interval_seconds, say, out_dir)
                   if model.task.is_classification else None)
         drift = _drift_and_retrain(cloud, model.name, model.target, say, out_dir) if canary else None
+        batch = _batch(cloud, model.name, model.target, say) if canary else None
+        features = _feature_store(cloud, say) if FEATURE_MODEL in {m.name for m in config.models} else None
         versions = cloud.registry.versions(model.name)
         say(f"== done in {time.perf_counter() - started:.1f}s: {len(versions)} versions of {model.name}, champion "
             f"v{next((v.version for v in versions if 'champion' in v.aliases), '?')}; reports and artefacts in "
@@ -139,19 +157,12 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
             "and `mlops drift report <model>` with AWS_ENDPOINT_URL set; offline: `mlops train --data FILE.csv "
             "--target COL` and `mlops drift --reference A.csv --current B.csv`")
         return {"status": execution["status"], "version": version.to_dict(), "out_dir": str(out_dir),
-                "canary": canary, "drift": drift}
+                "canary": canary, "drift": drift, "batch": batch, "features": features}
 
 
-def _invoke(cloud: Any, function: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    """An API Gateway REST proxy event, as the API would send it to the function's live alias."""
-    event = {"resource": path, "path": path, "httpMethod": method, "headers": {"Content-Type": "application/json"},
-             "multiValueHeaders": {}, "queryStringParameters": None, "pathParameters": None,
-             "requestContext": {"httpMethod": method, "path": path, "stage": "local", "requestId": "demo",
-                                "identity": {"sourceIp": "127.0.0.1"}},
-             "body": json.dumps(body) if body is not None else None, "isBase64Encoded": False}
-    response = cloud.client("lambda").invoke(FunctionName=f"{function}:live", Payload=json.dumps(event).encode())
-    payload = json.loads(response["Payload"].read())
-    answer: dict[str, Any] = json.loads(payload["body"])
+def _invoke(cloud: Any, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """The API's answer (its JSON body), routed to the model's `live` alias as API Gateway would."""
+    answer: dict[str, Any] = cloud.api(method, path, body)[1]
     return answer
 
 
@@ -171,7 +182,7 @@ def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: C
                       out_dir: Path) -> dict[str, Any]:
     function = cloud.deployment.infer_function(model)
     rows_csv, rows, labels = new_world(target)
-    answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": rows[0]})
+    answer = _invoke(cloud, "POST", f"/models/{model}/predict", {"features": rows[0]})
     say(f"-> serving: POST /models/{model}/predict -> prediction {answer['prediction']!r}, "
         f"p={max(answer['probabilities'].values()):.3f}, v{answer['model_version']} ({answer['variant']})")
     say("-> the world changes: large tumours now carry the other label; a new dataset arrives")
@@ -191,8 +202,8 @@ def _serve_and_canary(cloud: Any, model: str, target: str, interval: int, say: C
     rollout_arn = cloud.deployment.rollout_arn
     for i in range(4000):
         row, label = rows[i % len(rows)], labels[i % len(labels)]
-        answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": row})
-        _invoke(cloud, function, "POST", f"/models/{model}/feedback",
+        answer = _invoke(cloud, "POST", f"/models/{model}/predict", {"features": row})
+        _invoke(cloud, "POST", f"/models/{model}/feedback",
                 {"request_id": answer["request_id"], "label": label})
         arm = seen.setdefault(answer["variant"], [0, 0])
         arm[0] += int(answer["prediction"] == label)
@@ -228,7 +239,6 @@ def _drift_and_retrain(cloud: Any, model: str, target: str, say: Callable[[str],
     on AWS, called here) finds it window after window; retraining is asked for once, then debounced."""
     import pandas as pd
 
-    function = cloud.deployment.infer_function(model)
     _csv, rows, labels = new_world(target)
     frame = pd.DataFrame(rows)
     for name in DRIFTED:
@@ -236,8 +246,8 @@ def _drift_and_retrain(cloud: Any, model: str, target: str, say: Callable[[str],
     say(f"-> the inputs drift: {', '.join(DRIFTED)} now arrive one standard deviation higher")
     started = datetime.now(UTC)
     for i, row in enumerate(frame.head(400).to_dict("records")):
-        answer = _invoke(cloud, function, "POST", f"/models/{model}/predict", {"features": row})
-        _invoke(cloud, function, "POST", f"/models/{model}/feedback",
+        answer = _invoke(cloud, "POST", f"/models/{model}/predict", {"features": row})
+        _invoke(cloud, "POST", f"/models/{model}/feedback",
                 {"request_id": answer["request_id"], "label": labels[i]})
     cloud.flush_captures()
     lam, retrain, summary = cloud.client("lambda"), None, {}
@@ -269,6 +279,84 @@ def _drift_and_retrain(cloud: Any, model: str, target: str, say: Callable[[str],
     return {"status": summary.get("status"), "retrain": retrain}
 
 
+def _batch(cloud: Any, model: str, target: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Batch inference over S3: two files of patients, one row of them broken, scored by the champion."""
+    import io
+
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns="target")
+    frame.insert(0, "patient", [f"p{i:04d}" for i in range(len(frame))])
+    prefix = f"batch/{model}/demo/"
+    broken = frame.iloc[:300].astype(object)
+    broken.loc[7, "mean radius"] = "n/a"
+    buffer = io.BytesIO()
+    frame.iloc[300:].to_parquet(buffer, index=False)
+    cloud.data.put_bytes(prefix + "clinic-a.csv", broken.to_csv(index=False).encode(), content_type="text/csv")
+    cloud.data.put_bytes(prefix + "clinic-b.parquet", buffer.getvalue())
+    started = _invoke(cloud, "POST", f"/models/{model}/batch", {"input": cloud.data.uri(prefix)})
+    say(f"-> batch inference: POST /models/{model}/batch over {cloud.data.uri(prefix)} (a CSV and a Parquet file, "
+        f"{len(frame)} patients) -> 202, batch {started.get('batch_id')}")
+    status: dict[str, Any] = {"status": "running"}
+    deadline = time.monotonic() + 120
+    while status.get("status") == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = _invoke(cloud, "GET", f"/models/{model}/batch/{started.get('batch_id')}")
+    summary = status.get("summary") or {}
+    say(f"   Step Functions (Distributed Map, one child per object): {status.get('status')}: "
+        f"{summary.get('rows_in')} rows in, {summary.get('rows_out')} scored, {summary.get('rows_failed')} failed "
+        f"with reasons; predictions and manifest under {started.get('output')}")
+    return {"status": status.get("status"), **summary}
+
+
+FEATURE_MODEL = "shop"
+# The feature store's example (docs/features.md), added to the demo's configuration when the project has no model
+# of that name: its inputs are aggregates of each customer's purchases, looked up online by customer id.
+FEATURE_MODEL_TOML = f"""
+[[model]]
+name = "{FEATURE_MODEL}"
+target = "big"
+family = "logistic_regression"
+rollout_interval_seconds = 2
+
+[model.features]
+entity_key = "customer"
+timestamp = "at"
+columns = [
+  {{ name = "amount" }},
+  {{ name = "mean_amount", source = "amount", aggregate = "mean" }},
+  {{ name = "purchases", source = "amount", aggregate = "count" }},
+  {{ name = "spent_7d", source = "amount", aggregate = "sum", window = "7d" }},
+  {{ name = "channel" }},
+]
+"""
+
+
+def _feature_store(cloud: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    from mlops.features import OnlineStore
+
+    frame = purchases_dataset()
+    say(f"-> the feature store: model '{FEATURE_MODEL}' learns from each customer's purchase history "
+        f"({len(frame)} purchases of {frame['customer'].nunique()} customers), not from raw columns")
+    before = len(cloud.executions())
+    cloud.upload(FEATURE_MODEL, "purchases.csv", frame.to_csv(index=False).encode())
+    execution = cloud.wait_for_executions(before + 1)[-1]
+    champion = cloud.registry.alias(FEATURE_MODEL, "champion")
+    if champion is None:
+        say(f"!! {FEATURE_MODEL} was not registered: {execution['status']}")
+        return {"registered": False}
+    say(f"   trained v{champion.version} on the point-in-time training set (every row sees its customer's past "
+        f"only); accuracy {champion.metrics.get('metrics', {}).get('accuracy', float('nan')):.3f}")
+    online = OnlineStore(cloud.client("dynamodb"), cloud.deployment.names["features"])
+    found = online.get(FEATURE_MODEL, "1042")
+    answer = _invoke(cloud, "POST", f"/models/{FEATURE_MODEL}/predict", {"entity_id": 1042})
+    values = ", ".join(f"{k} {v}" for k, v in (found.values if found else {}).items())
+    say(f"   online store (DynamoDB, written by ingest): customer 1042 as of {answer.get('features_as_of')}: {values}")
+    say(f"   POST /models/{FEATURE_MODEL}/predict {{\"entity_id\": 1042}} -> prediction {answer.get('prediction')!r}, "
+        f"v{answer.get('model_version')}")
+    return {"registered": True, "version": champion.version, "prediction": answer.get("prediction")}
+
+
 def demo_config(config_file: Path, workdir: Path) -> Path:
     """The project's configuration with the first model's rollout looking every second (not every few
     minutes, as in production), so the canary is decided while you watch."""
@@ -280,6 +368,8 @@ def demo_config(config_file: Path, workdir: Path) -> Path:
         text = re.sub(r"^rollout_interval_seconds\s*=.*$", setting, text, count=1, flags=re.M)
     else:
         text = re.sub(r"^(name\s*=.*)$", rf"\1\n{setting}", text, count=1, flags=re.M)
+    if not re.search(rf'^name\s*=\s*"{FEATURE_MODEL}"', text, flags=re.M):
+        text += FEATURE_MODEL_TOML
     path = workdir / "mlops.demo.toml"
     path.write_text(text)
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,18 @@ class ServingDeployer:
             [(challenger, weight)] = weights.items()
             return Split(alias["FunctionVersion"], challenger, float(weight))
         return Split(alias["FunctionVersion"], None, 0.0)
+
+    @contextlib.contextmanager
+    def provisional(self, function: str) -> Iterator[None]:
+        """Alias moves made in the block are undone if the block then fails (the record of the move refused,
+        say): traffic never goes where the registry does not say it goes."""
+        before = self.split(function)
+        try:
+            yield
+        except Exception:
+            if before.champion is not None:
+                self.route(function, before.champion, before.challenger, before.challenger_weight)
+            raise
 
     def route(self, function: str, champion: str, challenger: str | None = None, weight: float = 0.0) -> Split:
         """Point ``live`` at the champion, with ``weight`` of the traffic to the challenger if given."""

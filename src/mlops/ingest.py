@@ -26,8 +26,9 @@ from typing import Any
 from mlops.config import ModelConfig, ProjectConfig
 from mlops.contract import DataContract, infer_contract, read_csv, validate
 from mlops.errors import FileRejected, RegistryConflict, UnknownModel
+from mlops.features import OnlineStore, materialize
 from mlops.registry import now_iso
-from mlops.storage import ObjectStore
+from mlops.storage import ObjectStore, parse_s3_uri
 
 INCOMING = "incoming/"
 _CONTRACT_KEY = re.compile(r"v(\d{6})\.json$")
@@ -149,6 +150,13 @@ def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | 
         return _curate(outcome, model, data, max_bytes, store)
     except FileRejected as exc:
         return _reject(outcome, store, exc, key, etag)
+
+
+def materialize_curated(model: ModelConfig, outcome: IngestOutcome, *, data: ObjectStore,
+                        online: OnlineStore) -> dict[str, Any]:
+    """After a file is curated: the online feature store gets its entities' newest features (mlops.features)."""
+    assert outcome.manifest_uri is not None
+    return materialize(model, data.get_json(parse_s3_uri(outcome.manifest_uri)[1]), data=data, online=online)
 
 
 def _curate(outcome: IngestOutcome, model: ModelConfig, data: bytes, max_bytes: int,

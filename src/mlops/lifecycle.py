@@ -49,8 +49,9 @@ class Lifecycle:
             challenger = _deployed(self.registry.alias(model, CHALLENGER), CHALLENGER, model)
             target = challenger if to == CHALLENGER else champion
             assert target.lambda_version is not None
-            self.deployer.route(self.function, target.lambda_version)
-            record(champion, challenger)
+            with self.deployer.provisional(self.function):
+                self.deployer.route(self.function, target.lambda_version)
+                record(champion, challenger)
         finally:
             self.registry.release_lock(model, owner)
         return champion, challenger

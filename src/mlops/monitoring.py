@@ -20,16 +20,20 @@ import io
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from mlops.config import DriftConfig, ModelConfig, ProjectConfig
 from mlops.drift import DriftResult, WindowDrift
-from mlops.drift_report import ReportStore, build_report
+from mlops.drift_report import REPORTS_PREFIX, ReportStore, build_report
 from mlops.errors import IntegrityError, MlopsError, RegistryConflict
 from mlops.registry import CHAMPION, ModelVersion, Registry
 from mlops.rollout import CAPTURE_PREFIX
+from mlops.step_errors import is_transient
 from mlops.storage import ObjectStore, parse_s3_uri
 
 CHUNK = 5_000  # capture records per accumulator update
@@ -43,6 +47,24 @@ RETRAIN_HORIZON = timedelta(days=30)
 
 class NoBaseline(MlopsError):
     """The champion has no usable drift baseline."""
+
+
+class DriftCheckRefused(MlopsError):
+    """AWS refused one of the check's writes for good (a policy, a key): the message says which."""
+
+
+@contextmanager
+def refused_as(what: str) -> Iterator[None]:
+    """A permanent refusal inside the block becomes a DriftCheckRefused naming ``what`` (S3 never names the
+    key it refused); transient errors pass unchanged, the SDK has retried them already."""
+    try:
+        yield
+    except ClientError as exc:
+        if is_transient(exc):
+            raise
+        error = exc.response.get("Error", {})
+        raise DriftCheckRefused(f"{what} was refused: {error.get('Code')} on {exc.operation_name} "
+                                f"({error.get('Message')})") from exc
 
 
 def stamp(at: datetime) -> str:
@@ -201,9 +223,9 @@ def retrain_decision(windows: list[dict[str, Any]], *, last_request: str | None,
 
 
 def retraining_csv(model: str, *, data: ObjectStore, contract: dict[str, Any],
-                   since: str | None) -> tuple[bytes, int, int]:
-    """The newest curated rows plus the labelled captured rows since ``since`` (a window stamp), as CSV text
-    that ingest reads back exactly: (bytes, curated rows, captured rows)."""
+                   since: str | None, captured: bool = True) -> tuple[bytes, int, int]:
+    """The newest curated rows plus (``captured``) the labelled captured rows since ``since`` (a window stamp), as
+    CSV text that ingest reads back exactly: (bytes, curated rows, captured rows)."""
     import pandas as pd
 
     from mlops.pipeline import newest_manifest
@@ -218,7 +240,7 @@ def retraining_csv(model: str, *, data: ObjectStore, contract: dict[str, Any],
         frames.append(frame[[c for c in columns if c in frame.columns]])
         curated = len(frame)
     captured_rows: list[dict[str, Any]] = []
-    for key in sorted(data.keys(f"{LABELLED_PREFIX}{model}/")):
+    for key in sorted(data.keys(f"{LABELLED_PREFIX}{model}/") if captured else ()):
         if since is None or key.rsplit("/", 1)[-1].removesuffix(".jsonl") > since:  # the last request used up to it
             text = data.get_bytes(key).decode()
             captured_rows.extend(json.loads(line) for line in text.splitlines() if line.strip())
@@ -247,19 +269,36 @@ def maybe_retrain(model_cfg: ModelConfig, *, at: datetime, registry: Registry, m
                                                   at=at, cfg=cfg)
     if requested:
         cooldown_start = iso(at - timedelta(hours=cfg.retrain_cooldown_hours))
-        if not registry.claim_retrain(model, iso(at), not_after=cooldown_start):
+        with refused_as(f"claiming the retraining of {model} in {registry.table}"):
+            claimed = registry.claim_retrain(model, iso(at), not_after=cooldown_start)
+        if not claimed:
             requested, reason = False, "another check asked for retraining meanwhile"
     if requested:
-        contract = models.get_json(parse_s3_uri(champion.artefacts_prefix + "contract.json")[1])
+        if model_cfg.features is None:
+            contract = models.get_json(parse_s3_uri(champion.artefacts_prefix + "contract.json")[1])
+        else:
+            # the champion takes computed features, but ingest wants the data's own columns; a captured row holds
+            # only the features, not the entity's history they came from, so it cannot go back into the data
+            from mlops.ingest import ContractStore
+
+            raw = ContractStore(data).current(model)
+            contract = raw.model_dump(mode="json") if raw else {"columns": []}
         body, curated, captured = retraining_csv(model, data=data, contract=contract,
-                                                 since=stamp(datetime.fromisoformat(since)))
+                                                 since=stamp(datetime.fromisoformat(since)),
+                                                 captured=model_cfg.features is None)
         key = f"{model_cfg.incoming_prefix}drift-retrain-{stamp(at)}.csv"
         try:
-            data.put_bytes(key, body, content_type="text/csv", create_only=True)
+            with refused_as(f"writing the retraining file {data.uri(key)}"):
+                data.put_bytes(key, body, content_type="text/csv", create_only=True)
         except RegistryConflict:
             reason += "; the retraining file of this window existed already"
+        except DriftCheckRefused:
+            # nothing was asked for: the claim goes back, or the cooldown would hold off a request never made
+            registry.release_retrain(model, iso(at), previous=last)
+            raise
         details.update({"file": data.uri(key), "curated_rows": curated, "captured_rows": captured})
-    registry.record_retrain_decision(model, iso(at), requested=requested, reason=reason, details=details)
+    with refused_as(f"recording the retraining decision of {model} in {registry.table}"):
+        registry.record_retrain_decision(model, iso(at), requested=requested, reason=reason, details=details)
     return {"requested": requested, "reason": reason, **details}
 
 
@@ -285,21 +324,25 @@ def check_drift(model: str, *, config: ProjectConfig, window_end: datetime, regi
         "model": model, "version": champion.version, "window_start": iso(start), "window_end": iso(end),
         "baseline_uri": champion.baseline_uri, "baseline_sha256_verified": verified,
         "predictions": window.predictions, "feedback": window.feedback, "labelled_rows": len(window.labelled)})
-    keys = ReportStore(models).put(model, stamp(end), report)
+    with refused_as(f"writing the report under {models.uri(f'{REPORTS_PREFIX}{model}/')}"):
+        keys = ReportStore(models).put(model, stamp(end), report)
     if window.labelled:
-        data.put_bytes(f"{LABELLED_PREFIX}{model}/{stamp(end)}.jsonl",
-                       "".join(json.dumps(r, default=str) + "\n" for r in window.labelled).encode(),
-                       content_type="application/x-ndjson")
+        labelled_key = f"{LABELLED_PREFIX}{model}/{stamp(end)}.jsonl"
+        with refused_as(f"writing the labelled rows {data.uri(labelled_key)}"):
+            data.put_bytes(labelled_key, "".join(json.dumps(r, default=str) + "\n" for r in window.labelled).encode(),
+                           content_type="application/x-ndjson")
     drifted = result.data_drift or bool(result.concept and result.concept.drifted)
-    registry.record_drift_window(model, iso(end), status=result.status, drifted=drifted,
-                                 labelled_rows=len(window.labelled),
-                                 details={"drifted_features": result.drifted_features, "report": keys["json"],
-                                          "concept": result.concept.status if result.concept else None})
+    with refused_as(f"recording the window of {model} in {registry.table}"):
+        registry.record_drift_window(model, iso(end), status=result.status, drifted=drifted,
+                                     labelled_rows=len(window.labelled),
+                                     details={"drifted_features": result.drifted_features, "report": keys["json"],
+                                              "concept": result.concept.status if result.concept else None})
     retrain = maybe_retrain(model_cfg, at=end, registry=registry, models=models, data=data, champion=champion)
     notified = False
     if result.any_drift and notifier is not None:
-        notified = notifier.publish(f"[mlops] {model}: drift detected", _message(model, champion, report, keys,
-                                                                                retrain))
+        with refused_as(f"publishing the drift alert to {notifier.topic_arn}"):
+            notified = notifier.publish(f"[mlops] {model}: drift detected",
+                                        _message(model, champion, report, keys, retrain))
     return {**summary, "status": result.status, "version": champion.version, "rows": result.rows,
             "drifted_features": result.drifted_features,
             "features": {f.feature: f.effect_size for f in result.features if f.effect_size is not None},

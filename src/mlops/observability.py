@@ -4,6 +4,7 @@ that Step Functions Retry/Catch rely on)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +13,10 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from mlops.step_errors import translate_step_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A read (GET /models/<name>, a batch run's status) or a step with nothing to count has no metric to publish, and
+# that is fine: Powertools would warn on stderr at every such invocation.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 
 def powertools() -> tuple[Logger, Tracer, Metrics]:

@@ -120,6 +120,11 @@ def _candidate_prefix(inp: PipelineInput) -> str:
     return f"candidates/{inp.model}/{inp.run_id}/"
 
 
+def run_artefacts_prefix(model: str, run_id: str) -> str:
+    """Where register copies a run's artefacts (models bucket); a registry version points at it."""
+    return f"models/{model}/runs/{run_id}/"
+
+
 def _load_dataset(inp: PipelineInput, s3: Any) -> tuple[Any, DataContract]:
     from mlops.ingest import ContractStore
 
@@ -138,6 +143,14 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
 
     model_cfg = config.model(inp.model)
     frame, contract = _load_dataset(inp, s3)
+    features = None
+    if model_cfg.features is not None:
+        # the model's inputs are its declared features, each row's as of its own time (mlops.features)
+        from mlops.features import definitions_sha256, training_set
+
+        frame, contract = training_set(frame, contract, model_cfg.features)
+        features = {"definitions_sha256": definitions_sha256(model_cfg.features),
+                    "entity_key": model_cfg.features.entity_key}
     result = train(frame, contract, model_cfg)
     started = time.perf_counter()
     onnx_bytes = to_onnx(result.pipeline, contract, model_cfg.task)
@@ -163,6 +176,7 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
         "rows": {"train": len(result.train_df), "test": len(result.test_df)},
         "parity_max_abs_diff": parity.max_abs_diff,
         "timings": {"fit_seconds": result.fit_seconds, "export_seconds": export_seconds},
+        "features": features,
     }
     models.put_json(prefix + "train.json", summary)
     return summary
@@ -241,7 +255,7 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         raise InvalidDataset("register was called for a candidate the gate rejected")
     _bucket, cand = parse_s3_uri(train["candidate_prefix"])
     onnx_bytes = _verified_onnx(models, cand + "model.onnx", train["onnx_sha256"])
-    final = f"models/{inp.model}/runs/{inp.run_id}/"
+    final = run_artefacts_prefix(inp.model, inp.run_id)
     dataset_manifest_bucket, dataset_manifest_key = parse_s3_uri(inp.dataset.manifest_uri)
     # what serving and drift_check read besides the model: each verified against these before use
     sidecars = {name: models.get_bytes(cand + name) for name in ("baseline.json", "contract.json")}
@@ -261,6 +275,7 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         latency=evaluation["candidate"].get("latency", {}),
         timings=train["timings"],
         extra={"parity_max_abs_diff": train["parity_max_abs_diff"], "execution_arn": execution_arn,
+               "feature_store": train.get("features"),
                "champion_at_evaluation": evaluation.get("champion"), "reason": inp.reason,
                "dataset_manifest": {"bucket": dataset_manifest_bucket, "key": dataset_manifest_key},
                **{name.removesuffix(".json"): {"uri": models.uri(final + name),

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = ROOT / "functions"
 TRAINING_ASL = ROOT / "infra" / "training_pipeline.asl.json"
 ROLLOUT_ASL = ROOT / "infra" / "rollout.asl.json"
+BATCH_ASL = ROOT / "infra" / "batch.asl.json"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class S3Trigger:
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("ingest", "Validates a CSV under incoming/<model>/ and curates it (or quarantines it)",
-                 (settings.DATA_BUCKET, settings.IDEMPOTENCY_TABLE), memory_mb=3008, timeout_s=600,
+                 (settings.DATA_BUCKET, settings.IDEMPOTENCY_TABLE, settings.FEATURES_TABLE), memory_mb=3008,
+                 timeout_s=600,
                  layers=("data",)),
     FunctionSpec("train_trigger", "Starts the training pipeline once per curated dataset",
                  (settings.DATA_BUCKET, settings.REGISTRY_TABLE, settings.TRAINING_STATE_MACHINE_ARN),
@@ -73,17 +75,60 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("drift_check", "Compares a window of captured inputs and feedback with the champion's baseline",
                  (settings.DATA_BUCKET, settings.MODELS_BUCKET, settings.CAPTURES_BUCKET, settings.REGISTRY_TABLE,
                   settings.NOTIFICATIONS_TOPIC_ARN), memory_mb=3008, timeout_s=900, image=True),
+    # image: pyarrow + onnxruntime + numpy is ~370 MB unzipped (layers data + infer), over the zip limit. Each
+    # invocation scores one object in bounded chunks; where it reads and writes is decided per run (mlops.batch).
+    FunctionSpec("batch", "Scores the CSV and Parquet objects of a batch run with a registered model version",
+                 (settings.REGISTRY_TABLE,), memory_mb=3008, timeout_s=900, image=True),
 )
 
 # One per declared model ("one-click model service"): its versions pin model versions, its `live` alias is
 # the A/B split. onnxruntime + numpy only: a zip function, no scientific stack.
 INFER = FunctionSpec("infer", "Serves a model's champion and challenger (ONNX) behind API Gateway",
-                     (settings.REGISTRY_TABLE, settings.CAPTURE_STREAM), memory_mb=1024, timeout_s=30,
+                     (settings.REGISTRY_TABLE, settings.CAPTURE_STREAM, settings.FEATURES_TABLE), memory_mb=1024,
+                     timeout_s=30,
                      layers=("infer",))
 
 
 def infer_function_name(project: str, model: str) -> str:
     return f"{project}-infer-{model}"
+
+
+# Push mode (mlops.push): one queue per declared model, consumed by the model's own push function, which scores
+# with the same serving core as infer (so it needs what infer needs) and answers on the model's topic or bucket.
+PUSH = FunctionSpec("push", "Answers a model's queued prediction requests (ONNX champion) on its topic or bucket",
+                    INFER.env, memory_mb=1024, timeout_s=30, layers=("infer",))
+PUSH_BATCH_SIZE = 10  # messages per invocation (Lambda's default for SQS)
+PUSH_VISIBILITY_TIMEOUT_S = 6 * PUSH.timeout_s  # what AWS advises for a queue behind a function
+PUSH_DLQ_RETENTION_S = 14 * 24 * 3600  # SQS's longest: time to read, fix and redrive
+PREDICTIONS_PREFIX = "predictions/"  # push_output = "s3": predictions/<model>/... in the data bucket
+
+
+@dataclass(frozen=True)
+class PushQueue:
+    """A model's push queue, its dead-letter queue, its function and where its answers go: physical names
+    derived from the project and the model, read by the CDK app and the local cloud alike."""
+
+    model: str
+    queue: str
+    dead_letter_queue: str
+    function: str
+    max_receives: int
+    output: str  # sns | s3
+    topic: str | None  # the model's predictions topic when output is sns
+
+    @property
+    def output_variable(self) -> str:
+        """The push function's variable naming where answers go: the topic's ARN, or the data bucket."""
+        return settings.PREDICTIONS_TOPIC_ARN if self.output == "sns" else settings.DATA_BUCKET
+
+
+def push_queues(config: ProjectConfig) -> list[PushQueue]:
+    out = []
+    for model in config.models:
+        base = f"{config.project}-push-{model.name}"
+        out.append(PushQueue(model.name, base, f"{base}-dlq", base, model.push_max_receives, model.push_output,
+                             f"{config.project}-predictions-{model.name}" if model.push_output == "sns" else None))
+    return out
 
 
 S3_TRIGGERS: tuple[S3Trigger, ...] = (
@@ -94,7 +139,7 @@ S3_TRIGGERS: tuple[S3Trigger, ...] = (
 
 BUCKETS = ("data", "models", "captures")
 CAPTURE_STREAM = "captures"  # Firehose delivery stream into the captures bucket
-TABLES = ("registry", "idempotency")
+TABLES = ("registry", "idempotency", "features")
 TOPIC = "notifications"
 STATE_MACHINE = "training"
 
@@ -117,6 +162,9 @@ ASL_TRAINING_JOB_SUBSTITUTIONS = {
 }
 ROLLOUT_STATE_MACHINE = "rollout"
 ROLLOUT_SUBSTITUTIONS = {"RolloutFunctionArn": "rollout"}
+# Batch inference (mlops.batch): a Distributed Map over the objects under an input prefix; the infer function starts it
+BATCH_STATE_MACHINE = "batch"
+BATCH_SUBSTITUTIONS = {"BatchFunctionArn": "batch"}
 
 
 @dataclass(frozen=True)
@@ -174,8 +222,10 @@ def resource_names(project: str) -> dict[str, str]:
         "models": f"{project}-models",
         "registry": f"{project}-registry",
         "idempotency": f"{project}-idempotency",
+        "features": f"{project}-features",
         "notifications": f"{project}-notifications",
         "training": f"{project}-training",
         "captures": f"{project}-captures",
         "rollout": f"{project}-rollout",
+        "batch": f"{project}-batch",
     }

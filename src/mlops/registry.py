@@ -220,9 +220,23 @@ class Registry:
         try:
             self.db.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "TransactionCanceledException":
-                raise RegistryConflict(f"{what}: the aliases changed meanwhile; look again and retry") from exc
-            raise
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            # The SDK's retry of a transaction that committed, its answer lost, is cancelled by its own first
+            # attempt. DynamoDB makes such a retry a no-op through its ClientRequestToken; moto does not.
+            if self._committed(items):
+                return
+            raise RegistryConflict(f"{what}: the aliases changed meanwhile; look again and retry") from exc
+
+    def _committed(self, items: list[dict[str, Any]]) -> bool:
+        """Whether a transaction holding an audit event is committed already: each event's key is new, so
+        finding it means this very transaction went through."""
+        for item in items:
+            put = item.get("Put", {}).get("Item", {})
+            if put.get("sk", {}).get("S", "").startswith("EVENT#"):
+                key = {"pk": put["pk"], "sk": put["sk"]}
+                return "Item" in self.db.get_item(TableName=self.table, Key=key, ConsistentRead=True)
+        return False
 
     def promote(self, model: str, *, champion: int, challenger: int, who: str, why: str) -> None:
         """The challenger becomes the champion, if the aliases are still what the caller saw."""
@@ -398,12 +412,28 @@ class Registry:
 
     def claim_retrain(self, model: str, at: str, *, not_after: str) -> bool:
         """Record a retraining request at ``at`` unless another was made after ``not_after`` (the cooldown):
-        of two concurrent checks, one wins."""
+        of two concurrent checks, one wins. A claim already made at ``at`` is this very one: the SDK's retry of
+        a write whose answer was lost, or the same window checked again after a failure."""
         return self._put_if(
             {**_key(model, "RETRAIN#LATEST"), "requested_at": {"S": at}},
-            "attribute_not_exists(pk) OR requested_at <= :cutoff",
-            ExpressionAttributeValues={":cutoff": {"S": not_after}},
+            "attribute_not_exists(pk) OR requested_at <= :cutoff OR requested_at = :at",
+            ExpressionAttributeValues={":cutoff": {"S": not_after}, ":at": {"S": at}},
         )
+
+    def release_retrain(self, model: str, at: str, *, previous: str | None) -> None:
+        """Give back the claim made at ``at`` (its request could not be made), restoring the one before it, so
+        that the next check may ask; a claim made since by another check stays."""
+        condition: dict[str, Any] = {"ConditionExpression": "requested_at = :at",
+                                     "ExpressionAttributeValues": {":at": {"S": at}}}
+        try:
+            if previous is None:
+                self.db.delete_item(TableName=self.table, Key=_key(model, "RETRAIN#LATEST"), **condition)
+            else:
+                self.db.put_item(TableName=self.table, Item={**_key(model, "RETRAIN#LATEST"),
+                                                             "requested_at": {"S": previous}}, **condition)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def record_retrain_decision(self, model: str, at: str, *, requested: bool, reason: str,
                                 details: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mlops.errors import IntegrityError, MlopsError
+from mlops.features import OnlineFeatures, OnlineStore, entity_text
 from mlops.onnx_model import OnnxModel
 from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
 from mlops.storage import parse_s3_uri
@@ -60,6 +61,20 @@ class ModelNotFound(ServingError):
 
 class NoModelDeployed(ServingError):
     status = 503
+
+
+class CaptureIncomplete(MlopsError):
+    """Firehose kept refusing some capture records: the predictions were answered, their capture is lost."""
+
+
+class EntityNotFound(ServingError):
+    status = 404
+
+
+class FeaturesOutOfDate(ServingError):
+    """The online features were computed by other definitions than the served model was trained with."""
+
+    status = 409
 
 
 @dataclass(frozen=True)
@@ -144,12 +159,33 @@ def validate_row(row: Any, schema: Sequence[FeatureSpec], where: str) -> dict[st
     return {spec.name: _check_value(spec, row[spec.name], where) for spec in schema}
 
 
+def score(model: OnnxModel, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
+    """Each validated row's ``prediction`` and ``probabilities`` (None for a regression), or None for a row the
+    model gives no finite answer for: finite inputs can still overflow its arithmetic (1e308 times a coefficient),
+    and a NaN probability behind a made-up label is no answer. Every serving mode (API, batch, push) scores here."""
+    prediction = model.predict_records(list(rows))
+    scores = prediction.labels if prediction.probabilities is None else prediction.probabilities
+    finite = np.isfinite(np.asarray(scores, dtype=float).reshape(len(rows), -1)).all(axis=1)
+    out: list[dict[str, Any] | None] = []
+    for i in range(len(rows)):
+        if not finite[i]:
+            out.append(None)
+        elif prediction.probabilities is not None:
+            out.append({"prediction": str(prediction.labels[i]), "probabilities": {
+                c: float(p) for c, p in zip(prediction.classes, prediction.probabilities[i], strict=True)}})
+        else:
+            out.append({"prediction": float(prediction.labels[i]), "probabilities": None})
+    return out
+
+
 @dataclass
 class LoadedModel:
     version: ModelVersion
     model: OnnxModel
     schema: list[FeatureSpec]
     loaded_seconds: float
+    # the sha256 of the feature definitions it was trained from (mlops.features); None: trained on raw columns
+    features_sha256: str | None = None
 
 
 class ModelCache:
@@ -199,7 +235,8 @@ class ModelCache:
         contract_bytes = (self._verified(uri, folder / "contract.json", expected, f"{what}'s manifest") if expected
                           else self._fetch(uri, folder / "contract.json"))  # registered before manifests held it
         loaded = LoadedModel(version, OnnxModel(onnx_bytes), schema_from_contract(json.loads(contract_bytes)),
-                             time.perf_counter() - started)
+                             time.perf_counter() - started,
+                             (manifest.get("feature_store") or {}).get("definitions_sha256"))
         self._models[key] = loaded
         return loaded
 
@@ -218,15 +255,27 @@ class CaptureSink:
         try:
             for start in range(0, len(records), 500):  # PutRecordBatch takes at most 500 records
                 batch = [{"Data": (json.dumps(r, default=str) + "\n").encode()} for r in records[start:start + 500]]
-                self.firehose.put_record_batch(DeliveryStreamName=self.stream, Records=batch)
+                self._put_batch(batch)
         except Exception as exc:  # capture is best effort by design: the prediction has been made
             self.on_error(exc)
+
+    def _put_batch(self, batch: list[dict[str, bytes]], attempts: int = 3) -> None:
+        # PutRecordBatch succeeds as a call while refusing some records (throttled, one by one): those are sent
+        # again, and what is still refused after that is reported, never dropped silently
+        for _attempt in range(attempts):
+            answer = self.firehose.put_record_batch(DeliveryStreamName=self.stream, Records=batch)
+            if not answer.get("FailedPutCount"):
+                return
+            batch = [record for record, result in zip(batch, answer["RequestResponses"], strict=True)
+                     if result.get("ErrorCode")]
+        raise CaptureIncomplete(f"Firehose refused {len(batch)} capture record(s) after {attempts} attempts")
 
 
 class ModelServer:
     def __init__(self, *, model: str, version: int | None, registry: Registry, cache: ModelCache,
-                 capture: CaptureSink, max_batch: int = 100) -> None:
+                 capture: CaptureSink, max_batch: int = 100, features: OnlineStore | None = None) -> None:
         self.model_name = model
+        self.features = features
         self.pinned_version = version
         self.registry = registry
         self.cache = cache
@@ -239,10 +288,32 @@ class ModelServer:
         if name != self.model_name:
             raise ModelNotFound(f"no model named {name!r} is served here", "name")
 
+    @classmethod
+    def from_environment(cls, on_capture_error: Callable[[Exception], None]) -> ModelServer:
+        """An infer or push function's server: its model (MODEL_NAME), the version its Lambda version pins
+        (MODEL_VERSION; none: the champion) and its resources, from its environment."""
+        import os
+
+        from mlops import aws
+        from mlops.settings import CAPTURE_STREAM, resources
+
+        version = os.environ.get("MODEL_VERSION")
+        features = resources.features_table
+        return cls(
+            model=os.environ["MODEL_NAME"],
+            version=int(version) if version else None,
+            registry=Registry(aws.client("dynamodb"), resources.registry_table),
+            cache=ModelCache(aws.client("s3"), Path(os.environ.get("MODEL_CACHE_DIR", "/tmp/models"))),  # noqa: S108
+            capture=CaptureSink(aws.client("firehose"), os.environ.get(CAPTURE_STREAM), on_capture_error),
+            max_batch=int(os.environ.get("MAX_BATCH", "100")),
+            features=OnlineStore(aws.client("dynamodb"), features) if features else None,
+        )
+
     def _aliases_now(self) -> dict[str, int]:
-        # Promotions move aliases while this environment stays warm: re-read them at most every 30 s.
+        # Promotions move aliases while this environment stays warm: re-read them at most every 30 s, and at once
+        # while there is no champion yet (the first one must be served as soon as it is registered).
         at, aliases = self._aliases
-        if time.monotonic() - at > 30:
+        if time.monotonic() - at > 30 or CHAMPION not in aliases:
             aliases = self.registry.aliases(self.model_name)
             self._aliases = (time.monotonic(), aliases)
         return aliases
@@ -272,47 +343,60 @@ class ModelServer:
         self._check_name(name)
         if not isinstance(body, Mapping):
             raise MalformedRequest("the body must be a JSON object", "body")
-        has_features, has_instances = "features" in body, "instances" in body
-        unexpected = sorted(set(body) - {"features", "instances"})
-        if has_features == has_instances or unexpected:
-            raise InvalidInput("give either 'features' (one row) or 'instances' (a list of rows)"
+        given = [field for field in ("features", "instances", "entity_id") if field in body]
+        unexpected = sorted(set(body) - {"features", "instances", "entity_id"})
+        if len(given) != 1 or unexpected:
+            raise InvalidInput("give one of 'features' (one row), 'instances' (a list of rows) or 'entity_id' (the "
+                               "entity whose features the feature store holds)"
                                + (f"; unexpected field(s) {unexpected}" if unexpected else ""), "body")
-        rows = [body["features"]] if has_features else body["instances"]
+        has_features = given[0] != "instances"
+        loaded = self.loaded()
+        online = self._online(loaded, body["entity_id"]) if given == ["entity_id"] else None
+        rows = [online.values if online else body["features"]] if has_features else body["instances"]
         if not isinstance(rows, list) or not rows:
             raise InvalidInput("'instances' must be a non-empty list of objects", "instances")
         if len(rows) > self.max_batch:
             raise PayloadTooLarge(f"{len(rows)} instances; at most {self.max_batch} per request", "instances")
-        loaded = self.loaded()
-        where = ["features"] if has_features else [f"instances[{i}]" for i in range(len(rows))]
+        where = [given[0]] if has_features else [f"instances[{i}]" for i in range(len(rows))]
         clean = [validate_row(row, loaded.schema, w) for row, w in zip(rows, where, strict=True)]
-        prediction = loaded.model.predict_records(clean)
-        # Finite inputs can still overflow the model's arithmetic (1e308 times a coefficient): its answer would
-        # be NaN probabilities behind a made-up label. The inputs are the client's to fix.
-        scores = prediction.labels if prediction.probabilities is None else prediction.probabilities
-        unscorable = np.flatnonzero(~np.isfinite(np.asarray(scores, dtype=float).reshape(len(clean), -1)).all(axis=1))
-        if unscorable.size:
-            at = where[int(unscorable[0])]
+        scored = score(loaded.model, clean)
+        if None in scored:
+            at = where[scored.index(None)]
             raise InvalidInput(f"{at}: the model gives no finite answer for these values; they are far outside the "
                                "range it was trained on", at)
         version = loaded.version.version
         variant = self._variant(version)
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        answers = []
-        for i in range(len(clean)):
-            answer: dict[str, Any] = {"request_id": str(uuid.uuid4()), "model_version": version, "variant": variant}
-            if prediction.probabilities is not None:
-                answer["prediction"] = str(prediction.labels[i])
-                answer["probabilities"] = {c: float(p) for c, p in zip(prediction.classes,
-                                                                         prediction.probabilities[i], strict=True)}
-            else:
-                answer["prediction"] = float(prediction.labels[i])
-                answer["probabilities"] = None
-            answers.append(answer)
+        answers = [{"request_id": str(uuid.uuid4()), "model_version": version, "variant": variant, **one}
+                   for one in scored if one is not None]
+        if online is not None:
+            answers[0].update(entity_id=online.entity_id, features_as_of=online.as_of)
         self.capture.put([
             {"type": "prediction", "model": self.model_name, "time": now, "features": row, **answer}
             for row, answer in zip(clean, answers, strict=True)
         ])
         return answers[0] if has_features else {"predictions": answers}
+
+    def _online(self, loaded: LoadedModel, entity: Any) -> OnlineFeatures:
+        """The entity's features from the online store, checked to come from the served model's definitions."""
+        if isinstance(entity, bool) or not isinstance(entity, str | int) or not str(entity).strip():
+            raise InvalidInput("'entity_id' must be a non-empty string or an integer", "entity_id")
+        what = f"{self.model_name} v{loaded.version.version}"
+        if self.features is None or loaded.features_sha256 is None:
+            raise InvalidInput(f"{what} was not trained from declared features ([model.features] in mlops.toml), so "
+                               "it cannot look an entity up; send 'features'", "entity_id")
+        found = self.features.get(self.model_name, entity_text(entity))
+        if found is None:
+            raise EntityNotFound(f"the feature store has no entity {entity_text(entity)!r} for {self.model_name}: "
+                                 "it is in no ingested dataset yet", "entity_id")
+        if found.definitions_sha256 != loaded.features_sha256:
+            raise FeaturesOutOfDate(
+                f"the features of entity {found.entity_id!r} were computed by other definitions than {what} was "
+                f"trained with (online store: {found.definitions_sha256[:12]}, "
+                f"model: {loaded.features_sha256[:12]}); "
+                f"they refresh with the next ingest, or now with `mlops features materialize {self.model_name}`",
+                "entity_id")
+        return found
 
     def feedback(self, name: str, body: Any) -> dict[str, Any]:
         self._check_name(name)

@@ -12,14 +12,20 @@ DATA_BUCKET = "DATA_BUCKET"
 MODELS_BUCKET = "MODELS_BUCKET"
 REGISTRY_TABLE = "REGISTRY_TABLE"
 IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
+FEATURES_TABLE = "FEATURES_TABLE"  # the online feature store (mlops.features)
 NOTIFICATIONS_TOPIC_ARN = "NOTIFICATIONS_TOPIC_ARN"
 TRAINING_STATE_MACHINE_ARN = "TRAINING_STATE_MACHINE_ARN"
 CAPTURE_STREAM = "CAPTURE_STREAM"
 CAPTURES_BUCKET = "CAPTURES_BUCKET"
 ROLLOUT_STATE_MACHINE_ARN = "ROLLOUT_STATE_MACHINE_ARN"
+BATCH_STATE_MACHINE_ARN = "BATCH_STATE_MACHINE_ARN"  # the infer function starts batch runs (mlops.batch)
 API_SOURCE_ARN = "API_SOURCE_ARN"
 # JSON object: model name -> the name (or ARN) of that model's infer function
 INFER_FUNCTIONS = "INFER_FUNCTIONS"
+# A model's push function (mlops.push): where its answers go (sns | s3), its topic, its queue's dead-letter queue
+PUSH_OUTPUT = "PUSH_OUTPUT"
+PREDICTIONS_TOPIC_ARN = "PREDICTIONS_TOPIC_ARN"
+DEAD_LETTER_QUEUE_URL = "DEAD_LETTER_QUEUE_URL"
 
 
 def require(name: str) -> str:
@@ -50,6 +56,10 @@ class Resources:
         return require(IDEMPOTENCY_TABLE)
 
     @property
+    def features_table(self) -> str | None:
+        return os.environ.get(FEATURES_TABLE) or None
+
+    @property
     def notifications_topic_arn(self) -> str:
         return require(NOTIFICATIONS_TOPIC_ARN)
 
@@ -64,6 +74,10 @@ class Resources:
     @property
     def api_source_arn(self) -> str | None:
         return os.environ.get(API_SOURCE_ARN) or None
+
+    @property
+    def batch_state_machine_arn(self) -> str | None:
+        return os.environ.get(BATCH_STATE_MACHINE_ARN) or None
 
     @property
     def rollout_state_machine_arn(self) -> str | None:

@@ -27,13 +27,14 @@ from schemathesis.specs.openapi.checks import (
 if TYPE_CHECKING:
     from conftest import LocalUp  # tests/e2e/conftest.py
 
-pytestmark = pytest.mark.slow
+# thousands of requests through the local gateway (a minute or two): with the load tests, in make load and CI
+pytestmark = [pytest.mark.slow, pytest.mark.load]
 
 MODEL = "e2e"
 # Per route; hypothesis stops earlier on a route with few distinct inputs (GET /health has none).
-EXAMPLES_PER_ROUTE = 1000
+EXAMPLES_PER_ROUTE = 3000
 ROUTES = [("GET", "/models/{name}"), ("POST", "/models/{name}/predict"), ("POST", "/models/{name}/feedback"),
-          ("GET", "/health")]
+          ("POST", "/models/{name}/batch"), ("GET", "/models/{name}/batch/{batch_id}"), ("GET", "/health")]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ANSWERS: Counter[tuple[str, int]] = Counter()  # (route, status) of every generated case, for the summary
 
@@ -61,9 +62,9 @@ def aimed_at(document: dict[str, Any], model: str, features: list[dict[str, Any]
     row = {"type": "object", "required": [f["name"] for f in features], "additionalProperties": False,
            "properties": {f["name"]: {"type": "number"} for f in features}}
     predict = narrowed["paths"]["/models/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]
-    one, batch = (branch["properties"] for branch in predict["schema"]["oneOf"])
-    one["features"] = row
-    batch["instances"]["items"] = row
+    branches = {branch["required"][0]: branch["properties"] for branch in predict["schema"]["oneOf"]}
+    branches["features"]["features"] = row
+    branches["instances"]["instances"]["items"] = row
     return narrowed
 
 

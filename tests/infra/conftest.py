@@ -62,7 +62,12 @@ class Synthesized:
     def serving(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Model name -> (logical id, resource) of its infer function."""
         return {tags[MODEL_TAG]: (lid, resource) for tags, lid, resource in self._tagged_functions()
-                if MODEL_TAG in tags}
+                if MODEL_TAG in tags and tags.get(FUNCTION_TAG) == "infer"}
+
+    def push(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Model name -> (logical id, resource) of its push function (infra/constructs/push.py)."""
+        return {tags[MODEL_TAG]: (lid, resource) for tags, lid, resource in self._tagged_functions()
+                if MODEL_TAG in tags and tags.get(FUNCTION_TAG) == "push"}
 
     def render(self, value: Any) -> str:
         """A template value as text: a function's Ref becomes its physical name when it has one, any other Ref

@@ -140,5 +140,8 @@ def test_platform_alarms_on_failed_runs_and_failure_queues(synthesized: Synthesi
     platform_alarms = synthesized.stack.monitoring.alarms["platform"]
     machines = set(synthesized.stack.pipeline.state_machines)
     queues = {name for name, f in synthesized.stack.pipeline.functions.items() if f.failures is not None}
-    assert set(platform_alarms) == {f"{m}_failed" for m in machines} | {f"{q}_failures" for q in queues}
+    dead_letters = {f"push_{m}_dead_letters" for m in synthesized.stack.push.dead_letter_queues}
+    assert dead_letters
+    assert set(platform_alarms) == ({f"{m}_failed" for m in machines} | {f"{q}_failures" for q in queues}
+                                    | dead_letters)
     assert queues >= {t.function for t in platform.S3_TRIGGERS}

@@ -34,6 +34,7 @@ class Local:
 
     functions: dict[str, set[str]] = field(default_factory=dict)  # name -> environment variable names
     serving: dict[str, set[str]] = field(default_factory=dict)  # infer function name -> environment variable names
+    push: dict[str, set[str]] = field(default_factory=dict)  # push function name -> environment variable names
     capture_stream: dict[str, Any] = field(default_factory=dict)  # name, type, prefix, buffering
     triggers: set[tuple[str, str, str, str]] = field(default_factory=set)
     definitions: dict[str, str] = field(default_factory=dict)
@@ -56,12 +57,15 @@ def local() -> Local:
         by_arn = {arn: name for name, arn in deployment.function_arns.items()}
         by_bucket = {deployment.names[name]: name for name in platform.BUCKETS}
         infer = {platform.infer_function_name(project, model) for model in deployment.models}
+        push = {queue.function for queue in platform.push_queues(load_config(config_file))}
         found = Local()
 
         for function in aws.client("lambda").list_functions()["Functions"]:
             variables = set(function.get("Environment", {}).get("Variables", {}))
             if function["FunctionName"] in infer:
                 found.serving[function["FunctionName"]] = variables
+            elif function["FunctionName"] in push:
+                found.push[function["FunctionName"]] = variables
             else:
                 found.functions[by_arn[function["FunctionArn"]]] = variables
 
@@ -121,6 +125,19 @@ def test_same_infer_functions_with_the_same_environment(local: Local, synthesize
         deployed[platform.infer_function_name(config.project, model)] = set(props["Environment"]["Variables"])
     assert local.serving
     assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.serving.items()} == deployed
+
+
+def test_same_push_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
+    """One push function per declared model on both sides, named by mlops.platform.push_queues."""
+    config = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+    stage = platform.push_queues(config.model_copy(update={"project": synthesized.stack.name_prefix}))
+    deployed = {}
+    for queue, local_queue in zip(stage, platform.push_queues(config), strict=True):
+        props = synthesized.push()[queue.model][1]["Properties"]
+        assert props["FunctionName"] == queue.function
+        deployed[local_queue.function] = set(props["Environment"]["Variables"])
+    assert local.push
+    assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.push.items()} == deployed
 
 
 def test_same_capture_stream(local: Local, synthesized: Synthesized) -> None:

@@ -56,7 +56,8 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
         # the name register and rollout find it by (INFER_FUNCTIONS), with the stage in it
         assert props["FunctionName"] == platform.infer_function_name(NAMES, model)
         variables = props["Environment"]["Variables"]
-        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV}, model
+        # infer also starts batch runs (infra/constructs/batch.py): the one variable push does not share with it
+        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV, settings.BATCH_STATE_MACHINE_ARN}, model
         assert variables[MODEL_NAME] == model
         assert variables["POWERTOOLS_SERVICE_NAME"] == spec.name
         assert variables[settings.REGISTRY_TABLE] == {
@@ -112,6 +113,8 @@ def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: 
 def test_only_the_infer_functions_put_records_and_only_into_the_capture_stream(synthesized: Synthesized) -> None:
     stream_arn = {"Fn::GetAtt": [stream(synthesized)[0], "Arn"]}
     infer_roles = {synthesized.logical_id(f.role) for f in synthesized.stack.serving.functions.values()}
+    # push mode scores with the same serving core, and captures the same way
+    infer_roles |= {synthesized.logical_id(f.role) for f in synthesized.stack.push.functions.values()}
     putters = set()
     for policy in synthesized.of_type("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -145,6 +148,7 @@ def test_api_routes_are_the_handlers_with_iam_authorization(synthesized: Synthes
     for model in MODELS:
         expected |= {(f"/models/{model}", "GET"), (f"/models/{model}/predict", "POST"),
                      (f"/models/{model}/feedback", "POST")}
+        expected |= {(f"/models/{model}/batch", "POST"), (f"/models/{model}/batch/{{batch_id}}", "GET")}  # mlops.batch
     assert set(methods) == expected
     assert {props["AuthorizationType"] for props in methods.values()} == {"AWS_IAM"}
     validators = synthesized.of_type("AWS::ApiGateway::RequestValidator")
@@ -162,7 +166,8 @@ def test_api_routes_are_the_handlers_with_iam_authorization(synthesized: Synthes
 def test_each_model_route_invokes_that_models_live_alias(synthesized: Synthesized) -> None:
     methods = api_methods(synthesized)
     for model, (lid, _r) in synthesized.serving().items():
-        for path in (f"/models/{model}", f"/models/{model}/predict", f"/models/{model}/feedback"):
+        for path in (f"/models/{model}", f"/models/{model}/predict", f"/models/{model}/feedback",
+                     f"/models/{model}/batch", f"/models/{model}/batch/{{batch_id}}"):
             [(route, integration)] = [(k, m["Integration"]) for k, m in methods.items() if k[0] == path]
             assert integration["Type"] == "AWS_PROXY"
             assert integration["IntegrationHttpMethod"] == "POST"

@@ -117,6 +117,7 @@ def test_environment_values_point_at_the_stack_resources(synthesized: Synthesize
         settings.CAPTURES_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["captures"])},
         settings.REGISTRY_TABLE: {"Ref": synthesized.logical_id(storage.tables["registry"])},
         settings.IDEMPOTENCY_TABLE: {"Ref": synthesized.logical_id(storage.tables["idempotency"])},
+        settings.FEATURES_TABLE: {"Ref": synthesized.logical_id(storage.tables["features"])},
         settings.NOTIFICATIONS_TOPIC_ARN: {"Ref": synthesized.logical_id(storage.topic)},
         **{machine.arn_variable: {"Ref": synthesized.logical_id(pipeline.state_machines[machine.name])}
            for machine in STATE_MACHINES},
@@ -163,6 +164,8 @@ def test_zip_functions_bundle_the_handler_config_and_core_package(synthesized: S
 def zip_props(synthesized: Synthesized, function: str) -> dict[str, Any]:
     if function == platform.INFER.name:  # one per model, all from the same bundle
         props: dict[str, Any] = next(iter(synthesized.serving().values()))[1]["Properties"]
+    elif function == platform.PUSH.name:  # likewise
+        props = next(iter(synthesized.push().values()))[1]["Properties"]
     else:
         props = synthesized.functions()[function][1]["Properties"]
     return props
@@ -197,7 +200,8 @@ assert mlops.__file__.startswith(os.getcwd()), mlops.__file__
 """
 
 
-ZIP_FUNCTIONS = [pytest.param(spec, id=spec.name) for spec in (*platform.FUNCTIONS, platform.INFER) if not spec.image]
+ZIP_FUNCTIONS = [pytest.param(spec, id=spec.name) for spec in (*platform.FUNCTIONS, platform.INFER, platform.PUSH)
+                 if not spec.image]
 
 
 @pytest.mark.parametrize("spec", ZIP_FUNCTIONS)

@@ -2,7 +2,8 @@
 
 The injector sits where the network would be (botocore's ``before-send``, ahead of moto), so every layer
 above it reacts as it would to the real service: the SDK's retries, the handlers' error translation, the
-state machine's Retry/Catch, the registry's transactions.
+state machine's Retry/Catch, the registry's transactions. The machinery (``wire_faults`` and the fault
+patterns) serves test_faults_drift and test_faults_rollout too.
 """
 
 from __future__ import annotations
@@ -24,18 +25,27 @@ from moto.core.botocore_stubber import MockRawResponse
 
 from mlops import aws
 from mlops.local.embedded import EmbeddedCloud
+from mlops.storage import ObjectStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-SERVICES = ("s3", "dynamodb", "lambda", "firehose", "stepfunctions", "sns")
+SERVICES = ("s3", "dynamodb", "lambda", "firehose", "stepfunctions", "sns", "cloudwatch")
+# botocore's operation names of the writes (a lost answer is only nasty on a write)
+WRITES = ("s3.PutObject", "s3.CopyObject", "dynamodb.PutItem", "dynamodb.UpdateItem", "dynamodb.DeleteItem",
+          "dynamodb.TransactWriteItems", "sfn.StartExecution", "lambda.PublishVersion", "lambda.UpdateAlias",
+          "lambda.CreateAlias", "lambda.UpdateFunctionConfiguration", "firehose.PutRecordBatch", "sns.Publish")
+
+Fault = tuple[int, str] | str | None
+Decide = Callable[[str, int, Any], Fault]
 
 
 class WireFaults:
     """Answers chosen calls of the project's AWS clients. ``decide(operation, n, request)`` gets the operation
     (``s3.PutObject``), how many times it was attempted before and the request; it returns None to let the
-    call through, ``"timeout"`` (the request never arrives), or an HTTP status with the service's error code
-    (botocore still hands the request to moto, so the call is done and only its answer replaced)."""
+    call through, ``"timeout"`` (the request never arrives), or an HTTP status with the service's error code:
+    a 5xx answers a call that was done (botocore still hands the request to moto; only its answer is lost), a
+    4xx one the service refused (it is kept from moto, so nothing is done)."""
 
-    def __init__(self, decide: Callable[[str, int, Any], tuple[int, str] | str | None]) -> None:
+    def __init__(self, decide: Decide) -> None:
         self.decide = decide
         self.attempts: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
@@ -58,14 +68,28 @@ class WireFaults:
         if fault == "timeout":
             raise ReadTimeoutError(endpoint_url=request.url)
         status, code = fault
-        json_protocol = operation.startswith(("dynamodb", "sfn", "firehose", "lambda"))
-        body = (json.dumps({"__type": code, "message": "injected"}).encode() if json_protocol
-                else f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode())
-        return AWSResponse(request.url, status, {}, MockRawResponse(body))
+        if status < 500:
+            # moto's stub, called after this hook, handles AWS addresses only: this one it leaves alone
+            request.url = "http://refused.invalid/"
+        return AWSResponse(request.url, status, {}, MockRawResponse(_error_body(operation, status, code)))
+
+
+def _error_body(operation: str, status: int, code: str) -> bytes:
+    """An error as the service spells it: in its protocol, with what AWS says of a refusal (the JSON services
+    name the action refused; S3 names nothing, so naming the key is the platform's job)."""
+    service, action = operation.split(".", 1)
+    message = "injected"
+    if status == 403 and service != "s3":
+        message = f"User: arn:aws:sts::123456789012:assumed-role/fn is not authorized to perform: {service}:{action}"
+    if service in ("s3", "sns"):  # the XML protocols
+        return f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+    return json.dumps({"__type": code, "message": message}).encode()
 
 
 @contextmanager
-def _attach(faults: WireFaults) -> Iterator[WireFaults]:
+def wire_faults(decide: Decide) -> Iterator[WireFaults]:
+    """The project's clients answered by ``decide`` for as long as the block runs."""
+    faults = WireFaults(decide)
     clients = [aws.client(service) for service in SERVICES]
     for c in clients:
         c.meta.events.register_first("before-send", faults._hook)
@@ -74,6 +98,35 @@ def _attach(faults: WireFaults) -> Iterator[WireFaults]:
     finally:
         for c in clients:
             c.meta.events.unregister("before-send", faults._hook)
+
+
+def every_other_attempt_fails(operation: str, seen: int, request: Any) -> Fault:
+    """Every call's first (and third...) attempt times out or gets a 503: the retries must recover."""
+    if seen % 2:
+        return None
+    return "timeout" if seen % 4 == 0 else (503, "ServiceUnavailable")
+
+
+def answers_lost(operation: str, seen: int, request: Any) -> Fault:
+    """Each write is done, then its answer is lost (a 503 after the commit) and the SDK retries it."""
+    # Not Powertools' idempotency records: its in-progress marker cannot tell its own retry from a
+    # concurrent run (a known limit of the library; on AWS the event then waits in ingest's DLQ).
+    if b"idempotency" in (request.body if isinstance(request.body, bytes) else b""):
+        return None
+    return (503, "ServiceUnavailable") if operation in WRITES and seen % 2 == 0 else None
+
+
+def refused(operation: str, *where: str) -> Decide:
+    """A permanent AccessDenied on ``operation`` where the request's URL or body holds every one of ``where``
+    (a bucket, a key prefix, a table): a broken policy, which no retry mends."""
+    code = "AccessDenied" if operation.startswith("s3.") else "AccessDeniedException"
+
+    def decide(op: str, seen: int, request: Any) -> Fault:
+        text = request.url + (request.body.decode(errors="replace") if isinstance(request.body, bytes)
+                              else str(request.body or ""))
+        return (403, code) if op == operation and all(w in text for w in where) else None
+
+    return decide
 
 
 def _predict(cloud: EmbeddedCloud, row: dict[str, Any]) -> dict[str, Any]:
@@ -85,15 +138,20 @@ def _predict(cloud: EmbeddedCloud, row: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _request_id(answer: dict[str, Any]) -> str:
+    return str(json.loads(answer["body"])["request_id"])
+
+
+def _captured_requests(cloud: EmbeddedCloud) -> Counter[str]:
+    """How many times each prediction (by request id) was captured."""
+    captures = ObjectStore(cloud.client("s3"), cloud.deployment.names["captures"])
+    records = [json.loads(line) for key in captures.keys("captures/") for line in captures.get_bytes(key).splitlines()]
+    return Counter(r["request_id"] for r in records if r["type"] == "prediction")
+
+
 def test_every_call_failing_once_is_recovered_end_to_end(cloud: EmbeddedCloud, breast_cancer_csv: bytes) -> None:
     """Every other attempt of every call times out or gets a 503, in every step: nothing is lost or doubled."""
-    def first_attempts_fail(operation: str, seen: int, request: Any) -> tuple[int, str] | str | None:
-        if seen % 2:
-            return None
-        return "timeout" if seen % 4 == 0 else (503, "ServiceUnavailable")
-
-    faults = WireFaults(first_attempts_fail)
-    with _attach(faults):
+    with wire_faults(every_other_attempt_fails) as faults:
         cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
         [execution] = cloud.wait_for_executions(1)
         assert execution["status"] == "SUCCEEDED", execution.get("cause")
@@ -113,28 +171,23 @@ def test_every_call_failing_once_is_recovered_end_to_end(cloud: EmbeddedCloud, b
     alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
     assert alias["FunctionVersion"] == version.lambda_version
     assert [r.outcome for r in cloud.registry.runs("breast-cancer")] == ["registered"]
-    captured = [k for k in cloud.data.s3.list_objects_v2(Bucket=cloud.deployment.names["captures"])
-                .get("Contents", [])]
-    assert captured
+    # every answered prediction captured, once (a lost answer to an Invoke runs the function again: that
+    # second prediction is captured too, under its own request id)
+    captured = _captured_requests(cloud)
+    assert all(captured[_request_id(a)] == 1 for a in answers)
 
-
-WRITES = ("s3.PutObject", "s3.CopyObject", "dynamodb.PutItem", "dynamodb.UpdateItem", "dynamodb.DeleteItem",
-          "dynamodb.TransactWriteItems", "sfn.StartExecution", "lambda.PublishVersion", "lambda.UpdateAlias",
-          "lambda.CreateAlias", "lambda.UpdateFunctionConfiguration", "firehose.PutRecordBatch")
+    # capture is best effort: a stream refused for good loses the records, never the prediction
+    with wire_faults(refused("firehose.PutRecordBatch")) as faults:
+        answers = [_predict(cloud, row) for _ in range(3)]
+    assert faults.injected["firehose.PutRecordBatch"] == 3
+    assert {a["statusCode"] for a in answers} == {200}
+    assert _captured_requests(cloud) == captured
 
 
 def test_writes_whose_answer_is_lost_are_not_done_twice(cloud: EmbeddedCloud, breast_cancer_csv: bytes) -> None:
     """The nastiest transient fault: the service did the write, then the answer was lost (a 503 or a timeout
     after the commit), and the SDK retries it. Conditional writes must recognise their own first attempt."""
-    def answers_lost(operation: str, seen: int, request: Any) -> tuple[int, str] | None:
-        # Not Powertools' idempotency records: its in-progress marker cannot tell its own retry from a
-        # concurrent run (a known limit of the library; on AWS the event then waits in ingest's DLQ).
-        if b"idempotency" in (request.body or b"") if isinstance(request.body, bytes) else False:
-            return None
-        return (503, "ServiceUnavailable") if operation in WRITES and seen % 2 == 0 else None
-
-    faults = WireFaults(answers_lost)
-    with _attach(faults):
+    with wire_faults(answers_lost) as faults:
         cloud.upload("breast-cancer", "one.csv", breast_cancer_csv)
         [execution] = cloud.wait_for_executions(1)
         assert execution["status"] == "SUCCEEDED", execution.get("cause")
@@ -151,12 +204,7 @@ def test_a_permanent_refusal_ends_in_a_failure_record_and_no_version(
 ) -> None:
     """The models bucket refuses writes (a broken policy): the run fails cleanly and says why."""
     models_bucket = cloud.deployment.models_bucket
-
-    def refuse_model_writes(operation: str, seen: int, request: Any) -> tuple[int, str] | None:
-        return (403, "AccessDenied") if operation == "s3.PutObject" and models_bucket in request.url else None
-
-    faults = WireFaults(refuse_model_writes)
-    with _attach(faults):
+    with wire_faults(refused("s3.PutObject", models_bucket)) as faults:
         cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
         [execution] = cloud.wait_for_executions(1)
     assert execution["status"] == "FAILED"

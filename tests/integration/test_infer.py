@@ -206,3 +206,10 @@ def test_artefacts_are_verified_against_the_registry_and_manifest_before_serving
             ModelCache(cloud.client("s3"), tmp_path / "b").get(version)
     finally:
         cloud.models.put_bytes(contract_key, original)
+
+
+def test_a_model_trained_without_declared_features_refuses_an_entity_id(served: Any) -> None:
+    _cloud, lam = served
+    status, body = _call(lam, "POST", "/models/breast-cancer/predict", {"entity_id": "c-1"})
+    assert (status, body["error"], body["field"]) == (422, "InvalidInput", "entity_id")
+    assert "not trained from declared features" in body["message"]

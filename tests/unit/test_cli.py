@@ -106,6 +106,7 @@ def test_openapi_documents_every_route_and_its_errors(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     document = json.loads(out.read_text())
     assert set(document["paths"]) == {"/health", "/models/{name}", "/models/{name}/predict",
-                                      "/models/{name}/feedback"}
+                                      "/models/{name}/feedback",
+                                      "/models/{name}/batch", "/models/{name}/batch/{batch_id}"}  # mlops.batch
     predict = document["paths"]["/models/{name}/predict"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(predict["responses"])

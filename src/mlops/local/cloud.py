@@ -19,6 +19,7 @@ from typing import Any
 from mlops import platform, settings
 from mlops.config import CONFIG_FILE, load_config
 from mlops.local.alarms import create_alarms
+from mlops.local.queues import provision_queues
 
 ACCOUNT = "123456789012"
 
@@ -58,13 +59,19 @@ class Deployment:
             settings.MODELS_BUCKET: self.names["models"],
             settings.REGISTRY_TABLE: self.names["registry"],
             settings.IDEMPOTENCY_TABLE: self.names["idempotency"],
+            settings.FEATURES_TABLE: self.names["features"],
             settings.NOTIFICATIONS_TOPIC_ARN: self.topic_arn,
             settings.TRAINING_STATE_MACHINE_ARN: self.state_machine_arn,
             settings.CAPTURE_STREAM: self.names["captures"],
             settings.CAPTURES_BUCKET: self.names["captures"],
             settings.ROLLOUT_STATE_MACHINE_ARN: self.rollout_arn,
+            settings.BATCH_STATE_MACHINE_ARN: self.batch_arn,
             settings.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
         }[variable]
+
+    @property
+    def batch_arn(self) -> str:
+        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names[platform.BATCH_STATE_MACHINE]}"
 
     @property
     def rollout_arn(self) -> str:
@@ -106,6 +113,11 @@ def training_definition(deployment: Deployment) -> str:
     return _definition(platform.TRAINING_ASL, platform.ASL_SUBSTITUTIONS, deployment)
 
 
+def batch_definition(deployment: Deployment) -> str:
+    """The very file the stack deploys: moto's interpreter runs its Distributed Map (ItemReader included)."""
+    return _definition(platform.BATCH_ASL, platform.BATCH_SUBSTITUTIONS, deployment)
+
+
 def rollout_definition(deployment: Deployment) -> str:
     return _definition(platform.ROLLOUT_ASL, platform.ROLLOUT_SUBSTITUTIONS, deployment)
 
@@ -124,7 +136,8 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     for bucket in platform.BUCKETS:
         s3.create_bucket(Bucket=deployment.names[bucket])
         s3.put_bucket_versioning(Bucket=deployment.names[bucket], VersioningConfiguration={"Status": "Enabled"})
-    for table, key in (("registry", [("pk", "HASH"), ("sk", "RANGE")]), ("idempotency", [("id", "HASH")])):
+    for table, key in (("registry", [("pk", "HASH"), ("sk", "RANGE")]), ("idempotency", [("id", "HASH")]),
+                       ("features", [("pk", "HASH"), ("sk", "RANGE")])):
         ddb.create_table(
             TableName=deployment.names[table], BillingMode="PAY_PER_REQUEST",
             KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in key],
@@ -163,7 +176,9 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
             Handler="handler.handler", Code={"ZipFile": function_zip(platform.INFER, config_file)},
             Description=platform.INFER.description, Timeout=platform.INFER.timeout_s,
             MemorySize=platform.INFER.memory_mb,
-            Environment={"Variables": {**deployment.function_env(platform.INFER), "MODEL_NAME": model}},
+            Environment={"Variables": {**deployment.function_env(platform.INFER), "MODEL_NAME": model,
+                                       # infer starts batch runs (mlops.batch); push shares INFER.env, not this
+                                       settings.BATCH_STATE_MACHINE_ARN: deployment.batch_arn}},
         )
     sm = client("stepfunctions").create_state_machine(
         name=deployment.names["training"], definition=training_definition(deployment), roleArn=role)
@@ -171,6 +186,9 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     rollout = client("stepfunctions").create_state_machine(
         name=deployment.names["rollout"], definition=rollout_definition(deployment), roleArn=role)
     assert rollout["stateMachineArn"] == deployment.rollout_arn
+    batch = client("stepfunctions").create_state_machine(
+        name=deployment.names[platform.BATCH_STATE_MACHINE], definition=batch_definition(deployment), roleArn=role)
+    assert batch["stateMachineArn"] == deployment.batch_arn
     for bucket in platform.BUCKETS:
         triggers = [t for t in platform.S3_TRIGGERS if t.bucket == bucket]
         if not triggers:
@@ -188,4 +206,7 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
                 for t in triggers
             ]},
         )
+    # push mode: each model's queue, dead-letter queue, topic, push function and event source mapping
+    provision_queues(client, config=config, region=region, role=role, code=function_zip(platform.PUSH, config_file),
+                     environment={v: deployment.env_value(v) for v in (*platform.PUSH.env, settings.DATA_BUCKET)})
     return deployment

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from mlops.local.cloud import Deployment, provision
 from mlops.local.firehose import BufferedFirehose
 from mlops.local.lambda_runtime import InProcessRuntime
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
+from mlops.local.queues import QueuePoller
 from mlops.registry import Registry
 from mlops.storage import ObjectStore
 
@@ -25,6 +27,7 @@ class EmbeddedCloud:
     deployment: Deployment
     runtime: InProcessRuntime
     firehose: BufferedFirehose | None = None
+    queues: QueuePoller | None = None  # delivers the push queues to the push functions (mlops.local.queues)
 
     def flush_captures(self) -> None:
         """Deliver what Firehose holds in its buffer now (it would within its interval)."""
@@ -33,6 +36,17 @@ class EmbeddedCloud:
 
     def client(self, service: str) -> Any:
         return aws.client(service)
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One request to the models' API, routed as `mlops local up` routes it (the local gateway, the model's
+        `live` alias): (status, the decoded JSON answer)."""
+        from mlops.local.gateway import ApiGateway
+
+        functions = {model: self.deployment.infer_function(model) for model in self.deployment.models}
+        data = json.dumps(body).encode() if body is not None else b""
+        status, _headers, answer = ApiGateway(self.client("lambda"), functions, log=lambda _line: None).handle(
+            method, path, [("Content-Type", "application/json")], data, "127.0.0.1")
+        return status, json.loads(answer) if answer else None
 
     @property
     def data(self) -> ObjectStore:
@@ -92,9 +106,12 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None,
             firehose.install()
         cloud = EmbeddedCloud(provision(aws.client, config_file=config_file), runtime, firehose)
         runtime.listeners.append(alarm_watcher(cloud.deployment, aws.client))
+        cloud.queues = QueuePoller(aws.client("sqs"), aws.client("lambda"), region=aws.region())
+        cloud.queues.start()
         try:
             yield cloud
         finally:
+            cloud.queues.stop()
             if firehose is not None:
                 firehose.uninstall()
             # Executions run on moto's threads: let them end inside this mock, not in the next one. A rollout
@@ -104,7 +121,7 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None,
                 if execution["status"] == "RUNNING":
                     with contextlib.suppress(sfn.exceptions.ExecutionDoesNotExist):
                         sfn.stop_execution(executionArn=execution["executionArn"], cause="the local cloud stops")
-            for arn in (cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn):
+            for arn in (cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn, cloud.deployment.batch_arn):
                 with contextlib.suppress(TimeoutError):
                     cloud.wait_for_executions(0, timeout=60, state_machine_arn=arn)
             aws.client.cache_clear()

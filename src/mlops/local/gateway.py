@@ -25,7 +25,8 @@ from mlops.deploy import LIVE_ALIAS
 
 STAGE = "local"
 # (path below /models/<name>, method): the infer handler's routes, as infra/constructs/serving.py MODEL_ROUTES
-MODEL_ROUTES = (("", "GET"), ("predict", "POST"), ("feedback", "POST"))
+MODEL_ROUTES = (("", "GET"), ("predict", "POST"), ("feedback", "POST"),
+                ("batch", "POST"), ("batch/{batch_id}", "GET"))  # batch inference (mlops.batch)
 
 
 def _json(status: int, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
@@ -34,7 +35,8 @@ def _json(status: int, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes
 
 def not_found(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     return _json(404, {"error": "NotFound", "message": f"no route for {method} {path}; routes: GET /health, "
-                       "GET /models/<name>, POST /models/<name>/predict, POST /models/<name>/feedback"})
+                       "GET /models/<name>, POST /models/<name>/predict, POST /models/<name>/feedback, "
+                       "POST /models/<name>/batch, GET /models/<name>/batch/<batch_id>"})
 
 
 def proxy_event(*, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes, resource: str,
@@ -84,9 +86,11 @@ class ApiGateway:
     def route(self, method: str, path: str) -> tuple[str, str] | None:
         """(model, resource) of a request, or None when the API has no such route."""
         parts = path.strip("/").split("/")
-        if len(parts) not in (2, 3) or parts[0] != "models" or parts[1] not in self.functions:
+        if len(parts) not in (2, 3, 4) or parts[0] != "models" or parts[1] not in self.functions:
             return None
-        below = parts[2] if len(parts) == 3 else ""
+        below = "/".join(parts[2:])
+        if len(parts) == 4 and parts[2] == "batch":
+            below = "batch/{batch_id}"
         if (below, method) not in MODEL_ROUTES:
             return None
         return parts[1], "/" + "/".join(parts)

@@ -7,10 +7,14 @@ of finished work does nothing, and nothing is trained or registered twice:
 
 1. ingest's in-progress idempotency markers are dropped (their owner is gone);
 2. every curated dataset without a recorded run outcome loses its claim and goes to train_trigger again
-   (the same dataset gives the same run id; ``Registry.register`` is idempotent per run);
+   (the same dataset gives the same run id; ``Registry.register`` is idempotent per run); what the
+   interrupted run had copied under its own prefix goes first (nothing points at it yet, and register
+   keeps what it finds there, which need not be what the new training makes);
 3. every incoming file whose content has no curated dataset goes to ingest again (ingest is idempotent
    per object version, so a file it already rejected is not processed twice);
-4. a registered version holding an alias but not yet deployed is deployed; a challenger gets its rollout.
+4. a registered version holding an alias but not yet deployed is deployed; the live alias is pointed where
+   the registry's aliases say (a kill between the registry record and the alias move leaves it behind); a
+   challenger gets its rollout.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from mlops.config import ProjectConfig
 from mlops.deploy import ServingDeployer
 from mlops.ingest import INCOMING
 from mlops.local.cloud import Deployment
-from mlops.pipeline import deploy, execution_name
+from mlops.pipeline import deploy, execution_name, run_artefacts_prefix
 from mlops.registry import CHALLENGER, CHAMPION, Registry
 from mlops.rollout import start_rollout
 from mlops.storage import ObjectStore
@@ -54,6 +58,7 @@ class Recovery:
         self.s3, self.ddb, self.lam = client("s3"), client("dynamodb"), client("lambda")
         self.sfn = client("stepfunctions")
         self.data = ObjectStore(self.s3, deployment.data_bucket)
+        self.models = ObjectStore(self.s3, deployment.models_bucket)
         self.registry = Registry(self.ddb, deployment.names["registry"])
         self.log = log
 
@@ -83,10 +88,12 @@ class Recovery:
                 continue
             manifest = self.data.get_json(key)
             model, sha = manifest["model"], manifest["dataset_sha256"]
+            run_id = execution_name(model, sha)
             seen.add(sha)
-            if self.registry.run(model, execution_name(model, sha)) is not None:
+            if self.registry.run(model, run_id) is not None:
                 continue
             self.log(f"[recovery] {model}: dataset {sha[:12]} has no finished run: training it again")
+            self.models.delete(list(self.models.keys(run_artefacts_prefix(model, run_id))))
             self.registry.release_dataset(model, sha)
             head = self.s3.head_object(Bucket=self.d.data_bucket, Key=key)
             self._invoke("train_trigger", s3_created_event(self.d.data_bucket, key, head["ContentLength"],
@@ -116,6 +123,13 @@ class Recovery:
                     deploy(version, model, registry=self.registry, deployer=deployer, function=function)
             champion = self.registry.alias(model.name, CHAMPION)
             challenger = self.registry.alias(model.name, CHALLENGER)
+            newest = challenger or champion
+            if newest is not None:
+                before = deployer.split(function)
+                _version, split = deploy(newest, model, registry=self.registry, deployer=deployer, function=function)
+                if split != before:
+                    self.log(f"[recovery] {model.name}: the live alias routed {before.to_dict()}, not as the "
+                             f"registry says: now {split.to_dict()}")
             if champion and challenger:
                 self.log(f"[recovery] {model.name}: resuming the rollout of challenger v{challenger.version}")
                 start_rollout(self.sfn, self.d.rollout_arn, model=model.name, champion=champion.version,

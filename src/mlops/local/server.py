@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlops import aws
+from mlops import aws, platform
 from mlops.config import load_config
 from mlops.errors import MlopsError
 from mlops.local.alarms import alarm_watcher
@@ -41,6 +41,7 @@ from mlops.local.firehose import BufferedFirehose
 from mlops.local.gateway import ApiGateway, serve
 from mlops.local.lambda_runtime import InProcessRuntime, Invocation
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
+from mlops.local.queues import QueuePoller
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Scheduler, declared_jobs, lambda_invoker
 from mlops.local.state import GroupCommit, StateDir
@@ -107,6 +108,7 @@ class LocalCloud:
         self.notifications: AsyncNotifications | None = None
         self.firehose: BufferedFirehose | None = None
         self.scheduler: Scheduler | None = None
+        self.queues: QueuePoller | None = None  # the push queues' event source mappings (mlops.local.queues)
         self._servers: list[Any] = []
         self._patches = contextlib.ExitStack()
         self.deployment: Deployment | None = None
@@ -173,11 +175,14 @@ class LocalCloud:
         self.scheduler.start()
         for job in self.scheduler.jobs:
             self.log(f"[schedule] {job.name}: every {job.every_s:.1f}s")
+        self.queues = QueuePoller(aws.client("sqs"), _invoke_client(), region=REGION, log=self.log)
+        self.queues.start()
         if restored:
             recovery = Recovery(deployment=deployment, config=config, client=aws.client, log=self.log)
             threading.Thread(target=recovery.run, name="recovery", daemon=True).start()
 
         api_url = f"http://{HOST}:{gateway_server.server_address[1]}"
+        push_queues = {q.model: q.queue for q in platform.push_queues(config)}  # docs/push.md
         return {
             "aws_endpoint_url": endpoint,
             "api_url": api_url,
@@ -188,7 +193,8 @@ class LocalCloud:
             "restored": restored,
             "models": [{"name": m.name, "target": m.target,
                         "incoming_prefix": f"s3://{deployment.data_bucket}/{m.incoming_prefix}",
-                        "predict_url": f"{api_url}/models/{m.name}/predict"} for m in config.models],
+                        "predict_url": f"{api_url}/models/{m.name}/predict",
+                        "push_queue": push_queues[m.name]} for m in config.models],
             "env": {**CLIENT_ENV, "AWS_ENDPOINT_URL": endpoint},
         }
 
@@ -243,6 +249,8 @@ class LocalCloud:
     def stop(self) -> None:
         if self.scheduler:
             self.scheduler.stop()
+        if self.queues:
+            self.queues.stop()
         if self.firehose:
             self.firehose.uninstall()  # what is still buffered goes to S3 (and into the last snapshot)
         if self.commit:

@@ -1,0 +1,34 @@
+"""batch: one step of a batch run (infra/batch.asl.json): plan the objects, score one object, or write the manifest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mlops import aws
+from mlops.batch import BatchEvent
+from mlops.batch_run import CHUNK_ROWS, run_step
+from mlops.observability import instrumented, powertools
+from mlops.registry import Registry
+from mlops.serving import ModelCache
+from mlops.settings import resources
+
+logger, tracer, metrics = powertools()
+# one model per run, loaded once per execution environment and reused by the objects it scores next
+cache = ModelCache(aws.client("s3"), Path(os.environ.get("MODEL_CACHE_DIR", "/tmp/models")))  # noqa: S108
+
+
+@instrumented(logger, tracer, metrics, step=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    step = BatchEvent.model_validate({"event": event}).event
+    result = run_step(step, s3=aws.client("s3"), registry=Registry(aws.client("dynamodb"), resources.registry_table),
+                      cache=cache, chunk_rows=int(os.environ.get("BATCH_CHUNK_ROWS", str(CHUNK_ROWS))))
+    if "rows_in" in result:
+        for name in ("rows_in", "rows_out", "rows_failed"):
+            metrics.add_metric(name="Batch" + name.title().replace("_", ""), unit=MetricUnit.Count, value=result[name])
+    logger.info("batch step", extra={"step": step.step, "batch_id": step.batch.batch_id, "result": result})
+    return result
