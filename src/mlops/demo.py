@@ -153,9 +153,12 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
             f"{out_dir}/ ({', '.join(sorted(p.name for p in out_dir.iterdir() if p.suffix == '.html'))}) ==")
         say("   poke at a running cloud: `.venv/bin/mlops local up` (prints its endpoints), then the AWS CLI "
             "(`aws --endpoint-url ... s3 cp data.csv s3://mlops-data/incoming/<model>/`), curl "
-            "(`POST <api_url>/models/<model>/predict`), `mlops models list <model>`, `mlops ab status <model>` "
-            "and `mlops drift report <model>` with AWS_ENDPOINT_URL set; offline: `mlops train --data FILE.csv "
-            "--target COL` and `mlops drift --reference A.csv --current B.csv`")
+            "(`POST <api_url>/models/<model>/predict`), `mlops models list <model>`, `mlops ab status <model>`, "
+            "`mlops drift report <model>`, `mlops batch <model> s3://mlops-data/batch/<model>/ --wait`, `aws sqs "
+            "send-message` to `mlops-push-<model>` and `mlops features get <model> <entity>` with AWS_ENDPOINT_URL "
+            "set; "
+            "offline: `mlops train --data FILE.csv --target COL`, `mlops drift --reference A.csv --current B.csv` and "
+            "`mlops features training-set`")
         return {"status": execution["status"], "version": version.to_dict(), "out_dir": str(out_dir),
                 "canary": canary, "drift": drift, "batch": batch, "features": features}
 
