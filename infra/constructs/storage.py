@@ -7,8 +7,6 @@ by the same name in the code, the local cloud and the template; physical names a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_kms as kms
@@ -17,22 +15,6 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from mlops import platform
-
-
-@dataclass(frozen=True)
-class TableKey:
-    partition: str
-    sort: str | None = None
-    # Powertools idempotency writes its expiry under `expiration` (DynamoDBPersistenceLayer's default)
-    ttl: str | None = None
-
-
-# The local cloud creates the same key shapes (mlops.local.cloud.provision); the parity test compares them.
-TABLE_KEYS: dict[str, TableKey] = {
-    "registry": TableKey("pk", "sk"),
-    "idempotency": TableKey("id", ttl="expiration"),
-    "features": TableKey("pk", "sk"),  # the online feature store: model, entity id
-}
 
 # Intermediate artefacts: register copies an accepted candidate under models/<model>/runs/, so what stays under
 # candidates/ only serves debugging a recent run.
@@ -63,7 +45,7 @@ class Storage(Construct):
             name: self._bucket(name, removal_policy) for name in platform.BUCKETS
         }
         self.tables: dict[str, dynamodb.Table] = {
-            name: self._table(name, TABLE_KEYS[name], removal_policy) for name in platform.TABLES
+            name: self._table(name, platform.TABLE_KEYS[name], removal_policy) for name in platform.TABLES
         }
         self.topic = sns.Topic(self, platform.TOPIC, master_key=self.key, enforce_ssl=True)
 
@@ -95,7 +77,7 @@ class Storage(Construct):
             removal_policy=removal_policy,
         )
 
-    def _table(self, name: str, key: TableKey, removal_policy: RemovalPolicy) -> dynamodb.Table:
+    def _table(self, name: str, key: platform.TableKey, removal_policy: RemovalPolicy) -> dynamodb.Table:
         return dynamodb.Table(
             self, name,
             partition_key=dynamodb.Attribute(name=key.partition, type=dynamodb.AttributeType.STRING),

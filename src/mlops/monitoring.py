@@ -104,11 +104,7 @@ def capture_records(captures: ObjectStore, model: str, start: datetime, end: dat
     lo, hi = iso(start), iso(end)
     for prefix in hour_prefixes(start, end):
         for key in captures.keys(prefix):
-            body = captures.s3.get_object(Bucket=captures.bucket, Key=key)["Body"]
-            for line in body.iter_lines():
-                if not line.strip():
-                    continue
-                record = json.loads(line)
+            for record in captures.json_lines(key):
                 # capture times carry milliseconds and an offset; the first 19 characters compare as UTC
                 when = str(record.get("time", ""))[:19]
                 if record.get("model") == model and lo[:19] <= when < hi[:19]:

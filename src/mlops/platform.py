@@ -140,6 +140,26 @@ S3_TRIGGERS: tuple[S3Trigger, ...] = (
 BUCKETS = ("data", "models", "captures")
 CAPTURE_STREAM = "captures"  # Firehose delivery stream into the captures bucket
 TABLES = ("registry", "idempotency", "features")
+
+
+@dataclass(frozen=True)
+class TableKey:
+    partition: str
+    sort: str | None = None
+    # Powertools idempotency writes its expiry under `expiration` (DynamoDBPersistenceLayer's default)
+    ttl: str | None = None
+
+    def schema(self) -> list[tuple[str, str]]:
+        """(attribute, HASH | RANGE), as DynamoDB's KeySchema lists them; every key attribute is a string."""
+        return [(self.partition, "HASH"), *([(self.sort, "RANGE")] if self.sort else [])]
+
+
+# each table's key, read by the CDK app (infra/constructs/storage.py) and the local cloud alike
+TABLE_KEYS: dict[str, TableKey] = {
+    "registry": TableKey("pk", "sk"),
+    "idempotency": TableKey("id", ttl="expiration"),
+    "features": TableKey("pk", "sk"),  # the online feature store: model, entity id
+}
 TOPIC = "notifications"
 STATE_MACHINE = "training"
 

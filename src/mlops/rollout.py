@@ -6,7 +6,6 @@ every wait; the test's state travels in the execution's payload.
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -71,8 +70,7 @@ def join_new_captures(state: RolloutState, captures: ObjectStore) -> None:
     for page in paginator.paginate(Bucket=captures.bucket, Prefix=CAPTURE_PREFIX, **extra):
         for item in page.get("Contents", []):
             state.last_key = item["Key"]
-            for line in captures.get_bytes(item["Key"]).decode().splitlines():
-                record = json.loads(line) if line.strip() else {}
+            for record in captures.json_lines(item["Key"]):
                 if record.get("model") != state.model or record.get("time", "") < state.started_at:
                     continue
                 if record.get("type") == "prediction" and record.get("model_version") in versions:

@@ -85,6 +85,13 @@ class ObjectStore:
 
         return pd.read_parquet(io.BytesIO(self.get_bytes(key)))
 
+    def json_lines(self, key: str) -> Iterator[Any]:
+        """The JSON values of an object of JSON lines (Firehose's captures), streamed; blank lines skipped."""
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        for line in body.iter_lines():
+            if line.strip():
+                yield json.loads(line)
+
     def keys(self, prefix: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):

@@ -16,11 +16,11 @@ import pytest
 from infra.app import CONFIG_CONTEXT, STAGE_CONTEXT, STAGES, cdk_json_context
 from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT, POWERTOOLS_LAYER_PARAMETER
 from infra.constructs.pipeline import STATE_MACHINES, StateMachineSpec, uses_topic
-from infra.constructs.storage import TABLE_KEYS
 from infra.stack import ACCESS, API_SOURCE_ARN, infer_access
 from layers import builder as layer_build
 from mlops import platform, settings
 from mlops.config import load_config
+from mlops.platform import TABLE_KEYS
 
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
 # Variables the stack sets beyond mlops.platform's declaration (register's API_SOURCE_ARN until it declares it)

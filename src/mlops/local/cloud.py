@@ -136,8 +136,8 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     for bucket in platform.BUCKETS:
         s3.create_bucket(Bucket=deployment.names[bucket])
         s3.put_bucket_versioning(Bucket=deployment.names[bucket], VersioningConfiguration={"Status": "Enabled"})
-    for table, key in (("registry", [("pk", "HASH"), ("sk", "RANGE")]), ("idempotency", [("id", "HASH")]),
-                       ("features", [("pk", "HASH"), ("sk", "RANGE")])):
+    for table in platform.TABLES:
+        key = platform.TABLE_KEYS[table].schema()
         ddb.create_table(
             TableName=deployment.names[table], BillingMode="PAY_PER_REQUEST",
             KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in key],
