@@ -22,6 +22,8 @@ from aws_cdk import App, Environment, RemovalPolicy, Validations
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
 
+from infra.constructs.batch import NEW_ACCOUNT_CONCURRENCY
+from infra.constructs.function import NEW_ACCOUNT_MEMORY_MB
 from infra.constructs.monitoring import AlarmThresholds
 from infra.constructs.serving import ApiKeyPlan
 from infra.stack import MlopsStack
@@ -33,7 +35,12 @@ CDK_JSON = platform.ROOT / "cdk.json"
 STAGE_CONTEXT = "mlops:stage"
 CONFIG_CONTEXT = "mlops:config"
 API_KEY_CONTEXT = "mlops:api-key-quota-per-day"
-BATCH_BUCKETS_CONTEXT = "mlops:batch-buckets"  # `-c mlops:batch-buckets=a,b`: buckets batch runs may also use
+# refused: batch runs read whole foreign buckets no more, but the prefixes each model declares (batch_inputs)
+BATCH_BUCKETS_CONTEXT = "mlops:batch-buckets"
+# `-c mlops:api-gateway-logging-role=false`: the account's API Gateway CloudWatch Logs role is managed elsewhere
+API_GATEWAY_LOGGING_ROLE_CONTEXT = "mlops:api-gateway-logging-role"
+# `-c mlops:lambda-memory-quota-mb=10240`: the memory this account allows a function (a new account's 3,008 MB if unset)
+LAMBDA_MEMORY_QUOTA_CONTEXT = "mlops:lambda-memory-quota-mb"
 # Without credentials (offline synth, CI, tests) the CLI sets no account: synthesize for a placeholder one,
 # the same the local cloud uses. `cdk deploy` always runs with credentials, hence with the real account.
 FALLBACK_ACCOUNT = "123456789012"
@@ -49,13 +56,22 @@ class StageSettings:
     # concurrent executions in total and refuses any reservation.
     reserved_concurrency: dict[str, int]
     alarms: AlarmThresholds
+    # The Lambda concurrency quota of the account the stage deploys to (`aws lambda get-account-settings`), and what
+    # each infer function keeps of it so that batch runs cannot starve the API: Lambda refuses reservations that leave
+    # fewer than 100 unreserved, so a new account (10) can reserve nothing. The stack checks both with every model's
+    # batch_max_concurrency (infra/constructs/batch.py check_concurrency, docs/batch.md).
+    lambda_concurrency_quota: int = NEW_ACCOUNT_CONCURRENCY
+    infer_reserved_concurrency: int | None = None
 
 
 STAGES: dict[str, StageSettings] = {
     # dev alarms wait longer: a developer's test traffic is bursty and nobody is paged at night
     "dev": StageSettings(RemovalPolicy.DESTROY, logs.RetentionDays.TWO_WEEKS, {},
                          AlarmThresholds(evaluation_periods=6)),
-    "prod": StageSettings(RemovalPolicy.RETAIN, logs.RetentionDays.ONE_YEAR, {"ingest": 20}, AlarmThresholds()),
+    # AWS's default quota; 50 per infer function serves the stage's API throttle (100 requests/s, bursts of 200)
+    # through cold starts, and up to 17 models fit beside ingest's 20 and the 100 Lambda keeps unreserved
+    "prod": StageSettings(RemovalPolicy.RETAIN, logs.RetentionDays.ONE_YEAR, {"ingest": 20}, AlarmThresholds(),
+                          lambda_concurrency_quota=1000, infer_reserved_concurrency=50),
 }
 
 
@@ -87,6 +103,28 @@ def api_keys(app: App) -> ApiKeyPlan | None:
     return ApiKeyPlan(quota_per_day=int(quota)) if quota not in (None, "", "0", 0) else None
 
 
+def flag(app: App, key: str, default: bool) -> bool:
+    """A yes/no context value: `-c key=false` arrives as a string, cdk.json's as a JSON boolean."""
+    value = app.node.try_get_context(key)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1"):
+        return True
+    if str(value).lower() in ("false", "no", "0"):
+        return False
+    raise SystemExit(f"context {key} must be true or false, not {value!r}")
+
+
+def lambda_memory_quota_mb(app: App) -> int:
+    value = app.node.try_get_context(LAMBDA_MEMORY_QUOTA_CONTEXT)
+    try:
+        return NEW_ACCOUNT_MEMORY_MB if value in (None, "") else int(value)
+    except ValueError:
+        raise SystemExit(f"context {LAMBDA_MEMORY_QUOTA_CONTEXT} must be a number of MB, not {value!r}") from None
+
+
 def build(app: App) -> MlopsStack:
     """Add the stack for the context's stage to `app` and enforce cdk-nag on its synthesis."""
     build_layers()
@@ -96,6 +134,10 @@ def build(app: App) -> MlopsStack:
     except KeyError:
         known = sorted(STAGES)
         raise SystemExit(f"unknown stage {stage_name!r} (context {STAGE_CONTEXT}); choose one of {known}") from None
+    if app.node.try_get_context(BATCH_BUCKETS_CONTEXT):
+        raise SystemExit(f"context {BATCH_BUCKETS_CONTEXT} is no longer read: a model's batch runs read under "
+                         "s3://<data bucket>/batch/<model>/ and the prefixes the model declares in mlops.toml "
+                         '(batch_inputs = ["s3://bucket/prefix/"]), read only; see docs/batch.md')
     config_file = platform.ROOT / (app.node.try_get_context(CONFIG_CONTEXT) or "mlops.toml")
     project = load_config(config_file).project
     stack = MlopsStack(
@@ -107,7 +149,10 @@ def build(app: App) -> MlopsStack:
         reserved_concurrency=stage.reserved_concurrency,
         alarm_thresholds=stage.alarms,
         api_keys=api_keys(app),
-        batch_buckets=[b for b in str(app.node.try_get_context(BATCH_BUCKETS_CONTEXT) or "").split(",") if b],
+        infer_reserved_concurrency=stage.infer_reserved_concurrency,
+        lambda_concurrency_quota=stage.lambda_concurrency_quota,
+        api_gateway_logging_role=flag(app, API_GATEWAY_LOGGING_ROLE_CONTEXT, default=True),
+        lambda_memory_quota_mb=lambda_memory_quota_mb(app),
         env=environment(),
         description=f"serverless-mlops ({project}, {stage_name}): ingest, train, evaluate, register",
         tags={"project": project, "stage": stage_name},

@@ -1,4 +1,4 @@
-"""What each zip function weighs unzipped, its code plus its layers, against Lambda's 250 MiB limit (DESIGN.md,
+"""What each zip function weighs unzipped, code plus layers, against Lambda's 250 MiB limit (docs/architecture.md,
 "Size"). The layers are the built ones (layers/builder.py); the public Powertools layer is measured on its mirror.
 Image functions have a 10 GB image limit instead and are not listed."""
 

@@ -1,6 +1,6 @@
 """Build the Lambda layers without Docker: `python -m layers.builder [NAME ...]` (`make layers` builds them all).
 
-Each layer is what one need takes at run time, never one giant layer (DESIGN.md, "Size"): `infer` is onnxruntime
+Each layer is what one need takes at run time, never one giant layer (docs/architecture.md): `infer` is onnxruntime
 + numpy, `data` is pandas + pyarrow. pip installs the manylinux wheels for Lambda's python3.12 into
 `layers/build/<name>/python/` (Lambda puts `/opt/python` on sys.path), pinned by constraints.txt; then the build
 drops what nothing imports at run time (tests, Cython sources, C headers, pyarrow's Flight/Substrait/S3 libraries)

@@ -5,9 +5,11 @@
 Checks, in order:
 - GET /health, signed: 200 (API Gateway answers it itself: the stage is deployed and IAM lets the caller in);
 - GET /health, unsigned: 403 (AWS_IAM is enforced);
-- GET /models/<model> for every model of the stack's INFER_FUNCTIONS: 200, or 503 when the model has no version
-  deployed yet (the handler's own answer); a model whose `live` alias does not exist yet (never trained) is
-  reported and skipped, since API Gateway cannot reach it before register creates the alias.
+- GET /models/<model> for every model of the stack's INFER_FUNCTIONS, answered by the model's infer function through
+  its `live` alias (which the stack creates on `$LATEST` at deploy time): 200 with its champion, or, on a fresh stack
+  before the first model version is registered, 200 with no champion or the handler's 503 "no version deployed"
+  (NoModelDeployed), both reported as expected. Anything else fails, API Gateway's own 500 ("Internal server error":
+  it could not invoke the alias) with what to look at.
 
 Exit status 0 when every check passes. Uses only boto3/botocore (in the project's virtualenv).
 """
@@ -26,6 +28,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 LIVE_ALIAS = "live"  # mlops.deploy.LIVE_ALIAS (kept literal: this script runs without the package installed)
+NOT_DEPLOYED = "NoModelDeployed"  # the handler's 503 before a model's first version (mlops.serving.NoModelDeployed)
+FRESH = "no model version registered yet (expected on a fresh stack: upload data to train one)"
 
 
 def stack_outputs(cloudformation: Any, stack: str) -> dict[str, str]:
@@ -49,13 +53,29 @@ def request(session: boto3.Session, url: str, *, sign: bool, api_key: str | None
         return error.code, error.read().decode(errors="replace")
 
 
-def has_live_alias(session: boto3.Session, function_name: str) -> bool:
-    client = session.client("lambda")
+def json_body(body: str) -> dict[str, Any]:
     try:
-        client.get_alias(FunctionName=function_name, Name=LIVE_ALIAS)
-    except client.exceptions.ResourceNotFoundException:
-        return False
-    return True
+        parsed = json.loads(body)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def model_check(model: str, status: int, body: str) -> tuple[bool, str]:
+    """Whether GET /models/<model> answered as a deployed stack does, and what to say about it."""
+    answer = json_body(body)
+    if status == 200:
+        champion = answer.get("champion")
+        if isinstance(champion, dict):
+            return True, f"200, champion version {champion.get('version')}"
+        return True, f"200, {FRESH}"
+    if status == 503 and answer.get("error") == NOT_DEPLOYED:
+        return True, f"503 {NOT_DEPLOYED}: {FRESH}"
+    if status == 500 and answer.get("message") == "Internal server error":
+        return False, (f"500 from API Gateway itself: it could not invoke the `{LIVE_ALIAS}` alias of {model}'s infer "
+                       "function (is the alias there, and the permission for this API on it? the stack creates both "
+                       "at deploy time; `mlops models republish` repairs the permission)")
+    return False, f"{status} {body[:300]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,12 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     check("GET /health (signed)", status == 200, f"{status} {body[:200]}")
     status, body = request(session, f"{base}/health", sign=False, api_key=args.api_key)
     check("GET /health (unsigned) is refused", status == 403, f"{status} {body[:200]}")
-    for model, function_name in sorted(infer_functions.items()):
-        if not has_live_alias(session, function_name):
-            print(f"skip GET /models/{model}: no `{LIVE_ALIAS}` alias yet (no model version registered)")
-            continue
+    for model in sorted(infer_functions):
         status, body = request(session, f"{base}/models/{model}", sign=True, api_key=args.api_key)
-        check(f"GET /models/{model}", status in (200, 503), f"{status} {body[:300]}")
+        check(f"GET /models/{model}", *model_check(model, status, body))
     return 1 if failures else 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,18 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "mlops.toml"
     path.write_text(TEST_CONFIG)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clouds_enforce_the_synthesized_policies() -> Iterator[None]:
+    """Every embedded cloud of the tests evaluates its handlers' AWS calls against the role policies of the
+    synthesized template (tests/template_policies.py), not against a second description of them."""
+    import template_policies
+
+    from mlops.local import embedded
+
+    previous = embedded.default_policies
+    embedded.default_policies = template_policies.guard_policies
+    yield
+    embedded.default_policies = previous
+    template_policies.cleanup()

@@ -54,7 +54,8 @@ def _check(model: str, window_end: datetime, window_hours: float | None) -> dict
                 metric.add_dimension(name=key, value=dim)
     metrics.add_metric(name="DriftChecks", unit=MetricUnit.Count, value=1)
     logger.info("drift checked", extra={k: summary.get(k) for k in (
-        "model", "status", "window_start", "window_end", "rows", "drifted_features", "retrain", "report")})
+        "model", "status", "window_start", "window_end", "rows", "late_records", "drifted_features", "retrain",
+        "report")})
     return summary
 
 

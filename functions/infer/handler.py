@@ -6,7 +6,8 @@ POST /models/<name>/batch, GET /models/<name>/batch/<batch_id>, which start and 
 
 from __future__ import annotations
 
-import json
+import base64
+import binascii
 import os
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws, batch
 from mlops.observability import instrumented, powertools
-from mlops.serving import MalformedRequest, ModelServer, PayloadTooLarge, ServingError
+from mlops.serving import MalformedRequest, ModelServer, PayloadTooLarge, ServingError, parse_json
 from mlops.settings import resources
 
 logger, tracer, metrics = powertools()
@@ -100,14 +101,18 @@ server = ModelServer.from_environment(_capture_failed)
 
 
 def _body() -> Any:
-    raw = app.current_event.body or ""
-    if len(raw.encode()) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body is {len(raw.encode())} bytes; at most {MAX_BODY_BYTES}", "body")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                               "body") from exc
+    event = app.current_event
+    raw = event.body or ""
+    if event.is_base64_encoded:  # API Gateway's (and the local gateway's) way to pass a body that is not UTF-8
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except binascii.Error as exc:
+            raise MalformedRequest("the body is marked base64-encoded but is not base64", "body") from exc
+    else:
+        data = raw.encode("utf-8", "surrogatepass")  # as sent: parse_json says what is wrong with it
+    if len(data) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is {len(data)} bytes; at most {MAX_BODY_BYTES}", "body")
+    return parse_json(data)
 
 
 @app.get("/health", summary="Liveness of the function", tags=["operations"])
@@ -151,16 +156,19 @@ def feedback(name: str) -> dict[str, Any]:
     return answer
 
 
+# The caller names the input only: a run writes under a prefix the platform chooses for it (the answer's `output`)
 BATCH_REQUEST = {"type": "object", "required": ["input"], "additionalProperties": False, "properties": {
-    "input": {"type": "string", "description": "s3://bucket/prefix/: every CSV and Parquet object under it is scored"},
-    "output": {"type": "string", "description": "s3://bucket/prefix/ (default: <input>-predictions/<batch_id>/)"},
+    "input": {"type": "string", "description": "s3://bucket/prefix/ under s3://<data bucket>/batch/<name>/ or a prefix "
+                                               "the model declares (batch_inputs): every CSV and Parquet object under "
+                                               "it is scored"},
     "version": {"type": "integer", "minimum": 1, "description": "the model version (default: the champion)"}}}
 BATCH_RUN_FIELDS = {"batch_id": {"type": "string"}, "execution_arn": {"type": "string"}, "model": {"type": "string"},
-                    "model_version": {"type": "integer"}, "input": {"type": "string"}, "output": {"type": "string"},
+                    "model_version": {"type": "integer"}, "input": {"type": "string"},
+                    "output": {"type": "string", "description": "the run's own prefix: predictions, manifest"},
                     "manifest": {"type": "string", "description": "where the manifest is written when the run ends"},
                     "status": {"enum": ["running", "succeeded", "failed"]}}
 BATCH_RUN = {"type": "object", "required": list(BATCH_RUN_FIELDS), "properties": {
-    **BATCH_RUN_FIELDS, "output_defaulted": {"type": "boolean"},
+    **BATCH_RUN_FIELDS,
     "summary": {"type": "object", "description": "the manifest's counts, once succeeded (docs/batch.md)"},
     "error": {"type": "string"}, "cause": {"type": "string"}}}
 
@@ -168,13 +176,22 @@ BATCH_RUN = {"type": "object", "required": list(BATCH_RUN_FIELDS), "properties":
 @app.post("/models/<name>/batch", tags=["batch"], openapi_extensions=_request_body(BATCH_REQUEST),
           responses={202: _json("the run started; its manifest is written to `manifest` when it ends", BATCH_RUN),
                      400: _error("the body is not JSON, or not a JSON object"),
+                     403: _error("the input is not under a prefix the model's runs may read (the message names "
+                                 "them)"),
                      404: _error("no such model is served here, or no such version of it"),
-                     422: _error("input or output is not an s3://bucket/prefix/ URI, or they overlap"),
+                     413: _error("too large a body"),
+                     422: _error("input is not an s3://bucket/prefix/ URI, `output` was given (the platform chooses "
+                                 "it), an unknown field or a mistyped version"),
                      503: _error("the model has no champion yet, or batch runs are not deployed"), **SERVER_FAULT},
-          summary="Score every CSV and Parquet object under an S3 prefix ({'input', 'output'?, 'version'?})")
+          summary="Score every CSV and Parquet object under an S3 prefix ({'input', 'version'?})")
 def start_batch(name: str) -> Response[dict[str, Any]]:
+    # only this route reads mlops.toml (bundled with the function): where the model's runs may read
+    from mlops.config import load_config
+    from mlops.settings import DATA_BUCKET
+
     answer = batch.start(name, _body(), registry=server.registry, sfn=aws.client("stepfunctions"),
-                         state_machine_arn=resources.batch_state_machine_arn, served=server.model_name)
+                         state_machine_arn=resources.batch_state_machine_arn, config=load_config(),
+                         data_bucket=os.environ.get(DATA_BUCKET), served=server.model_name)
     metrics.add_metric(name="BatchRuns", unit=MetricUnit.Count, value=1)
     return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=answer)
 
@@ -191,6 +208,8 @@ def batch_status(name: str, batch_id: str) -> dict[str, Any]:
 
 @app.exception_handler(ServingError)
 def serving_error(exc: ServingError) -> Response[dict[str, Any]]:
+    if exc.status >= 500:  # ours to fix (e.g. artefacts that fail verification): said where an operator looks
+        logger.error("cannot serve", extra={"error": type(exc).__name__, "reason": exc.message})
     metrics.add_metric(name=f"Http{exc.status}", unit=MetricUnit.Count, value=1)
     return Response(status_code=exc.status, content_type=content_types.APPLICATION_JSON, body=exc.body())
 

@@ -14,7 +14,14 @@ from mlops.deploy import ServingDeployer
 from mlops.lifecycle import Lifecycle
 from mlops.observability import instrumented, powertools
 from mlops.registry import Registry
-from mlops.rollout import RolloutState, analyze, rollout_name
+from mlops.rollout import (
+    MAX_LOOKS_VARIABLE,
+    RolloutExecutions,
+    RolloutState,
+    analyze,
+    looks_per_execution,
+    rollout_name,
+)
 from mlops.serving_health import ServingMetrics
 from mlops.settings import resources
 from mlops.storage import ObjectStore
@@ -24,15 +31,23 @@ logger, tracer, metrics = powertools()
 
 @instrumented(logger, tracer, metrics, step=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    state = RolloutState.model_validate(event)
+    # the state machine passes {"state": <payload>, "state_machine": <its ARN>}; a person may pass the payload alone
+    state = RolloutState.model_validate(event["state"] if "state_machine" in event else event)
     registry = Registry(aws.client("dynamodb"), resources.registry_table)
     lifecycle = Lifecycle(registry=registry, deployer=ServingDeployer(aws.client("lambda")),
                           function=resources.infer_functions[state.model])
-    result = analyze(state, model_cfg=load_config().model(state.model), registry=registry, lifecycle=lifecycle,
+    model_cfg = load_config().model(state.model)
+    result = analyze(state, model_cfg=model_cfg, registry=registry, lifecycle=lifecycle,
                      captures=ObjectStore(aws.client("s3"), resources.captures_bucket),
+                     # one owner for every execution of the rollout: a hand-over does not let go of the model
                      lock_owner=rollout_name(state.model, state.challenger),
-                     health=ServingMetrics(aws.client("cloudwatch"), os.environ["POWERTOOLS_METRICS_NAMESPACE"]))
+                     health=ServingMetrics(aws.client("cloudwatch"), os.environ["POWERTOOLS_METRICS_NAMESPACE"]),
+                     executions=(RolloutExecutions(aws.client("stepfunctions"), event["state_machine"])
+                                 if "state_machine" in event else None),
+                     max_looks=looks_per_execution(model_cfg.rollout_interval_seconds,
+                                                   os.environ.get(MAX_LOOKS_VARIABLE)))
     metrics.add_metric(name=f"Rollout{result['action'].capitalize()}", unit=MetricUnit.Count, value=1)
     logger.info("rollout look", extra={"model": state.model, "look": result["history"][-1] if result.get("history")
-                                       else None, "action": result["action"]})
+                                       else None, "action": result["action"],
+                                       "continued_as": result.get("continued_as")})
     return result

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jsii
 from aws_cdk import (
+    Annotations,
     AssetHashType,
     BundlingOptions,
     DockerImage,
@@ -44,10 +45,19 @@ FUNCTION_TAG = "mlops:function"
 IMAGE_CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "src", "functions", DOCKERFILE)
 BUILD_LEFTOVERS = ("**/__pycache__", "**/*.pyc", "**/*.egg-info")
 # Zip functions get boto3 from the runtime and Powertools (with pydantic and the X-Ray SDK) from its public
-# layer; the layer is pinned to the Powertools version the project pins, through the SSM parameter
-# Powertools publishes for each release.
+# layer; the layer is pinned to the Powertools version the project pins, through the public SSM parameter
+# Powertools documents for each release, `/aws/service/powertools/python/{arch}/{python}/{version}` (or `latest`),
+# resolved by CloudFormation in the deploy's region. It exists only in the regions Powertools publishes to, and a
+# release's parameter has been missing before (powertools-lambda-python#7689): scripts/preflight.py checks it.
 POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.12/{version}"
 ZIP_RUNTIME = lambda_.Runtime.PYTHON_3_12  # the container image's base is python:3.12 too
+# Lambda's memory range (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html). A new account has "reduced
+# concurrency and memory quotas" that AWS raises with usage: Lambda refuses its functions above 3,008 MB ("'MemorySize'
+# value failed to satisfy constraint: Member must have value less than or equal to 3008"), and no API tells an
+# account's memory quota before that.
+LAMBDA_MEMORY_MAX_MB = 10_240
+NEW_ACCOUNT_MEMORY_MB = 3_008
+MEMORY_QUOTA_WARNING = "mlops:lambda-memory-above-quota"
 
 
 class LayerNotBuilt(RuntimeError):
@@ -236,3 +246,25 @@ class PlatformFunction(Construct):
         acknowledge(self, "AwsSolutions-IAM5[Resource::*]",
                     "active X-Ray tracing: xray:PutTraceSegments and xray:PutTelemetryRecords have no "
                     "resource-level permissions")
+
+
+def check_memory(functions: Iterable[PlatformFunction], *, quota_mb: int) -> None:
+    """Above Lambda's maximum a function can never deploy: an error. Above `quota_mb`, what the deployer says the
+    account allows (a new account's 3,008 MB unless told otherwise), the first deploy may fail: a warning on the
+    function, shown by every `cdk synth` and `cdk deploy`, and checked against the account by scripts/preflight.py.
+    Not an error: most accounts allow 10,240 MB, and failing their synthesis would only teach everyone to turn the
+    check off."""
+    if not 128 <= quota_mb <= LAMBDA_MEMORY_MAX_MB:
+        raise ValueError(f"a Lambda memory quota of {quota_mb} MB is outside Lambda's 128-{LAMBDA_MEMORY_MAX_MB} MB")
+    for function in functions:
+        memory = function.spec.memory_mb
+        if memory > LAMBDA_MEMORY_MAX_MB:
+            raise ValueError(f"{function.node.path}: {memory} MB is above Lambda's maximum of "
+                             f"{LAMBDA_MEMORY_MAX_MB} MB (mlops.platform declares {function.spec.name}'s memory)")
+        if memory > quota_mb:
+            Annotations.of(function).add_warning_v2(
+                MEMORY_QUOTA_WARNING,
+                f"{function.spec.name} asks for {memory} MB, above the {quota_mb} MB this account is assumed to "
+                f"allow: a new account's functions are refused above {NEW_ACCOUNT_MEMORY_MB} MB until AWS raises its "
+                "quota. Run scripts/preflight.py before deploying; if your account allows it, say so with "
+                f"-c mlops:lambda-memory-quota-mb=<MB>.")

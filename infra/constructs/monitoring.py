@@ -46,6 +46,16 @@ REPORT_PATTERN = (
 MEMORY_METRIC: Final = "MaxMemoryUsedMB"
 
 
+def search(schema: Sequence[str], metric: str, statistic: str, **dimensions: str) -> str:
+    """A CloudWatch SEARCH expression over the metrics of exactly `schema` (namespace, then dimension names) named
+    `metric`, with these dimension values. CloudWatch requires a namespace or dimension name with characters other
+    than letters, digits and underscores (the project's namespace `mlops-dev`, `AWS/Lambda`) to be double-quoted in
+    the schema; values are quoted as exact matches."""
+    names = ",".join(part if re.fullmatch(r"\w+", part) else f'"{part}"' for part in schema)
+    terms = " ".join(f'{key}="{value}"' for key, value in {"MetricName": metric, **dimensions}.items())
+    return f"SEARCH('{{{names}}} {terms}', '{statistic}', {PERIOD.to_seconds()})"
+
+
 @dataclass(frozen=True)
 class AlarmThresholds:
     """What pages someone; a stage may be stricter or looser (infra.app STAGES)."""
@@ -78,22 +88,26 @@ class Monitoring(Construct):
         self.project, self.api_name, self.api_stage, self.thresholds = project, api_name, api_stage, thresholds
         self.action = cw_actions.SnsAction(storage.topic)
         stack = Stack.of(self)
+        # CloudWatch acts for an alarm of this account and region, never for another account's (the confused deputy)
+        alarms_here = {"StringEquals": {"aws:SourceAccount": stack.account},
+                       "ArnLike": {"aws:SourceArn": f"arn:{stack.partition}:cloudwatch:{stack.region}:"
+                                                    f"{stack.account}:alarm:*"}}
         # The topic has its own policy (TLS only), which replaces SNS's default one: CloudWatch, a service
         # principal, must be let in explicitly, for this account's alarms only.
         storage.topic.add_to_resource_policy(iam.PolicyStatement(
             actions=["sns:Publish"],
             principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
             resources=[storage.topic.topic_arn],
-            conditions={"StringEquals": {"aws:SourceAccount": stack.account},
-                        "ArnLike": {"aws:SourceArn": f"arn:{stack.partition}:cloudwatch:{stack.region}:"
-                                                     f"{stack.account}:alarm:*"}},
+            conditions=alarms_here,
         ))
-        # and the topic is encrypted with the platform's key: what SNS asks of CloudWatch's side (the documented
-        # key-policy statement; who may publish at all is restricted by the topic policy above)
+        # and the topic is encrypted with the platform's key, which also encrypts the data: what SNS asks of
+        # CloudWatch's side, under the same conditions (a key policy statement for a service principal without them
+        # would let CloudWatch use the key on behalf of anyone's alarm)
         storage.key.add_to_resource_policy(iam.PolicyStatement(
             actions=["kms:Decrypt", "kms:GenerateDataKey"],
             principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
             resources=["*"],  # in a key policy, "*" is this key
+            conditions=alarms_here,
         ))
         self.alarms: dict[str, dict[str, cw.Alarm]] = {}
         self.dashboards: dict[str, cw.Dashboard] = {}
@@ -119,8 +133,8 @@ class Monitoring(Construct):
     def _per_version(self, model: str, metric: str, statistic: str, label: str) -> cw.MathExpression:
         """One line per model version the infer function served (the dimension its handler sets)."""
         return cw.MathExpression(
-            expression=(f"SEARCH('{{{self.project},service,model,model_version}} MetricName=\"{metric}\" "
-                        f"service=\"{INFER_SERVICE}\" model=\"{model}\"', '{statistic}', {PERIOD.to_seconds()})"),
+            expression=search([self.project, "service", "model", "model_version"], metric, statistic,
+                              service=INFER_SERVICE, model=model),
             label=label, period=PERIOD)
 
     def _memory(self, function: PlatformFunction, name: str) -> cw.Metric:
@@ -193,16 +207,16 @@ class Monitoring(Construct):
                    alarms: Mapping[str, cw.Alarm]) -> cw.Dashboard:
         name, fn = model.name, function.function
         traffic = cw.MathExpression(
-            expression=(f"SEARCH('{{AWS/Lambda,FunctionName,Resource,ExecutedVersion}} MetricName=\"Invocations\" "
-                        f"FunctionName=\"{fn.function_name}\"', 'Sum', {PERIOD.to_seconds()})"),
+            expression=search(["AWS/Lambda", "FunctionName", "Resource", "ExecutedVersion"], "Invocations", "Sum",
+                              FunctionName=fn.function_name),
             label="invocations by version", period=PERIOD)
         features = cw.MathExpression(
-            expression=(f"SEARCH('{{{self.project},service,model,feature}} MetricName=\"FeatureDriftScore\" "
-                        f"service=\"{DRIFT_SERVICE}\" model=\"{name}\"', 'Maximum', {PERIOD.to_seconds()})"),
+            expression=search([self.project, "service", "model", "feature"], "FeatureDriftScore", "Maximum",
+                              service=DRIFT_SERVICE, model=name),
             label="effect size by feature", period=PERIOD)
         concept = cw.MathExpression(
-            expression=(f"SEARCH('{{{self.project},service,model,metric}} MetricName=\"ConceptMetric\" "
-                        f"service=\"{DRIFT_SERVICE}\" model=\"{name}\"', 'Average', {PERIOD.to_seconds()})"),
+            expression=search([self.project, "service", "model", "metric"], "ConceptMetric", "Average",
+                              service=DRIFT_SERVICE, model=name),
             label="live metric from feedback", period=PERIOD)
         dashboard = cw.Dashboard(scope, "Dashboard",
                                  dashboard_name=f"{Stack.of(self).stack_name}-{name}"[:255],

@@ -50,6 +50,17 @@ TRAINING_JOB_PREFIX = "mlops-train-"
 SYNC_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"
 
 
+def vended_log_group_name(scope: Construct, name: str) -> str:
+    """A state machine's log group: `/aws/vendedlogs/states/<stack>-<name>-<stack instance>`. Step Functions delivers
+    vended logs, and under this prefix CloudWatch Logs needs no resource policy per log group (that policy has a
+    5,120-character limit per account and region). The last part of the StackId's UUID tells apart the stack's
+    successive instances: a stage deleted with its logs retained (prod) can be created again without colliding with
+    the log group it left."""
+    stack = Stack.of(scope)
+    instance = Fn.select(4, Fn.split("-", Fn.select(2, Fn.split("/", stack.stack_id))))
+    return f"/aws/vendedlogs/states/{stack.stack_name}-{name}-{instance}"
+
+
 def uses_topic(spec: StateMachineSpec) -> bool:
     return f"${{{platform.ASL_TOPIC_SUBSTITUTION}}}" in spec.asl.read_text()
 
@@ -146,9 +157,7 @@ class Pipeline(Construct):
                        log_retention: logs.RetentionDays, removal_policy: RemovalPolicy) -> sfn.StateMachine:
         log_group = logs.LogGroup(
             scope, f"{machine.name}_logs", retention=log_retention, removal_policy=removal_policy,
-            # Step Functions delivers vended logs: under this prefix CloudWatch Logs needs no resource policy per
-            # log group (that policy has a 5,120-character limit per account and region).
-            log_group_name=f"/aws/vendedlogs/states/{Stack.of(self).stack_name}-{machine.name}",
+            log_group_name=vended_log_group_name(self, machine.name),
         )
         substitutions = {placeholder: self.functions[function].function.function_arn
                          for placeholder, function in machine.functions.items()}
@@ -237,9 +246,11 @@ class Pipeline(Construct):
         stack = Stack.of(self)
         jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name=f"{TRAINING_JOB_PREFIX}*")
         state_machine.add_to_role_policy(iam.PolicyStatement(
-            # AddTags: the job is created with tags (its model and run)
+            # AddTags: the job is created with tags (its model and run). ListTags: in the policy AWS documents for
+            # the createTrainingJob.sync integration (on "*" there); it reads the tags of the resource it names,
+            # which for this integration is the job it started, one of these
             actions=["sagemaker:AddTags", "sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
-                     "sagemaker:StopTrainingJob"],
+                     "sagemaker:ListTags", "sagemaker:StopTrainingJob"],
             resources=[jobs]))
         state_machine.add_to_role_policy(iam.PolicyStatement(
             actions=["iam:PassRole"], resources=[self.training_job_role.role_arn],

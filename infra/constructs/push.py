@@ -2,8 +2,8 @@
 ``push_max_receives`` receives, its push function consuming the queue through an event source mapping that reports
 batch item failures, and its predictions topic (``push_output = "sns"``). Physical names come from
 ``mlops.platform.push_queues``, as in the local cloud. The function's access to the registry, the models, the
-capture stream and, for ``push_output = "s3"``, the data bucket is granted by the stack (``push_access``); what
-concerns its own queues and topic is granted here."""
+capture stream, its dead-letter queue, its topic and, for ``push_output = "s3"``, the data bucket is granted by the
+stack (``mlops.access.push_access``); receiving from its queue is granted here, with the event source mapping."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_cdk import CfnOutput, Duration, RemovalPolicy, Tags
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
@@ -23,9 +22,6 @@ from infra.constructs.nag import acknowledge
 from infra.constructs.serving import MODEL_NAME, MODEL_TAG
 from infra.constructs.storage import Storage
 from mlops import platform, settings
-
-# What SQS and SNS ask of a sender to a queue or topic encrypted with a customer-managed key
-KMS_SEND = ("kms:Decrypt", "kms:GenerateDataKey")
 
 
 class Push(Construct):
@@ -59,8 +55,12 @@ class Push(Construct):
     def _model(self, spec: platform.PushQueue, storage: Storage, packaging: Packaging, environment: Mapping[str, str],
                log_retention: logs.RetentionDays, removal_policy: RemovalPolicy) -> None:
         scope = Construct(self, spec.model)
+        # Deleted with the stack in every stage: their names are fixed (clients send to `<project>-push-<model>`), so
+        # a queue a deleted stage retained would stop the stage from being created again; and they hold no record:
+        # requests wait for a function the deletion removes, answers are captured elsewhere, dead letters are copies
+        # of requests with their reason, kept 14 days at most.
         encrypted: dict[str, Any] = {"encryption": sqs.QueueEncryption.KMS, "encryption_master_key": storage.key,
-                                     "enforce_ssl": True, "removal_policy": removal_policy}
+                                     "enforce_ssl": True, "removal_policy": RemovalPolicy.DESTROY}
         dead_letters = sqs.Queue(scope, "DeadLetters", queue_name=spec.dead_letter_queue,
                                  retention_period=Duration.seconds(platform.PUSH_DLQ_RETENTION_S), **encrypted)
         acknowledge(dead_letters, "AwsSolutions-SQS3",
@@ -98,14 +98,6 @@ class Push(Construct):
         # grants receive, delete and change visibility on the queue, and kms:Decrypt on its key
         function.function.add_event_source(sources.SqsEventSource(
             queue, batch_size=platform.PUSH_BATCH_SIZE, report_batch_item_failures=True))
-        # poison messages go to the dead-letter queue with their reason (mlops.push.DeadLetters)
-        sends = [(["sqs:SendMessage"], dead_letters.queue_arn)]
-        if topic is not None:
-            sends.append((["sns:Publish"], topic.topic_arn))
-        for actions, resource in sends:
-            function.role.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=[resource]))
-        function.role.add_to_principal_policy(iam.PolicyStatement(actions=list(KMS_SEND),
-                                                                  resources=[storage.key.key_arn]))
         CfnOutput(scope, "QueueUrl", value=queue.queue_url,
                   description=f"send {spec.model}'s prediction requests here (docs/push.md)")
         self.queues[spec.model], self.dead_letter_queues[spec.model] = queue, dead_letters

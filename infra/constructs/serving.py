@@ -1,10 +1,17 @@
 """Serving: one infer function per declared model, the Firehose stream that captures every prediction and
 feedback into the captures bucket, and the REST API in front of the models.
 
-The `live` alias of an infer function belongs to the platform, not to CloudFormation (DESIGN.md): register creates
-it on a model's first deployment and register and rollout move its weights. So this construct creates no alias and
-no Lambda permission for it: the API integrates with `<function arn>:live` by its ARN string, and register, which
-receives the API's execute-api ARN in API_SOURCE_ARN, lets API Gateway invoke the alias once it exists.
+An infer function's `live` alias belongs to the platform, not to CloudFormation (docs/architecture.md): register and
+rollout move its weights. CloudFormation only makes sure it exists, so that the API answers from the first deploy:
+for each model, a custom resource creates `live` on `$LATEST` when the function has no such alias yet (on Create
+only; an alias that exists is the platform's and is left as it is; on Update and Delete it does nothing, and the
+function's deletion removes its aliases), and an `AWS::Lambda::Permission` lets API Gateway, from this API's stage
+only, invoke `<function arn>:live`. Until a model version is registered, `$LATEST` answers 503 "no version deployed";
+register then moves `live` to published versions, and checks (and repairs) the permission with API_SOURCE_ARN.
+
+The stage logs every request. API Gateway writes those logs with the account's CloudWatch Logs role, a setting of
+the account and region (AWS::ApiGateway::Account): by default the stack creates a role and sets it, and retains
+both on delete, so that deleting one stage never leaves another stage's logging with a deleted role.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from aws_cdk import Aws, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesisfirehose as firehose
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from infra.constructs.function import Packaging, PlatformFunction
@@ -50,6 +59,11 @@ BAD_BODY_TEMPLATE = json.dumps({"error": "MalformedRequest", "message": "$contex
 # Routes of functions/infer/handler.py under /models/<model>: (path below it, HTTP method, has a body)
 MODEL_ROUTES: Final = (("", "GET", False), ("predict", "POST", True), ("feedback", "POST", True),
                        ("batch", "POST", True))  # and GET batch/{batch_id} (infra/constructs/batch.py)
+API_PRINCIPAL: Final = "apigateway.amazonaws.com"
+# The custom resource that creates a model's `live` alias at deploy time, if the platform has not yet
+LIVE_ALIAS_RESOURCE_TYPE: Final = "Custom::LiveAlias"
+# what CreateAlias answers when the alias exists: it is the platform's, and stays as the platform left it
+ALIAS_EXISTS: Final = "ResourceConflictException"
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,16 @@ class Serving(Construct):
         api_keys: ApiKeyPlan | None = None,
         throttle_rate_per_second: float = THROTTLE_RATE_PER_SECOND,
         throttle_burst: int = THROTTLE_BURST,
+        api_gateway_logging_role: bool = True,
+        reserved_concurrency: int | None = None,
     ) -> None:
         """`environment` holds a value for each resource variable of mlops.platform.INFER this construct does not
         create itself (the capture stream's name is added here). `throttle_*` is the stage-wide ceiling of every
-        method; `api_keys` also requires a usage plan's API key on every method."""
+        method; `api_keys` also requires a usage plan's API key on every method. `api_gateway_logging_role` creates
+        the account's API Gateway CloudWatch Logs role and sets it (AWS::ApiGateway::Account); without it, the
+        account must have one already (scripts/preflight.py checks it). `reserved_concurrency`: what each infer
+        function keeps of the account's Lambda concurrency, so that batch runs and the pipeline cannot take it (it is
+        each function's ceiling too); None reserves nothing (a new account cannot reserve any)."""
         super().__init__(scope, construct_id)
         if not models:
             raise ValueError("the project declares no model: there is nothing to serve")
@@ -118,14 +138,20 @@ class Serving(Construct):
                 key=storage.key,
                 log_retention=log_retention,
                 removal_policy=removal_policy,
-                reserved_concurrency=None,
+                reserved_concurrency=reserved_concurrency,
             )
             Tags.of(function).add(MODEL_TAG, model)
             self.functions[model] = function
         self.api_key: apigw.IApiKey | None = None
         self.usage_plan: apigw.UsagePlan | None = None
         self.api = self._api(project, log_retention, removal_policy, api_keys, throttle_rate_per_second,
-                             throttle_burst)
+                             throttle_burst, api_gateway_logging_role)
+        self.live_aliases: dict[str, cr.AwsCustomResource] = {}
+        self.live_permissions: dict[str, lambda_.CfnPermission] = {}
+        # the alias resources' provider (one function for all of them) logs here, kept as long as the stage's logs
+        alias_logs = logs.LogGroup(self, "LiveAliasLogs", retention=log_retention, removal_policy=removal_policy)
+        for model, function in self.functions.items():
+            self._live_alias(model, function, alias_logs)
 
     @property
     def stream_arn(self) -> str:
@@ -135,6 +161,44 @@ class Serving(Construct):
     def api_source_arn(self) -> str:
         """What API Gateway presents as the source of its invocations, for any method and path of the stage."""
         return self.api.arn_for_execute_api(stage=API_STAGE)
+
+    def _live_alias(self, model: str, function: PlatformFunction, log_group: logs.ILogGroup) -> None:
+        """`live` on `$LATEST` if the function has no `live` yet, and API Gateway's right to invoke it."""
+        fn = function.function
+        scope = Construct(self, f"{model}-live")
+        alias = cr.AwsCustomResource(
+            scope, "Alias",
+            resource_type=LIVE_ALIAS_RESOURCE_TYPE,
+            on_create=cr.AwsSdkCall(
+                service="Lambda", action="createAlias",
+                parameters={"FunctionName": fn.function_name, "Name": LIVE_ALIAS, "FunctionVersion": "$LATEST",
+                            "Description": "serverless-mlops: moved by register and rollout, never by CloudFormation"},
+                physical_resource_id=cr.PhysicalResourceId.of(f"{fn.function_name}:{LIVE_ALIAS}"),
+                ignore_error_codes_matching=ALIAS_EXISTS,
+            ),
+            # no on_update, no on_delete: a deploy never resets the traffic split, and deleting the function deletes
+            # its aliases
+            policy=cr.AwsCustomResourcePolicy.from_statements([
+                iam.PolicyStatement(actions=["lambda:CreateAlias"], resources=[fn.function_arn])]),
+            install_latest_aws_sdk=False,
+            log_group=log_group,
+        )
+        permission = lambda_.CfnPermission(
+            scope, "ApiInvokesLive",
+            action="lambda:InvokeFunction",
+            function_name=f"{fn.function_arn}:{LIVE_ALIAS}",
+            principal=API_PRINCIPAL,
+            source_arn=self.api_source_arn,
+        )
+        # a permission on an alias that does not exist yet fails
+        permission.node.add_dependency(alias)
+        # the provider is aws-cdk-lib's singleton function, shared by every model's alias resource
+        acknowledge(alias.grant_principal,  # type: ignore[arg-type]
+                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                    "AWSLambdaBasicExecutionRole]",
+                    "aws-cdk-lib's AwsCustomResource provider runs only at deploy time and this managed policy only "
+                    "lets it write its logs; what it may call is one lambda:CreateAlias per infer function")
+        self.live_aliases[model], self.live_permissions[model] = alias, permission
 
     def _capture_stream(self, storage: Storage, name: str, log_retention: logs.RetentionDays,
                         removal_policy: RemovalPolicy) -> firehose.CfnDeliveryStream:
@@ -187,14 +251,18 @@ class Serving(Construct):
         return stream
 
     def _api(self, project: str, log_retention: logs.RetentionDays, removal_policy: RemovalPolicy,
-             api_keys: ApiKeyPlan | None, rate: float, burst: int) -> apigw.RestApi:
+             api_keys: ApiKeyPlan | None, rate: float, burst: int, logging_role: bool) -> apigw.RestApi:
         access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=log_retention, removal_policy=removal_policy)
         api = apigw.RestApi(
             self, "Api",
             rest_api_name=f"{Stack.of(self).stack_name}-api",
             description=f"serverless-mlops ({project}): predict, feedback and describe each declared model",
             endpoint_types=[apigw.EndpointType.REGIONAL],
-            cloud_watch_role=False,
+            # A stage with access logging fails to deploy while the account has no CloudWatch Logs role. The role is
+            # account- and region-wide: kept when a stage is deleted (AWS keeps using the role the setting names,
+            # and another stage may have set this one), replaced by whichever stage deploys last.
+            cloud_watch_role=logging_role,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN if logging_role else None,
             default_method_options=apigw.MethodOptions(authorization_type=apigw.AuthorizationType.IAM,
                                                        api_key_required=api_keys is not None),
             deploy_options=apigw.StageOptions(
@@ -253,9 +321,13 @@ class Serving(Construct):
                     "every method needs a SigV4-signed request (AWS_IAM) and the stage is throttled; a WAF web ACL "
                     "(a fixed monthly cost) is for when the API is opened beyond IAM principals")
         acknowledge(api, "AwsSolutions-APIG6",
-                    "each request is recorded in the stage's access log group; execution logging needs the "
-                    "account-wide API Gateway CloudWatch role (AWS::ApiGateway::Account), an account setting this "
-                    "stack does not own")
+                    "each request is recorded in the stage's access log group; execution logs (every request's "
+                    "integration details, bodies included) would also record the features clients send")
+        if logging_role:
+            acknowledge(api, "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                             "AmazonAPIGatewayPushToCloudWatchLogs]",
+                        "the account's API Gateway logging role uses the managed policy AWS documents for it; API "
+                        "Gateway names its log groups itself, so the role cannot be scoped to this stack's")
         acknowledge(api, "AwsSolutions-COG4",
                     "the API authorizes with AWS_IAM (SigV4), not with a Cognito user pool: its callers are AWS "
                     "principals (CI, services, the mlops CLI)")

@@ -2,11 +2,15 @@
 
 The API route (``POST /models/<name>/batch``, the infer function) and ``mlops batch`` both call :func:`start`;
 the run itself is the batch state machine (``infra/batch.asl.json``), whose steps are in ``mlops.batch_run``.
-This module stays light (pydantic and the registry only): the infer function imports it on its cold-start path.
+This module stays light (pydantic, the configuration and the registry): the infer function imports it on its
+cold-start path.
 
-Where things go, for a run with output prefix ``O`` (an ``s3://bucket/prefix/``):
-``O<relative name>``, one output object per input object; ``Omanifest.json``, the manifest; and the run's working
-files under ``O_batch/<batch_id>/`` (the object list the Distributed Map reads, one report per object).
+The caller holds no S3 permission of its own, the batch function does: so a run reads only where its model may read,
+``s3://<data bucket>/batch/<model>/`` or a prefix the model declares in mlops.toml (``batch_inputs``), and anything
+else is refused (403) before a run starts. It writes only where the platform chooses, a prefix of its own,
+``O = s3://<data bucket>/batch-runs/<model>/<batch_id>/``: ``O<relative name>``, one output object per input object;
+``Omanifest.json``, the manifest; and its working files under ``O_batch/`` (the object list the Distributed Map reads,
+one report per object, the map's results). Every object of a run is written create-only: nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mlops.access import BATCH_PREFIX, RUNS_PREFIX
+from mlops.config import ModelConfig, ProjectConfig
+from mlops.errors import UnknownModel
 from mlops.registry import CHAMPION, Registry
-from mlops.serving import InvalidInput, MalformedRequest, ModelNotFound, NoModelDeployed, ServingError
+from mlops.serving import InvalidInput, MalformedRequest, ModelNotFound, NoModelDeployed, ServingError, shown
 
 MANIFEST = "manifest.json"
-WORK_PREFIX = "_batch/"  # under the output prefix; Hadoop's convention: a leading underscore is not data
-OUTPUT_SUFFIX = "-predictions"  # the default output: a sibling of the input prefix, <input>-predictions/<batch_id>/
+WORK_PREFIX = "_batch/"  # under the run's prefix; Hadoop's convention: a leading underscore is not data
+MAP_RESULTS = "map/"  # under the work prefix: where the Distributed Map's ResultWriter writes
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")  # what an execution name allows, and no more
 
 
@@ -32,14 +39,25 @@ class BatchUnavailable(ServingError):
     status = 503
 
 
+class BatchInputForbidden(ServingError):
+    """The input is not under a prefix the model's runs may read."""
+
+    status = 403
+
+
 class BatchRequest(BaseModel):
     """The body of ``POST /models/<name>/batch`` (and the arguments of ``mlops batch``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    input: str = Field(description="s3://bucket/prefix/: every CSV and Parquet object under it is scored")
-    output: str | None = Field(default=None, description="s3://bucket/prefix/ (default: <input>-predictions/<id>/)")
-    version: int | None = Field(default=None, ge=1, description="the model version (default: the champion)")
+    # s3:// + a bucket name (63) + / + a key (1024): anything longer names no S3 prefix
+    input: str = Field(max_length=1100,
+                       description="s3://bucket/prefix/ under s3://<data bucket>/batch/<name>/ or a prefix the model "
+                                   "declares (batch_inputs): every CSV and Parquet object under it is scored")
+    # no longer chosen by the caller: recognised only to refuse it in words (plan_run)
+    output: Any = Field(default=None, exclude=True)
+    # bounded: the version is part of a DynamoDB key, which AWS limits to 1024 bytes (a longer one would be a 500)
+    version: int | None = Field(default=None, ge=1, le=10**9, description="the model version (default: the champion)")
 
 
 class BatchSpec(BaseModel):
@@ -54,7 +72,7 @@ class BatchSpec(BaseModel):
     started_at: str
 
     def work_uri(self, name: str) -> str:
-        return f"{self.output}{WORK_PREFIX}{self.batch_id}/{name}"
+        return f"{self.output}{WORK_PREFIX}{name}"
 
 
 class BatchObject(BaseModel):
@@ -101,10 +119,10 @@ class BatchEvent(BaseModel):
 def split_prefix(uri: str, field: str) -> tuple[str, str]:
     """(bucket, key prefix) of an ``s3://bucket/prefix/`` URI; the prefix ends with ``/`` or is empty."""
     if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
-        raise InvalidInput(f"{field}: expected s3://bucket/prefix/, got {uri!r}", field)
+        raise InvalidInput(f"{field}: expected s3://bucket/prefix/, got {shown(uri)}", field)
     bucket, _, prefix = uri[5:].partition("/")
     if prefix and not prefix.endswith("/"):
-        raise InvalidInput(f"{field}: {uri!r} is not a prefix; end it with '/' (every object under it is read "
+        raise InvalidInput(f"{field}: {shown(uri)} is not a prefix; end it with '/' (every object under it is read "
                            "or written), e.g. s3://bucket/batch/in/", field)
     return bucket, prefix
 
@@ -124,10 +142,30 @@ def new_batch_id(model: str, now: datetime) -> str:
     return f"{model}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def plan_run(model: str, body: Any, registry: Registry, now: datetime | None = None) -> tuple[BatchSpec, bool]:
-    """The run a request asks for, checked: (spec, whether the output prefix was defaulted)."""
+def input_prefixes(config: ModelConfig, data_bucket: str) -> list[str]:
+    """Where a model's runs may read: its own folder under batch/ in the data bucket, and what it declares."""
+    return [f"s3://{data_bucket}/{BATCH_PREFIX}{config.name}/", *config.batch_inputs]
+
+
+def runs_prefix(model: str, data_bucket: str) -> str:
+    return f"s3://{data_bucket}/{RUNS_PREFIX}{model}/"
+
+
+def plan_run(config: ModelConfig, body: Any, registry: Registry, *, data_bucket: str,
+             now: datetime | None = None) -> BatchSpec:
+    """The run a request asks for, checked before anything starts: where it reads, which version, where it writes."""
+    model = config.name
     request = _parse(body)
-    in_bucket, in_prefix = split_prefix(request.input, "input")
+    if "output" in request.model_fields_set:
+        raise InvalidInput(f"output: runs of {model} write their predictions and manifest where the platform chooses, "
+                           f"a prefix of their own under {runs_prefix(model, data_bucket)} (the answer's `output`); "
+                           "remove `output` from the request", "output")
+    split_prefix(request.input, "input")
+    allowed = input_prefixes(config, data_bucket)
+    if not any(request.input.startswith(prefix) for prefix in allowed):
+        raise BatchInputForbidden(f"input: runs of {model} may not read {shown(request.input)}; they read under "
+                                  f"{' or '.join(allowed)}. Put the objects there, or declare their prefix for "
+                                  f"{model} in mlops.toml (batch_inputs) and deploy", "input")
     if request.version is None:
         version = registry.aliases(model).get(CHAMPION)
         if version is None:
@@ -139,21 +177,10 @@ def plan_run(model: str, body: Any, registry: Registry, now: datetime | None = N
             raise ModelNotFound(f"{model} has no version {version} (registered versions: {known})", "version")
     now = now or datetime.now(UTC)
     batch_id = new_batch_id(model, now)
-    if request.output is None:
-        if not in_prefix:
-            raise InvalidInput("output: the input is a whole bucket, so there is no sibling prefix to default to; "
-                               "give an output prefix in another bucket", "output")
-        output = f"s3://{in_bucket}/{in_prefix.rstrip('/')}{OUTPUT_SUFFIX}/{batch_id}/"
-    else:
-        out_bucket, out_prefix = split_prefix(request.output, "output")
-        if out_bucket == in_bucket and (out_prefix.startswith(in_prefix) or in_prefix.startswith(out_prefix)):
-            raise InvalidInput(f"output: {request.output} overlaps the input prefix {request.input} (one is inside "
-                               "the other); predictions would be read as input by a later run. Choose a prefix "
-                               "beside it", "output")
-        output = f"s3://{out_bucket}/{out_prefix}"
-    spec = BatchSpec(batch_id=batch_id, model=model, model_version=version, input=request.input, output=output,
+    # a prefix no other run shares, which no run reads inputs from
+    output = f"{runs_prefix(model, data_bucket)}{batch_id}/"
+    return BatchSpec(batch_id=batch_id, model=model, model_version=version, input=request.input, output=output,
                      manifest=output + MANIFEST, started_at=now.isoformat(timespec="milliseconds"))
-    return spec, request.output is None
 
 
 def _machine(model: str, served: str | None, state_machine_arn: str | None) -> str:
@@ -166,19 +193,26 @@ def _machine(model: str, served: str | None, state_machine_arn: str | None) -> s
 
 
 def start(model: str, body: Any, *, registry: Registry, sfn: Any, state_machine_arn: str | None,
-          served: str | None = None) -> dict[str, Any]:
+          config: ProjectConfig, data_bucket: str | None, served: str | None = None) -> dict[str, Any]:
     """Start a batch run of ``model``: the answer of ``POST /models/<name>/batch`` (202). ``served``: the model of
-    the infer function answering, when the caller is one."""
+    the infer function answering, when the caller is one; ``data_bucket``: where runs read and write."""
     state_machine_arn = _machine(model, served, state_machine_arn)
-    spec, defaulted = plan_run(model, body, registry)
+    if not data_bucket:
+        raise BatchUnavailable("batch runs are not deployed here (no DATA_BUCKET: where runs read and write); "
+                               "deploy the stack with its batch state machine", None)
+    try:
+        declared = config.model(model)
+    except UnknownModel as exc:
+        raise ModelNotFound(str(exc), "name") from exc
+    spec = plan_run(declared, body, registry, data_bucket=data_bucket)
     # where the Distributed Map's ResultWriter puts the child executions' outputs, beside the object list; read
     # from the execution's input ($$.Execution.Input) because moto evaluates ResultWriter paths against the results
-    results_bucket, results_prefix = spec.work_uri("map/")[5:].split("/", 1)
+    results_bucket, results_prefix = spec.work_uri(MAP_RESULTS)[5:].split("/", 1)
     execution = sfn.start_execution(stateMachineArn=state_machine_arn, name=spec.batch_id, input=json.dumps({
         "batch": spec.model_dump(), "results": {"bucket": results_bucket, "prefix": results_prefix}}))
     return {"batch_id": spec.batch_id, "execution_arn": execution["executionArn"], "model": model,
             "model_version": spec.model_version, "input": spec.input, "output": spec.output,
-            "output_defaulted": defaulted, "manifest": spec.manifest, "status": "running"}
+            "manifest": spec.manifest, "status": "running"}
 
 
 def execution_arn(state_machine_arn: str, batch_id: str) -> str:
@@ -194,7 +228,7 @@ def status(model: str, batch_id: str, *, sfn: Any, state_machine_arn: str | None
     """``GET /models/<name>/batch/<batch_id>``: running | succeeded | failed, and the manifest's summary when done."""
     state_machine_arn = _machine(model, served, state_machine_arn)
     if not _BATCH_ID.match(batch_id):
-        raise InvalidInput(f"batch_id: {batch_id!r} is not a batch id (letters, digits, - and _)", "batch_id")
+        raise InvalidInput(f"batch_id: {shown(batch_id)} is not a batch id (letters, digits, - and _)", "batch_id")
     arn = execution_arn(state_machine_arn, batch_id)
     try:
         execution = sfn.describe_execution(executionArn=arn)

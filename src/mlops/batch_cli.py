@@ -1,10 +1,12 @@
 """``mlops batch``: start a batch run (the same core as ``POST /models/<name>/batch``), and with ``--wait`` follow
 it to its manifest.
 
-    mlops batch <name> s3://bucket/prefix/ [--output s3://bucket/prefix/] [--version N] [--wait] [--json]
+    mlops batch <name> s3://bucket/prefix/ [--version N] [--wait] [--json]
 
-Against AWS (the stack's `Environment` output exported: REGISTRY_TABLE, BATCH_STATE_MACHINE_ARN) or, with
-AWS_ENDPOINT_URL, the local cloud (names derived from the project, as ``mlops models`` does).
+The input is under s3://<data bucket>/batch/<name>/ or a prefix the model declares (batch_inputs); the run writes
+under a prefix the platform chooses for it (docs/batch.md). Against AWS (the stack's `Environment` output exported:
+REGISTRY_TABLE, DATA_BUCKET, BATCH_STATE_MACHINE_ARN) or, with AWS_ENDPOINT_URL, the local cloud (names derived
+from the project, as ``mlops models`` does).
 
 Exit codes: 0 started (without --wait), or done with every row scored; 1 done, but some rows or objects failed (the
 manifest says which and why); 2 bad input or configuration (one message, nothing started); 3 the run itself failed
@@ -27,13 +29,13 @@ EXIT_ROWS_FAILED, EXIT_RUN_FAILED, EXIT_NOTHING_SCORED = 1, 3, 4
 def add_batch_command(sub: Any) -> None:
     batch = sub.add_parser(
         "batch", help="score every CSV and Parquet object under an S3 prefix with a model (a batch run)",
-        description="Starts the batch state machine; predictions go next to the input rows under the output prefix, "
-                    "with a manifest (docs/batch.md). Exit codes: 0 all rows scored (or started, without --wait), "
-                    "1 some rows or objects failed, 2 bad input, 3 the run failed, 4 nothing to score.")
+        description="Starts the batch state machine; predictions go next to the input rows, with a manifest, under "
+                    "s3://<data bucket>/batch-runs/<name>/<batch id>/ (docs/batch.md). Exit codes: 0 all rows scored "
+                    "(or started, without --wait), 1 some rows or objects failed, 2 bad input, 3 the run failed, "
+                    "4 nothing to score.")
     batch.add_argument("name", help="the model's name (as declared in mlops.toml)")
-    batch.add_argument("input", help="s3://bucket/prefix/: every CSV and Parquet object under it is scored")
-    batch.add_argument("--output", help="s3://bucket/prefix/ for the predictions and the manifest "
-                                        "(default: a sibling of the input, <input>-predictions/<batch id>/)")
+    batch.add_argument("input", help="s3://bucket/prefix/ under s3://<data bucket>/batch/<name>/ or a prefix the model "
+                                     "declares (batch_inputs): every CSV and Parquet object under it is scored")
     batch.add_argument("--version", type=int, help="the model version (default: the champion)")
     batch.add_argument("--wait", action="store_true", help="follow the run and end with its manifest's summary")
     batch.add_argument("--json", action="store_true", help="print the run (and its summary) as one JSON object")
@@ -113,14 +115,14 @@ def run_batch(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else load_config()
     config.model(args.name)
     table = os.environ.get(settings.REGISTRY_TABLE) or platform.resource_names(config.project)["registry"]
+    data_bucket = os.environ.get(settings.DATA_BUCKET) or platform.resource_names(config.project)["data"]
     machine = _state_machine_arn(config.project)
-    body = {"input": args.input, **({"output": args.output} if args.output else {}),
-            **({"version": args.version} if args.version is not None else {})}
+    body = {"input": args.input, **({"version": args.version} if args.version is not None else {})}
     sfn = aws.client("stepfunctions")
     started = batch.start(args.name, body, registry=Registry(aws.client("dynamodb"), table), sfn=sfn,
-                          state_machine_arn=machine)
+                          state_machine_arn=machine, config=config, data_bucket=data_bucket)
     _say(f"started batch {started['batch_id']}: {args.name} v{started['model_version']}, {started['input']} -> "
-         f"{started['output']}" + (" (the default output, beside the input)" if started["output_defaulted"] else ""))
+         f"{started['output']}")
     if not args.wait:
         print(json.dumps(started, indent=2) if args.json else
               f"batch {started['batch_id']} started; its manifest will be {started['manifest']}")

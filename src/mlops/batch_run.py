@@ -1,13 +1,18 @@
 """The steps of a batch run (the batch state machine, ``infra/batch.asl.json``), run by the batch function.
 
 plan      lists the objects under the input prefix: CSV and Parquet ones become the Distributed Map's items
-          (written as a JSON list its ItemReader reads), the others are recorded as skipped with the reason
+          (written as a JSON list its ItemReader reads), the others are recorded as skipped with the reason; and
+          says how many the map scores at once (its MaxConcurrencyPath): the model's batch_max_concurrency in the
+          function's own mlops.toml, the one the CDK app checked, not a number whoever starts a run could choose
 score     one object, chunk by chunk (``mlops.batch_io``): each row is validated against the served schema and
           scored exactly as the API does (``mlops.serving.validate_row`` and ``score``); a chunk that fails is
           read and scored again, up to ``ATTEMPTS`` times, then reported. Rows in = rows out + rows failed.
 finish    gathers the objects' reports into the manifest.
 
-Every report is an S3 object under the run's work prefix, so nothing large travels through Step Functions.
+Every report is an S3 object under the run's work prefix, so nothing large travels through Step Functions. Every
+object a run writes is created, never overwritten (conditional writes, ``ObjectStore`` ``create_only``): a step that
+runs again (the state machine's retries) finds its own report or manifest and answers with it; an output object that
+is already there with other content fails the object's step instead of replacing it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from mlops.batch import (
     split_prefix,
 )
 from mlops.batch_io import Chunk, CsvReader, CsvWriter, ParquetReader, ParquetWriter
+from mlops.config import ModelConfig, ProjectConfig, load_config
 from mlops.errors import MlopsError
 from mlops.registry import Registry
 from mlops.serving import FeatureSpec, InvalidInput, LoadedModel, ModelCache, NoModelDeployed, score, validate_row
@@ -44,6 +50,7 @@ ATTEMPTS = 3  # reads and scorings of one chunk before it is reported as failed
 CHUNK_ROWS = 10_000
 LISTED_FAILURES = 1000  # per object in the manifest; rows_failed always counts them all
 FORMATS: dict[str, Literal["csv", "parquet"]] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+CONTENT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 COMPRESSED = (".gz", ".zip", ".bz2", ".zst", ".xz", ".snappy")
 NO_ANSWER = "the model gives no finite answer for these values; they are far outside the range it was trained on"
 
@@ -59,7 +66,13 @@ def _store(uri: str, s3: Any) -> tuple[ObjectStore, str]:
 
 def _put_json(s3: Any, uri: str, value: Any) -> None:
     store, key = _store(uri, s3)
-    store.put_json(key, value)
+    store.put_json(key, value, create_only=True)
+
+
+def _earlier(s3: Any, uri: str) -> Any | None:
+    """What an earlier attempt of this step wrote at ``uri``, if it got that far."""
+    store, key = _store(uri, s3)
+    return store.get_json(key) if store.exists(key) else None
 
 
 def _get_json(s3: Any, uri: str) -> Any:
@@ -77,7 +90,7 @@ def skip_reason(key: str) -> str | None:
 
 
 # -- plan ----------------------------------------------------------------------------------------------------------
-def plan(spec: BatchSpec, s3: Any) -> dict[str, Any]:
+def plan(spec: BatchSpec, s3: Any, config: ModelConfig) -> dict[str, Any]:
     bucket, prefix = split_prefix(spec.input, "input")
     objects: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -97,13 +110,15 @@ def plan(spec: BatchSpec, s3: Any) -> dict[str, Any]:
         code = exc.response["Error"]["Code"]
         if code in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
             raise BatchInputError(f"cannot list {spec.input}: {code}. The batch function reads under s3://<data "
-                                  "bucket>/batch/ and in the buckets the stack grants it (docs/batch.md)") from exc
+                                  "bucket>/batch/ and under the prefixes models declare in mlops.toml (batch_inputs), "
+                                  "as last deployed (docs/batch.md)") from exc
         raise
     items = spec.work_uri("items.json")
     _put_json(s3, items, objects)
     _put_json(s3, spec.work_uri("plan.json"), {"objects": len(objects), "skipped": skipped})
     items_bucket, items_key = parse_s3_uri(items)
-    return {"items_bucket": items_bucket, "items_key": items_key, "objects": len(objects), "skipped": len(skipped)}
+    return {"items_bucket": items_bucket, "items_key": items_key, "objects": len(objects), "skipped": len(skipped),
+            "max_concurrency": config.batch_max_concurrency}
 
 
 # -- score ---------------------------------------------------------------------------------------------------------
@@ -273,6 +288,9 @@ def _open_reader(s3: Any, bucket: str, obj: BatchObject, chunk_rows: int) -> Csv
 def score_object(spec: BatchSpec, obj: BatchObject, *, s3: Any, registry: Registry, cache: ModelCache,
                  chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
     """Score one object and write its output object and its report; returns the report's counts."""
+    counts = ("index", "status", "rows_in", "rows_out", "rows_failed")
+    if (done := _earlier(s3, spec.work_uri(f"objects/{obj.index:06d}.json"))) is not None:
+        return {key: done[key] for key in counts}
     started = time.perf_counter()
     record = registry.version(spec.model, spec.model_version)
     if record is None:
@@ -292,7 +310,8 @@ def score_object(spec: BatchSpec, obj: BatchObject, *, s3: Any, registry: Regist
         if writer is not None:
             writer.close()
         if scorer.rows_out:
-            s3.upload_file(str(path), *parse_s3_uri(output))
+            store, key = _store(output, s3)
+            store.put_file(key, path, content_type=CONTENT_TYPES[obj.format], create_only=True)
     if scorer.problem is not None:
         scorer.failures.append({"row": None, "field": scorer.problem[0], "message": scorer.problem[1]})
     features = {s.name for s in loaded.schema}
@@ -307,11 +326,13 @@ def score_object(spec: BatchSpec, obj: BatchObject, *, s3: Any, registry: Regist
     }
     _put_json(s3, spec.work_uri(f"objects/{obj.index:06d}.json"), report)
     assert scorer.rows_in == scorer.rows_out + scorer.rows_failed
-    return {key: report[key] for key in ("index", "status", "rows_in", "rows_out", "rows_failed")}
+    return {key: report[key] for key in counts}
 
 
 def object_failed(spec: BatchSpec, obj: BatchObject, error: dict[str, Any], s3: Any) -> dict[str, Any]:
     """The score step failed for good (its function crashed or timed out): the object is reported, unread."""
+    if (done := _earlier(s3, spec.work_uri(f"objects/{obj.index:06d}.json"))) is not None:
+        return {"index": obj.index, "status": done["status"]}  # it was reported after all: that report stands
     in_bucket, _ = split_prefix(spec.input, "input")
     cause = str(error.get("Cause") or "")
     with contextlib.suppress(ValueError, AttributeError):  # a Lambda error's cause is JSON with its message
@@ -334,6 +355,8 @@ SUMMARY_KEYS = ("batch_id", "model", "model_version", "input", "output", "manife
 
 def finish(spec: BatchSpec, s3: Any, now: datetime | None = None) -> dict[str, Any]:
     """Write the manifest; returns its summary (the execution's output: no per-row detail)."""
+    if (written := _earlier(s3, spec.manifest)) is not None:
+        return {key: written[key] for key in SUMMARY_KEYS}
     planned = _get_json(s3, spec.work_uri("plan.json"))
     store, prefix = _store(spec.work_uri("objects/"), s3)
     reports = sorted((store.get_json(key) for key in store.keys(prefix)), key=lambda r: r["index"])
@@ -360,7 +383,7 @@ def finish(spec: BatchSpec, s3: Any, now: datetime | None = None) -> dict[str, A
         **spec.model_dump(), "status": status, **totals, "objects_total": len(reports), "objects_failed": failed,
         "objects_skipped": len(planned["skipped"]), "finished_at": now.isoformat(timespec="milliseconds"),
         "seconds": round((now - started).total_seconds(), 3),
-        "work_prefix": spec.output + WORK_PREFIX + spec.batch_id + "/", "objects": reports,
+        "work_prefix": spec.output + WORK_PREFIX, "objects": reports,
         "skipped": planned["skipped"],
     }
     if not reports:
@@ -371,10 +394,11 @@ def finish(spec: BatchSpec, s3: Any, now: datetime | None = None) -> dict[str, A
 
 
 def run_step(step: PlanStep | ScoreStep | ObjectFailedStep | FinishStep, *, s3: Any, registry: Registry,
-             cache: ModelCache, chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
-    """The batch function's one entry: the step the state machine asks for."""
+             cache: ModelCache, chunk_rows: int = CHUNK_ROWS, config: ProjectConfig | None = None) -> dict[str, Any]:
+    """The batch function's one entry: the step the state machine asks for. ``config``: the project's, by default
+    the mlops.toml deployed with the function."""
     if isinstance(step, PlanStep):
-        return plan(step.batch, s3)
+        return plan(step.batch, s3, (config or load_config()).model(step.batch.model))
     if isinstance(step, ScoreStep):
         return score_object(step.batch, step.object, s3=s3, registry=registry, cache=cache, chunk_rows=chunk_rows)
     if isinstance(step, ObjectFailedStep):

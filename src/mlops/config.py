@@ -7,6 +7,7 @@ so a model's name, target and thresholds cannot differ between them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,12 @@ CONFIG_FILE = "mlops.toml"
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS = ("r2", "neg_rmse", "neg_mae")
+# A receive that Lambda's poller makes while the function is throttled counts towards the queue's maxReceiveCount: AWS
+# advises at least 5 on a queue that is a Lambda event source, or messages that never failed reach the dead-letter queue
+PUSH_MIN_RECEIVES = 5
+# A Step Functions execution times out after a year, Catch or not: a rollout execution's waits take at most half of that
+# (mlops.rollout hands over to a new execution sooner), so one wait may not be longer
+ROLLOUT_MAX_INTERVAL_SECONDS = 365 * 24 * 3600 // 2
 
 
 class Task(StrEnum):
@@ -109,6 +116,16 @@ class FeatureStoreConfig(BaseModel):
         return self
 
 
+# batch runs: a run scores this many objects at once unless the model says otherwise (it fits the 10 concurrent
+# executions of a new account, with room left: docs/batch.md); AWS runs at most 10,000 child executions of a
+# Distributed Map at once
+BATCH_MAX_CONCURRENCY = 5
+DISTRIBUTED_MAP_MAX_CONCURRENCY = 10_000
+# s3://bucket/prefix/: an S3 bucket name, then one or more non-empty key segments ending with /, without what IAM
+# would read in a resource ARN (the wildcards * and ?, ${...} policy variables)
+_S3_FOLDER = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[^/*?$]+/)+)$")
+
+
 class ModelConfig(BaseModel):
     """One model: what it predicts, how it is trained and when a candidate is good enough."""
 
@@ -117,7 +134,8 @@ class ModelConfig(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
     target: str = Field(min_length=1)
     task: Task = Task.BINARY
-    family: str = "logistic_regression"
+    # absent: the task's default (mlops.families.DEFAULT_FAMILIES), so that a regression model needs no family
+    family: str
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 42
     test_size: float = Field(default=0.2, gt=0.0, lt=0.9)
@@ -160,13 +178,38 @@ class ModelConfig(BaseModel):
     sagemaker_max_runtime_seconds: int = Field(default=3600, ge=60, le=432000)
     sagemaker_volume_size_gb: int = Field(default=30, ge=1, le=16384)
     # push mode (mlops.push): the model's queue moves a message that failed this many receives to its dead-letter
-    # queue, and the answers go to the model's SNS topic or, as JSON lines, under predictions/<model>/ in the data
-    # bucket
-    push_max_receives: int = Field(default=3, ge=1, le=1000)
+    # queue (at least PUSH_MIN_RECEIVES, see _push_receives), and the answers go to the model's SNS topic or, as JSON
+    # lines, under predictions/<model>/ in the data bucket
+    push_max_receives: int = Field(default=PUSH_MIN_RECEIVES, le=1000)
     push_output: Literal["sns", "s3"] = "sns"
     # the model's inputs computed from curated data by declared definitions (see FeatureStoreConfig); absent: the
     # curated columns themselves are the inputs
     features: FeatureStoreConfig | None = None
+    # batch runs (mlops.batch): the prefixes outside s3://<data bucket>/batch/<name>/ its runs may also read, as
+    # s3://bucket/prefix/ URIs (see _batch_inputs), and how many objects one run scores at once (the Distributed Map's
+    # MaxConcurrency; the CDK app checks it against the stage's Lambda concurrency, docs/batch.md)
+    batch_inputs: tuple[str, ...] = ()
+    batch_max_concurrency: int = Field(default=BATCH_MAX_CONCURRENCY, ge=1, le=DISTRIBUTED_MAP_MAX_CONCURRENCY)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("family") is None:
+            from mlops.families import DEFAULT_FAMILIES
+
+            # an unknown task is reported by the task field: any family here keeps that the only error
+            task = data.get("task", Task.BINARY)
+            data = {**data, "family": DEFAULT_FAMILIES.get(task, DEFAULT_FAMILIES[Task.BINARY])}
+        return data
+
+    @model_validator(mode="after")
+    def _family_fits_task(self) -> ModelConfig:
+        from mlops.families import DEFAULT_FAMILIES, FAMILIES, families_for
+
+        if not FAMILIES[self.family].supports(self.task):
+            raise ValueError(f"family {self.family!r} cannot be trained for a {self.task} model; use one of "
+                             f"{families_for(self.task)}, or leave family out to get {DEFAULT_FAMILIES[self.task]}")
+        return self
 
     @field_validator("family")
     @classmethod
@@ -176,6 +219,60 @@ class ModelConfig(BaseModel):
         if value not in FAMILIES:
             raise ValueError(f"unknown model family {value!r}; choose one of {sorted(FAMILIES)}")
         return value
+
+    @field_validator("batch_inputs")
+    @classmethod
+    def _batch_inputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Each declared prefix becomes an IAM grant of the batch function (mlops.access.batch_access): it names a
+        folder of one bucket, literally, and nothing the platform keeps in its own buckets."""
+        from mlops.access import reserved_prefixes
+
+        reserved = reserved_prefixes()
+        for uri in value:
+            match = _S3_FOLDER.match(uri)
+            segments = match.group(2).split("/")[:-1] if match else []
+            if not match or {".", ".."} & set(segments):
+                raise ValueError(
+                    f"{uri!r} is not an s3://bucket/prefix/ URI of a folder: give the bucket, then a key prefix "
+                    "ending with '/' (e.g. s3://partner-exports/scoring/). A whole bucket, '*', '?' and '$' (IAM "
+                    "wildcards and variables), empty, '.' and '..' segments are refused: the prefix is granted to the "
+                    "batch function as written")
+            if (first := f"{segments[0]}/") in reserved:
+                raise ValueError(
+                    f"{uri} starts with {first}, a prefix the platform keeps in its own buckets "
+                    f"({', '.join(reserved)}); CloudFormation names those buckets, so the key is what is checked, in "
+                    "any bucket. A model's runs always read s3://<data bucket>/batch/<name>/; for data elsewhere, "
+                    "declare another prefix")
+        if duplicated := sorted({uri for uri in value if value.count(uri) > 1}):
+            raise ValueError(f"declared twice: {duplicated}")
+        return value
+
+    @field_validator("push_max_receives")
+    @classmethod
+    def _push_receives(cls, value: int) -> int:
+        if value < PUSH_MIN_RECEIVES:
+            raise ValueError(
+                f"push_max_receives = {value} is too low: set it to at least {PUSH_MIN_RECEIVES} (the default). "
+                "Lambda's poller receives a push queue's messages even while the push function is throttled, and those "
+                "receives count like failed ones, so a smaller value moves messages that never failed to the "
+                f"dead-letter queue (AWS advises at least {PUSH_MIN_RECEIVES} for a queue a Lambda function consumes)")
+        return value
+
+    @model_validator(mode="after")
+    def _rollout_can_decide(self) -> ModelConfig:
+        interval, longest = self.rollout_interval_seconds, self.rollout_max_hours * 3600
+        if interval > longest:
+            raise ValueError(
+                f"rollout_interval_seconds = {interval} is longer than rollout_max_hours = {self.rollout_max_hours} "
+                f"({longest:.0f} s): the rollout would get one look at the feedback, already past its maximum "
+                "duration, and roll the challenger back unless that look decides; lower rollout_interval_seconds or "
+                "raise rollout_max_hours")
+        if interval > ROLLOUT_MAX_INTERVAL_SECONDS:
+            raise ValueError(
+                f"rollout_interval_seconds = {interval} is longer than {ROLLOUT_MAX_INTERVAL_SECONDS} s (half a "
+                "year): a Step Functions execution times out after a year, and each of the rollout's executions waits "
+                "at least once")
+        return self
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> ModelConfig:

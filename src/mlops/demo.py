@@ -21,6 +21,7 @@ from typing import Any
 from mlops.ab_status import ab_status, render_html, render_table
 from mlops.config import load_config
 from mlops.deploy import ServingDeployer
+from mlops.errors import MlopsError
 from mlops.storage import parse_s3_uri
 
 
@@ -163,9 +164,21 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
                 "canary": canary, "drift": drift, "batch": batch, "features": features}
 
 
+class ApiAnswerError(MlopsError):
+    """The API answered one of the demo's requests with an error: the demo stops and says so in one sentence."""
+
+    def __init__(self, method: str, path: str, status: int, answer: Any) -> None:
+        said = answer.get("message") if isinstance(answer, dict) else None
+        super().__init__(f"{method} {path} answered {status}: {said or json.dumps(answer)[:300]}")
+        self.status = status
+
+
 def _invoke(cloud: Any, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    """The API's answer (its JSON body), routed to the model's `live` alias as API Gateway would."""
-    answer: dict[str, Any] = cloud.api(method, path, body)[1]
+    """The API's answer (its JSON body), routed to the model's `live` alias as API Gateway would; an error answer
+    raises ApiAnswerError, so that no step reads a prediction out of an error."""
+    status, answer = cloud.api(method, path, body)
+    if status >= 400 or not isinstance(answer, dict):
+        raise ApiAnswerError(method, path, status, answer)
     return answer
 
 
@@ -379,7 +392,12 @@ def demo_config(config_file: Path, workdir: Path) -> Path:
 
 
 def main(config_file: Path, out_dir: Path, verbose: bool = False) -> int:
-    result = run_demo(config_file=config_file, out_dir=out_dir, verbose=verbose)
+    try:
+        result = run_demo(config_file=config_file, out_dir=out_dir, verbose=verbose)
+    except (ApiAnswerError, MlopsError, TimeoutError) as exc:
+        # the story cannot go on: what the API or the cloud said is the reason, not a traceback
+        print(f"mlops demo: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0 if result.get("version") else 1
 
 

@@ -9,6 +9,7 @@ run time, and a rollback is one alias update.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from mlops.access import API_PRINCIPAL
 from mlops.errors import TransientError
+from mlops.lambda_policy import INVOKE, allows_invoke, statements_of
 
 LIVE_ALIAS = "live"
 
@@ -38,17 +41,32 @@ class Split:
 class ServingDeployer:
     def __init__(self, lambda_client: Any, api_source_arn: str | None = None) -> None:
         self.lam = lambda_client
-        # the API's execute-api ARN: the alias is created here at run time, so is API Gateway's right to call it
+        # the API's execute-api ARN (for any method and path of its stage): API Gateway's right to invoke the alias
+        # is checked, and repaired, against it
         self.api_source_arn = api_source_arn
 
-    def _allow_api(self, function: str) -> None:
+    def ensure_api_permission(self, function: str) -> bool:
+        """Let API Gateway invoke the function's `live` alias if its resource policy does not already (the stack
+        adds that permission at deploy time; a lost one is repaired here, by register and `models republish`).
+        True when a permission was added."""
         if not self.api_source_arn:
-            return
-        # granted by an earlier (or retried) deploy: nothing to add
+            return False
+        try:
+            policy = self.lam.get_policy(FunctionName=function, Qualifier=LIVE_ALIAS)
+        except self.lam.exceptions.ResourceNotFoundException:
+            policy = None  # no policy on the alias yet
+        alias_arn = self.lam.get_alias(FunctionName=function, Name=LIVE_ALIAS)["AliasArn"]
+        # a concrete invocation the API's pattern (…/<stage>/*/*) stands for
+        example = self.api_source_arn.replace("*", "x")
+        if allows_invoke(statements_of(policy), service=API_PRINCIPAL, function_arn=alias_arn, source_arn=example):
+            return False
+        # one statement id per API: a rebuilt API (new id) gets its own statement instead of a conflict
+        statement_id = f"apigateway-{hashlib.sha256(self.api_source_arn.encode()).hexdigest()[:16]}"
+        # added meanwhile by a concurrent or retried deploy: nothing more to do
         with contextlib.suppress(self.lam.exceptions.ResourceConflictException):
-            self.lam.add_permission(FunctionName=function, Qualifier=LIVE_ALIAS, StatementId="apigateway-invoke-live",
-                                    Action="lambda:InvokeFunction", Principal="apigateway.amazonaws.com",
-                                    SourceArn=self.api_source_arn)
+            self.lam.add_permission(FunctionName=function, Qualifier=LIVE_ALIAS, StatementId=statement_id,
+                                    Action=INVOKE, Principal=API_PRINCIPAL, SourceArn=self.api_source_arn)
+        return True
 
     def _wait_updated(self, function: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -77,6 +95,8 @@ class ServingDeployer:
             alias = self.lam.get_alias(FunctionName=function, Name=LIVE_ALIAS)
         except self.lam.exceptions.ResourceNotFoundException:
             return Split(None, None, 0.0)
+        if alias["FunctionVersion"] == "$LATEST":
+            return Split(None, None, 0.0)  # where the deploy put it: no model version deployed yet
         weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
         if weights:
             [(challenger, weight)] = weights.items()
@@ -113,5 +133,6 @@ class ServingDeployer:
                     raise
                 self.lam.update_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=champion,
                                       RoutingConfig=routing)
-            self._allow_api(function)
+        # checked on every move: a register that died between the alias and its permission is repaired by the next
+        self.ensure_api_permission(function)
         return self.split(function)

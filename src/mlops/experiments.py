@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlops.config import Task
 from mlops.errors import ConfigError, FileRejected, InvalidDataset, MlopsError
-from mlops.families import FAMILIES, Family
+from mlops.families import FAMILIES, Family, default_family, families_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,11 +35,14 @@ MAX_BAD_ROW_FRACTION = 0.5
 @dataclass
 class LoadedDataset:
     path: Path
+    target: str
     sha256: str
     frame: pd.DataFrame
     contract: DataContract
     task: Task
     rows: dict[str, int]
+    # whether `task` was read off the target column rather than given: an error about it then says how
+    task_inferred: bool = False
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -47,14 +50,31 @@ def _say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
-def _family(name: str, task: Task) -> Family:
+def _task_rule(task: Task) -> str:
+    """How :func:`mlops.training.infer_task` reached ``task``, in words."""
+    from mlops.training import REGRESSION_DISTINCT_VALUES as most
+
+    return {
+        Task.REGRESSION: f"a numeric column with more than {most} distinct values",
+        Task.BINARY: "a column with two distinct values",
+        Task.MULTICLASS: f"a column with more than two distinct values, not numeric or at most {most} of them",
+    }[task]
+
+
+def _family(name: str, ds: LoadedDataset, *, default_hint: bool = False) -> Family:
     family = FAMILIES.get(name)
     if family is None:
         raise ConfigError(f"unknown model family {name!r}; choose one of {sorted(FAMILIES)}")
+    task = ds.task
     if not family.supports(task):
+        # A wrongly inferred task (class codes 0..30 read as a regression target) looks like a wrong family:
+        # say where the task came from, so the user knows which of the two to change.
+        why = (f" (inferred from {ds.target!r}, {_task_rule(task)}; give the task explicitly if that is wrong)"
+               if ds.task_inferred else "")
+        hint = f", or name no family to train {default_family(task).name}" if default_hint else ""
         raise ConfigError(
-            f"model family {name!r} cannot be trained for a {task.value} target; "
-            f"families for {task.value}: {sorted(n for n, f in FAMILIES.items() if f.supports(task))}"
+            f"model family {name!r} cannot be trained for a {task.value} target{why}; "
+            f"families for {task.value}: {families_for(task)}{hint}"
         )
     return family
 
@@ -98,7 +118,7 @@ def load_dataset(
         raise InvalidDataset(f"none of the {checked.rows_in} rows of {path.name} is valid")
     resolved = wanted or infer_task(good[target])
     _say(progress, f"{len(good)} rows, {len(contract.feature_columns)} features, task {resolved.value}")
-    return LoadedDataset(path, sha256_bytes(data), good, contract, resolved, rows)
+    return LoadedDataset(path, target, sha256_bytes(data), good, contract, resolved, rows, task_inferred=wanted is None)
 
 
 def _export_and_evaluate(
@@ -136,7 +156,7 @@ def run_training(
     data_path: Path,
     target: str,
     *,
-    family: str = "logistic_regression",
+    family: str | None = None,
     task: Task | str | None = None,
     params: Mapping[str, Any] | None = None,
     seed: int = 42,
@@ -146,7 +166,11 @@ def run_training(
     model_name: str | None = None,
 ) -> dict[str, Any]:
     """Train one model from a CSV; write ``model.onnx``, ``manifest.json``, ``contract.json`` and
-    ``baseline.json`` to ``out_dir`` when given. Returns a JSON-serialisable summary."""
+    ``baseline.json`` to ``out_dir`` when given. Returns a JSON-serialisable summary.
+
+    ``family`` None trains the task's default (:data:`mlops.families.DEFAULT_FAMILIES`), chosen once the
+    task is known; the summary's ``family_auto`` says so. A named family that cannot do the task is a
+    :class:`ConfigError`."""
     from mlops.baseline import build_baseline
     from mlops.manifest import build_manifest
     from mlops.training import prepare_and_split, train_split
@@ -154,22 +178,34 @@ def run_training(
     if not 0.0 < test_size < 0.9:
         raise ConfigError(f"test_size must be between 0 and 0.9, got {test_size}")
     ds = load_dataset(data_path, target, task, progress)
-    fam = _family(family, ds.task)
+    if family is None:
+        fam = default_family(ds.task)
+        _say(progress, f"family {fam.name}: the default for a {ds.task.value} target")
+    else:
+        fam = _family(family, ds, default_hint=True)
     train_df, test_df, dropped = prepare_and_split(
         ds.frame, ds.contract, target=target, task=ds.task, test_size=test_size, seed=seed
     )
     _say(progress, f"fitting {fam.name} on {len(train_df)} rows")
-    result = train_split(
-        train_df,
-        test_df,
-        ds.contract,
-        family=fam.name,
-        task=ds.task,
-        params=params,
-        seed=seed,
-        target=target,
-        dropped_rows=dropped,
-    )
+    try:
+        result = train_split(
+            train_df,
+            test_df,
+            ds.contract,
+            family=fam.name,
+            task=ds.task,
+            params=params,
+            seed=seed,
+            target=target,
+            dropped_rows=dropped,
+        )
+    except ConfigError as exc:
+        if family is None and params:
+            # params meant for one family (C for logistic_regression) reached the default of another task
+            raise ConfigError(
+                f"{exc}; {fam.name} is the default for a {ds.task.value} target: name the family these params are for"
+            ) from exc
+        raise
     out = _export_and_evaluate(result, ds.contract, ds.task, seed, progress)
     evaluation, parity, onnx_bytes = out["evaluation"], out["parity"], out["onnx_bytes"]
     rows = {**ds.rows, "train": len(result.train_df), "test": len(result.test_df), "unlabelled": dropped}
@@ -200,6 +236,7 @@ def run_training(
     )
     summary: dict[str, Any] = {
         "family": fam.name,
+        "family_auto": family is None,
         "task": ds.task.value,
         "target": target,
         "metrics": evaluation["metrics"],
@@ -268,7 +305,8 @@ def compare_families(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Train every family on the very same split; one entry per family, in the order asked (default:
-    every family that supports the task).
+    every family that supports the task). ``default_for_task`` marks the family :func:`run_training` trains when
+    none is named.
 
     ``params`` maps a family name to its hyperparameters (hyperparameters differ per family, so there is
     no flat form). A family that fails (parity, invalid params) gets an entry with ``error`` instead of
@@ -286,7 +324,8 @@ def compare_families(
         )
     ds = load_dataset(data_path, target, task, progress)
     names = list(families) if families else [n for n, f in FAMILIES.items() if f.supports(ds.task)]
-    chosen = [_family(n, ds.task) for n in names]
+    chosen = [_family(n, ds) for n in names]
+    default = default_family(ds.task).name
     train_df, test_df, dropped = prepare_and_split(
         ds.frame, ds.contract, target=target, task=ds.task, test_size=test_size, seed=seed
     )
@@ -307,12 +346,15 @@ def compare_families(
             )
             out = _export_and_evaluate(result, ds.contract, ds.task, seed, progress)
         except MlopsError as exc:
-            entries.append({"family": fam.name, "error": f"{type(exc).__name__}: {exc}"})
+            entries.append({"family": fam.name, "default_for_task": fam.name == default,
+                            "error": f"{type(exc).__name__}: {exc}"})
             continue
         evaluation = out["evaluation"]
         entries.append(
             {
                 "family": fam.name,
+                # what `run_training` trains when no family is named, so the comparison reads against it
+                "default_for_task": fam.name == default,
                 "task": ds.task.value,
                 "metrics": evaluation["metrics"],
                 "parity_max_abs_diff": out["parity"].max_abs_diff,

@@ -32,15 +32,13 @@ from mlops.drift import DriftResult, WindowDrift
 from mlops.drift_report import REPORTS_PREFIX, ReportStore, build_report
 from mlops.errors import IntegrityError, MlopsError, RegistryConflict
 from mlops.registry import CHAMPION, ModelVersion, Registry
-from mlops.rollout import CAPTURE_PREFIX
+from mlops.rollout import CAPTURE_PREFIX, DELIVERY_SLACK, LATE_DELIVERY, ReadObjects, list_captures
 from mlops.step_errors import is_transient
 from mlops.storage import ObjectStore, parse_s3_uri
 
 CHUNK = 5_000  # capture records per accumulator update
 MAX_PENDING = 200_000  # predictions waiting for their feedback (oldest dropped first)
 MAX_LABELLED = 100_000  # labelled rows kept from one window
-# Firehose names objects by arrival, up to its buffering interval after the record's own time
-DELIVERY_SLACK = timedelta(minutes=15)
 LABELLED_PREFIX = "labelled/"
 RETRAIN_HORIZON = timedelta(days=30)
 
@@ -88,9 +86,14 @@ class Notifier:
 
 
 # -- captures --------------------------------------------------------------------------------------------
+# Firehose keys an object by the arrival of its oldest record, so a window's records can sit in the hour partition
+# before it (a buffer holds up to 15 minutes) or after it (a record put late). It writes the object when its buffer
+# closes, and retries a write S3 refused for up to a day (mlops.rollout): an object can land after the check of the
+# window its records belong to. The next check that lists it counts those records, once: each check keeps in the
+# registry which objects it had (CaptureCoverage).
 def hour_prefixes(start: datetime, end: datetime) -> list[str]:
     """The Firehose hour partitions that can hold records timed in [start, end)."""
-    hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = (start - DELIVERY_SLACK).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     last = (end + DELIVERY_SLACK).astimezone(UTC)
     out = []
     while hour < last:
@@ -99,16 +102,49 @@ def hour_prefixes(start: datetime, end: datetime) -> list[str]:
     return out
 
 
-def capture_records(captures: ObjectStore, model: str, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
-    """The model's capture records timed in [start, end), one object at a time, line by line."""
-    lo, hi = iso(start), iso(end)
-    for prefix in hour_prefixes(start, end):
-        for key in captures.keys(prefix):
-            for record in captures.json_lines(key):
-                # capture times carry milliseconds and an offset; the first 19 characters compare as UTC
-                when = str(record.get("time", ""))[:19]
-                if record.get("model") == model and lo[:19] <= when < hi[:19]:
-                    yield record
+def key_range(start: datetime, end: datetime) -> tuple[str, str]:
+    """The capture keys of those partitions lie strictly between these two (a StartAfter and a bound)."""
+    prefixes = hour_prefixes(start, end)
+    return prefixes[0].rstrip("/"), prefixes[-1] + "\uffff"
+
+
+@dataclass(frozen=True)
+class CaptureCoverage:
+    """What one check had of the captures: the window its records counted for, the keys it listed (strictly between
+    ``after`` and ``before``) and which of those objects it had read (``read``, bounded by what landed within minutes
+    of the check, mlops.rollout.ReadObjects)."""
+
+    start: str
+    end: str
+    after: str
+    before: str
+    read: ReadObjects
+
+    def saw(self, key: str, modified: datetime) -> bool:
+        return self.after < key < self.before and self.read.has(key, modified)
+
+    def holds(self, when: str) -> bool:
+        """Whether a record timed ``when`` (its first 19 characters) belongs to this check's window."""
+        return self.start[:19] <= when < self.end[:19]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "after": self.after, "before": self.before,
+                **self.read.model_dump()}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> CaptureCoverage:
+        return cls(value["start"], value["end"], value["after"], value["before"], ReadObjects.model_validate(value))
+
+
+def earlier_coverage(registry: Registry, model: str, *, since: datetime, end: datetime) -> list[CaptureCoverage]:
+    """The coverage of every other check whose listing may meet one starting at ``since``. A window recorded
+    without one (by an older drift_check) takes no part: its records counted for it alone."""
+    out = []
+    for window in registry.drift_windows(model, after=iso(since - timedelta(hours=2))):
+        captured = window["details"].get("captures")
+        if captured and window["window_end"] != iso(end):
+            out.append(CaptureCoverage.from_dict(captured))
+    return out
 
 
 # -- baseline --------------------------------------------------------------------------------------------
@@ -133,21 +169,28 @@ class Window:
     labelled: list[dict[str, Any]]
     predictions: int
     feedback: int
+    late: int  # of those, records of windows checked before, in objects that landed after their check
+    coverage: CaptureCoverage
 
 
 def scan_window(captures: ObjectStore, model: str, champion: ModelVersion, baseline: dict[str, Any],
-                cfg: DriftConfig, *, start: datetime, end: datetime, classification: bool) -> Window:
+                cfg: DriftConfig, *, start: datetime, end: datetime, classification: bool,
+                earlier: list[CaptureCoverage] | None = None, at: datetime | None = None) -> Window:
+    """The window [start, end) of the model's captured traffic, with the records of ``earlier`` checks' windows
+    that landed after those checks; ``at``: when the listing starts (the wall clock)."""
+    at, earlier = at or datetime.now(UTC), earlier or []
     check = WindowDrift(baseline, cfg, classification=classification)
     target = baseline.get("target") or "target"
     names = check.feature_names
-    pending: OrderedDict[str, tuple[Any, Any, dict[str, Any]]] = OrderedDict()
+    # request id -> (version, prediction, features, whether it was read in an object no check had before)
+    pending: OrderedDict[str, tuple[Any, Any, dict[str, Any], bool]] = OrderedDict()
     labelled: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     champion_predictions: list[Any] = []
     joined_predictions: list[Any] = []
     joined_labels: list[Any] = []
-    window_start = iso(start)[:19]
-    predictions = feedback = 0
+    window_start, window_end = iso(start)[:19], iso(end)[:19]
+    predictions = feedback = late = 0
 
     def flush() -> None:
         if rows:
@@ -161,34 +204,61 @@ def scan_window(captures: ObjectStore, model: str, champion: ModelVersion, basel
             joined_predictions.clear()
             joined_labels.clear()
 
+    def checked_before(when: str) -> bool:
+        return any(c.holds(when) for c in earlier)
+
     lookback = start - timedelta(hours=cfg.feedback_lookback_hours)
-    for record in capture_records(captures, model, lookback, end):
-        in_window = str(record.get("time", ""))[:19] >= window_start
-        if record.get("type") == "prediction":
-            pending[record["request_id"]] = (record.get("model_version"), record.get("prediction"),
-                                             record.get("features") or {})
-            if len(pending) > MAX_PENDING:
-                pending.popitem(last=False)
-            if in_window:
-                predictions += 1
-                rows.append(record.get("features") or {})
-                if record.get("model_version") == champion.version:
-                    champion_predictions.append(record.get("prediction"))
-        elif record.get("type") == "feedback" and in_window and record.get("label") is not None:
-            joined = pending.pop(record.get("request_id", ""), None)
-            if joined is None:  # no prediction in the lookback, or its first feedback counted already
+    lookback_start = iso(lookback)[:19]
+    # predictions are joined from the lookback on; objects no check had are read a day back (Firehose's retries)
+    after, before = key_range(min(lookback, start - LATE_DELIVERY), end)
+    joinable = key_range(lookback, end)[0]
+    listed: list[tuple[str, datetime]] = []
+    for key, modified in list_captures(captures, after=after, before=before):
+        listed.append((key, modified))
+        new = not any(c.saw(key, modified) for c in earlier)
+        if not new and key < joinable:
+            continue
+        for record in captures.json_lines(key):
+            if record.get("model") != model:
                 continue
-            feedback += 1
-            version, prediction, features = joined
-            if version == champion.version:
-                joined_predictions.append(prediction)
-                joined_labels.append(record["label"])
-            if len(labelled) < MAX_LABELLED:
-                labelled.append({**features, target: record["label"]})
-        if len(rows) >= CHUNK or len(joined_labels) >= CHUNK:
-            flush()
+            # capture times carry milliseconds and an offset; the first 19 characters compare as UTC
+            when = str(record.get("time", ""))[:19]
+            in_window = window_start <= when < window_end
+            overdue = new and not in_window and checked_before(when)
+            if record.get("type") == "prediction":
+                if in_window or overdue or lookback_start <= when < window_end:
+                    pending[record["request_id"]] = (record.get("model_version"), record.get("prediction"),
+                                                     record.get("features") or {}, new)
+                    if len(pending) > MAX_PENDING:
+                        pending.popitem(last=False)
+                if in_window or overdue:
+                    predictions += 1
+                    late += overdue
+                    rows.append(record.get("features") or {})
+                    if record.get("model_version") == champion.version:
+                        champion_predictions.append(record.get("prediction"))
+            elif record.get("type") == "feedback" and record.get("label") is not None:
+                waiting = pending.get(record.get("request_id", ""))
+                # a feedback an earlier check read without its prediction, which landed only now, counts now
+                overdue = overdue or (not in_window and waiting is not None and waiting[3] and checked_before(when))
+                if not (in_window or overdue):
+                    continue
+                joined = pending.pop(record.get("request_id", ""), None)
+                if joined is None:  # no prediction in the lookback, or its first feedback counted already
+                    continue
+                feedback += 1
+                late += overdue
+                version, prediction, features, _new = joined
+                if version == champion.version:
+                    joined_predictions.append(prediction)
+                    joined_labels.append(record["label"])
+                if len(labelled) < MAX_LABELLED:
+                    labelled.append({**features, target: record["label"]})
+            if len(rows) >= CHUNK or len(joined_labels) >= CHUNK:
+                flush()
     flush()
-    return Window(check.result(champion.metrics.get("metrics")), labelled, predictions, feedback)
+    coverage = CaptureCoverage(iso(start), iso(end), after, before, ReadObjects.after(listed, at))
+    return Window(check.result(champion.metrics.get("metrics")), labelled, predictions, feedback, late, coverage)
 
 
 # -- retraining ------------------------------------------------------------------------------------------
@@ -219,9 +289,13 @@ def retrain_decision(windows: list[dict[str, Any]], *, last_request: str | None,
 
 
 def retraining_csv(model: str, *, data: ObjectStore, contract: dict[str, Any],
-                   since: str | None, captured: bool = True) -> tuple[bytes, int, int]:
+                   since: str | None, captured: bool = True) -> tuple[bytes, int, int, int]:
     """The newest curated rows plus (``captured``) the labelled captured rows since ``since`` (a window stamp), as
-    CSV text that ingest reads back exactly: (bytes, curated rows, captured rows)."""
+    CSV text that ingest reads back exactly: (bytes, curated rows, captured rows, duplicate rows left out).
+
+    Live traffic repeats inputs, so the captured rows repeat curated ones and each other: ingest would quarantine
+    every repeat as a duplicate row, and past ``max_bad_row_fraction`` of them reject the whole file, retraining
+    nothing. Each distinct row goes in once."""
     import pandas as pd
 
     from mlops.pipeline import newest_manifest
@@ -249,9 +323,28 @@ def retraining_csv(model: str, *, data: ObjectStore, contract: dict[str, Any],
             # booleans are curated as 0/1 floats; "1.0" is not a boolean spelling the contract accepts
             combined[name] = pd.to_numeric(combined[name], errors="coerce").map(
                 {1.0: "true", 0.0: "false"}).astype("string")
+    # as ingest compares them: by their text (a curated 0 and a captured "0" are the same cell in the file)
+    distinct = combined[~combined.astype("string").duplicated()]
     buffer = io.StringIO()
-    combined.to_csv(buffer, index=False)
-    return buffer.getvalue().encode(), curated, len(captured_rows)
+    distinct.to_csv(buffer, index=False)
+    return buffer.getvalue().encode(), curated, len(captured_rows), len(combined) - len(distinct)
+
+
+def _retraining_contract(model_cfg: ModelConfig, *, models: ObjectStore, data: ObjectStore,
+                         champion: ModelVersion) -> dict[str, Any]:
+    """The columns the retraining file has: the champion's contract, or for a model with a feature store the data's
+    own contract under contracts/ (the champion takes computed features, but ingest wants the data's columns)."""
+    model = model_cfg.name
+    if model_cfg.features is None:
+        key = parse_s3_uri(champion.artefacts_prefix + "contract.json")[1]
+        with refused_as(f"reading the contract of {model} v{champion.version} {models.uri(key)}"):
+            contract: dict[str, Any] = models.get_json(key)
+        return contract
+    from mlops.ingest import ContractStore
+
+    with refused_as(f"reading the data contract of {model} under {data.uri(f'contracts/{model}/')}"):
+        raw = ContractStore(data).current(model)
+    return raw.model_dump(mode="json") if raw else {"columns": []}
 
 
 def maybe_retrain(model_cfg: ModelConfig, *, at: datetime, registry: Registry, models: ObjectStore,
@@ -264,35 +357,34 @@ def maybe_retrain(model_cfg: ModelConfig, *, at: datetime, registry: Registry, m
     requested, reason, details = retrain_decision(registry.drift_windows(model, after=since), last_request=last,
                                                   at=at, cfg=cfg)
     if requested:
+        # Everything that can fail is read before the claim: a claim whose request is never made holds off every
+        # request for the cooldown.
+        contract = _retraining_contract(model_cfg, models=models, data=data, champion=champion)
+        with refused_as(f"reading the data of {model} to retrain on ({data.uri(f'curated/{model}/')}, "
+                        f"{data.uri(f'{LABELLED_PREFIX}{model}/')})"):
+            # a captured row holds only the features, not the entity's history they came from: for a model with a
+            # feature store it cannot go back into the data
+            body, curated, captured, duplicates = retraining_csv(
+                model, data=data, contract=contract, since=stamp(datetime.fromisoformat(since)),
+                captured=model_cfg.features is None)
         cooldown_start = iso(at - timedelta(hours=cfg.retrain_cooldown_hours))
         with refused_as(f"claiming the retraining of {model} in {registry.table}"):
             claimed = registry.claim_retrain(model, iso(at), not_after=cooldown_start)
         if not claimed:
             requested, reason = False, "another check asked for retraining meanwhile"
     if requested:
-        if model_cfg.features is None:
-            contract = models.get_json(parse_s3_uri(champion.artefacts_prefix + "contract.json")[1])
-        else:
-            # the champion takes computed features, but ingest wants the data's own columns; a captured row holds
-            # only the features, not the entity's history they came from, so it cannot go back into the data
-            from mlops.ingest import ContractStore
-
-            raw = ContractStore(data).current(model)
-            contract = raw.model_dump(mode="json") if raw else {"columns": []}
-        body, curated, captured = retraining_csv(model, data=data, contract=contract,
-                                                 since=stamp(datetime.fromisoformat(since)),
-                                                 captured=model_cfg.features is None)
         key = f"{model_cfg.incoming_prefix}drift-retrain-{stamp(at)}.csv"
         try:
             with refused_as(f"writing the retraining file {data.uri(key)}"):
                 data.put_bytes(key, body, content_type="text/csv", create_only=True)
         except RegistryConflict:
             reason += "; the retraining file of this window existed already"
-        except DriftCheckRefused:
+        except BaseException:
             # nothing was asked for: the claim goes back, or the cooldown would hold off a request never made
             registry.release_retrain(model, iso(at), previous=last)
             raise
-        details.update({"file": data.uri(key), "curated_rows": curated, "captured_rows": captured})
+        details.update({"file": data.uri(key), "curated_rows": curated, "captured_rows": captured,
+                        "duplicate_rows_left_out": duplicates})
     with refused_as(f"recording the retraining decision of {model} in {registry.table}"):
         registry.record_retrain_decision(model, iso(at), requested=requested, reason=reason, details=details)
     return {"requested": requested, "reason": reason, **details}
@@ -313,13 +405,17 @@ def check_drift(model: str, *, config: ProjectConfig, window_end: datetime, regi
     if champion is None:
         return {**summary, "status": "skipped", "reason": f"{model} has no champion yet"}
     baseline, verified = load_baseline(models, champion)
+    listed_at = datetime.now(UTC)  # what lands after this is the next check's
+    earlier = earlier_coverage(registry, model, end=end, since=start - max(
+        timedelta(hours=cfg.feedback_lookback_hours), LATE_DELIVERY) - DELIVERY_SLACK)
     window = scan_window(captures, model, champion, baseline, cfg, start=start, end=end,
-                         classification=model_cfg.task.is_classification)
+                         classification=model_cfg.task.is_classification, earlier=earlier, at=listed_at)
     result = window.result
     report = build_report(result, context={
         "model": model, "version": champion.version, "window_start": iso(start), "window_end": iso(end),
         "baseline_uri": champion.baseline_uri, "baseline_sha256_verified": verified,
-        "predictions": window.predictions, "feedback": window.feedback, "labelled_rows": len(window.labelled)})
+        "predictions": window.predictions, "feedback": window.feedback, "labelled_rows": len(window.labelled),
+        "late_records": window.late})
     with refused_as(f"writing the report under {models.uri(f'{REPORTS_PREFIX}{model}/')}"):
         keys = ReportStore(models).put(model, stamp(end), report)
     if window.labelled:
@@ -332,7 +428,8 @@ def check_drift(model: str, *, config: ProjectConfig, window_end: datetime, regi
         registry.record_drift_window(model, iso(end), status=result.status, drifted=drifted,
                                      labelled_rows=len(window.labelled),
                                      details={"drifted_features": result.drifted_features, "report": keys["json"],
-                                              "concept": result.concept.status if result.concept else None})
+                                              "concept": result.concept.status if result.concept else None,
+                                              "captures": window.coverage.to_dict()})
     retrain = maybe_retrain(model_cfg, at=end, registry=registry, models=models, data=data, champion=champion)
     notified = False
     if result.any_drift and notifier is not None:
@@ -340,6 +437,7 @@ def check_drift(model: str, *, config: ProjectConfig, window_end: datetime, regi
             notified = notifier.publish(f"[mlops] {model}: drift detected",
                                         _message(model, champion, report, keys, retrain))
     return {**summary, "status": result.status, "version": champion.version, "rows": result.rows,
+            "late_records": window.late,
             "drifted_features": result.drifted_features,
             "features": {f.feature: f.effect_size for f in result.features if f.effect_size is not None},
             "prediction_drift": result.prediction.drifted if result.prediction else None,

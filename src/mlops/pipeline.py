@@ -290,12 +290,15 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
             models.put_bytes(final + name, body, content_type="application/json")
     if not models.exists(final + "manifest.json"):
         models.put_json(final + "manifest.json", manifest, create_only=True)
+    # The sha256 of the manifest as stored (a retried run keeps the one its first attempt wrote): the registry
+    # record vouches for the manifest, the manifest for the contract and the baseline.
+    manifest_sha256 = hashlib.sha256(models.get_bytes(final + "manifest.json")).hexdigest()
     alias = CHALLENGER if registry.alias(inp.model, CHAMPION) else CHAMPION
     version = registry.register(
         model=inp.model, run_id=inp.run_id, artefacts_prefix=models.uri(final),
         onnx_sha256=train["onnx_sha256"], dataset_sha256=inp.dataset.sha256,
         metrics={"metrics": evaluation["candidate"]["metrics"], "latency": evaluation["candidate"].get("latency", {})},
-        alias=alias,
+        alias=alias, manifest_sha256=manifest_sha256,
     )
     split, rollout = None, None
     if deployer is not None and infer_function:

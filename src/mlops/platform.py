@@ -28,7 +28,7 @@ class FunctionSpec:
     memory_mb: int
     timeout_s: int
     # the scientific stack (sklearn, skl2onnx, scipy) exceeds the 250 MB zip limit: those run from the
-    # container image; the others fit a zip with a slim layer (see DESIGN.md, "Size").
+    # container image; the others fit a zip with a slim layer (see docs/architecture.md, "Size").
     image: bool = False
     # a zip function's layers beyond Powertools' (layers/builder.py LAYERS), e.g. onnxruntime + numpy for infer
     layers: tuple[str, ...] = ()
@@ -63,7 +63,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
                  (settings.MODELS_BUCKET, settings.REGISTRY_TABLE), memory_mb=2048, timeout_s=600, image=True),
     FunctionSpec("register", "Records a model version with its lineage and deploys it behind the live alias",
                  (settings.MODELS_BUCKET, settings.REGISTRY_TABLE, settings.INFER_FUNCTIONS,
-                  settings.ROLLOUT_STATE_MACHINE_ARN), memory_mb=1024, timeout_s=120, image=True),
+                  settings.ROLLOUT_STATE_MACHINE_ARN, settings.API_SOURCE_ARN), memory_mb=1024, timeout_s=120,
+                 image=True),
     FunctionSpec("record_outcome", "Records a rejected or failed pipeline run",
                  (settings.REGISTRY_TABLE,), memory_mb=512, timeout_s=30),
     FunctionSpec("rollout", "Looks at a canary: sequential test on feedback, then promote, roll back or wait",

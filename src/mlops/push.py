@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from mlops.serving import CaptureSink, InvalidInput, MalformedRequest, ModelServer, ServingError
+from mlops.serving import CaptureSink, InvalidInput, ModelServer, ServingError, identifier, parse_json, printable
 from mlops.storage import ObjectStore
 
-REQUEST_ID_MAX = 128
+REQUEST_ID_MAX = 128  # answers to `instances` are `<request_id>/<i>`: still within serving's MAX_ID_CHARS
 Outcome = Literal["answered", "dead_lettered"]
 
 
@@ -105,8 +105,10 @@ class DeadLetters:
     def send(self, message: PushMessage, error: ServingError) -> None:
         reason = {"error": type(error).__name__, "message": error.message[:1024], "field": error.field,
                   "model": self.model, "message_id": message.message_id}
-        # SQS refuses empty attribute values: a reason without a field has no `field` attribute
-        attributes = {name: {"DataType": "String", "StringValue": value} for name, value in reason.items() if value}
+        # SQS refuses empty attribute values (a reason without a field has no `field` attribute) and characters
+        # outside XML's: a field or message quoting the sender's key is written with escapes
+        attributes = {name: {"DataType": "String", "StringValue": printable(value)}
+                      for name, value in reason.items() if value}
         attributes["receive_count"] = {"DataType": "Number", "StringValue": str(message.receive_count)}
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message.body, MessageAttributes=attributes)
 
@@ -135,18 +137,15 @@ class PushConsumer:
         return "answered"
 
     def _predict(self, message: PushMessage) -> dict[str, Any]:
-        try:
-            body = json.loads(message.body)
-        except json.JSONDecodeError as exc:
-            raise MalformedRequest(f"the message body is not valid JSON: {exc.msg} at line {exc.lineno} column "
-                                   f"{exc.colno}", "body") from exc
+        body = parse_json(message.body, "the message body")
         request_id = message.message_id
         if isinstance(body, dict) and "request_id" in body:
             body = dict(body)
-            request_id = body.pop("request_id")
-            if not isinstance(request_id, str) or not 0 < len(request_id) <= REQUEST_ID_MAX:
+            # the sender's id goes out as an SNS message attribute and comes back in feedback: printable, bounded
+            request_id = identifier(body.pop("request_id"), "request_id", "your id for this request")
+            if len(request_id) > REQUEST_ID_MAX:
                 raise InvalidInput(f"'request_id' must be a string of 1 to {REQUEST_ID_MAX} characters, got "
-                                   f"{request_id!r:.80}", "request_id")
+                                   f"{len(request_id)}", "request_id")
         answer = self.server.predict(self.server.model_name, body)
         predictions = answer.get("predictions")
         ids = [request_id] if predictions is None else [f"{request_id}/{i}" for i in range(len(predictions))]

@@ -62,6 +62,9 @@ class ModelVersion:
     metrics: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     lambda_version: str | None = None  # the infer function version serving it, once deployed
+    # of the manifest.json register wrote: what serving verifies the manifest (and through it the contract)
+    # against. None for a version registered without it, which serving refuses: nothing vouches for its files.
+    manifest_sha256: str | None = None
 
     @property
     def model_uri(self) -> str:
@@ -87,6 +90,7 @@ class ModelVersion:
             "manifest_uri": self.manifest_uri,
             "baseline_uri": self.baseline_uri,
             "onnx_sha256": self.onnx_sha256,
+            "manifest_sha256": self.manifest_sha256,
             "dataset_sha256": self.dataset_sha256,
             "metrics": self.metrics,
             "lambda_version": self.lambda_version,
@@ -155,6 +159,7 @@ class Registry:
             metrics=json.loads(item["metrics"]["S"]),
             aliases=tuple(sorted(a for a, v in aliases.items() if v == version)),
             lambda_version=item["lambda_version"]["S"] if "lambda_version" in item else None,
+            manifest_sha256=item["manifest_sha256"]["S"] if "manifest_sha256" in item else None,
         )
 
     def version(self, model: str, version: int) -> ModelVersion | None:
@@ -196,7 +201,9 @@ class Registry:
     # -- writes ------------------------------------------------------------------------------------------
     def record_look(self, model: str, challenger: int, look: dict[str, Any]) -> None:
         at = str(look.get("at") or now_iso())
-        sk = f"LOOK#{_version_sk(challenger).split('#', 1)[1]}#{at}#{uuid.uuid4().hex[:6]}"
+        # looks a second apart or less keep their order by their number (``at`` has whole seconds)
+        number = f"{int(look['number']):06d}#" if look.get("number") is not None else ""
+        sk = f"LOOK#{_version_sk(challenger).split('#', 1)[1]}#{at}#{number}{uuid.uuid4().hex[:6]}"
         self.db.put_item(TableName=self.table, Item={
             **_key(model, sk), "look": {"S": json.dumps({**look, "challenger": challenger}, default=str)}})
 
@@ -323,10 +330,12 @@ class Registry:
         }
 
     def register(self, *, model: str, run_id: str, artefacts_prefix: str, onnx_sha256: str,
-                 dataset_sha256: str, metrics: dict[str, Any], alias: str | None) -> ModelVersion:
+                 dataset_sha256: str, metrics: dict[str, Any], alias: str | None,
+                 manifest_sha256: str | None = None) -> ModelVersion:
         """Write the next version, its alias and its run outcome in one transaction.
 
         Idempotent per run: a retried register of the same run returns the version it already made.
+        ``manifest_sha256``: of the manifest stored under ``artefacts_prefix``; serving refuses a version without.
         """
         for _attempt in range(5):
             # Checked before every attempt: a write whose answer was lost (a timeout or 5xx after the commit)
@@ -357,6 +366,7 @@ class Registry:
                         "artefacts_prefix": {"S": artefacts_prefix}, "onnx_sha256": {"S": onnx_sha256},
                         "dataset_sha256": {"S": dataset_sha256},
                         "metrics": {"S": json.dumps(metrics, default=str)},
+                        **({"manifest_sha256": {"S": manifest_sha256}} if manifest_sha256 else {}),
                     },
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }},

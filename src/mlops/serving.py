@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import reprlib
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +31,32 @@ from mlops.onnx_model import OnnxModel
 from mlops.registry import CHALLENGER, CHAMPION, ModelVersion, Registry
 from mlops.storage import parse_s3_uri
 
+# What a client may send, bounded: identifiers travel into DynamoDB keys, SQS and SNS attributes and captures,
+# strings into the model's input tensors.
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 1024
+_FIELD_CHARS = 200
+_MESSAGE_CHARS = 1000
+
+
+def printable(text: str) -> str:
+    """``text`` with what a terminal, an SQS attribute or a strict JSON reader refuses (control characters, lone
+    surrogates) written as escapes: a client's key or value can end up in an error message."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 40, 2
+
+
+def shown(value: Any) -> str:
+    """A client's value as an error message quotes it: shortened, so an answer never echoes a whole body back."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return printable(_REPR.repr(value))
+
 
 class ServingError(MlopsError):
     """An answer for the client: ``status`` is the HTTP status, ``field`` the part of the request at fault."""
@@ -35,9 +64,13 @@ class ServingError(MlopsError):
     status = 400
 
     def __init__(self, message: str, field: str | None = None) -> None:
+        message = printable(message)
+        if len(message) > _MESSAGE_CHARS:  # a message quoting a client's value in full (batch URIs do) is cut short
+            message = message[:_MESSAGE_CHARS - 13] + "… (shortened)"
         super().__init__(message)
         self.message = message
-        self.field = field
+        # a field names a key the client chose: kept short and printable too
+        self.field = None if field is None else printable(field)[:_FIELD_CHARS]
 
     def body(self) -> dict[str, Any]:
         return {"error": type(self).__name__, "message": self.message, "field": self.field}
@@ -61,6 +94,12 @@ class ModelNotFound(ServingError):
 
 class NoModelDeployed(ServingError):
     status = 503
+
+
+class UnverifiableModel(ServingError, IntegrityError):
+    """A version whose artefacts cannot be verified against what the registry recorded: ours to fix, never served."""
+
+    status = 500
 
 
 class CaptureIncomplete(MlopsError):
@@ -109,6 +148,65 @@ def schema_from_contract(contract: Mapping[str, Any]) -> list[FeatureSpec]:
     ]
 
 
+def parse_json(data: str | bytes, what: str = "the body") -> Any:
+    """A client's JSON document. What the parser gives up on (not UTF-8, not JSON, nested too deeply, an integer
+    literal too long to read) is the client's to fix: a MalformedRequest naming the body, never a crash."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise MalformedRequest(f"{what} is not UTF-8 text: byte {exc.start} is {data[exc.start:exc.start + 1]!r}; "
+                               "send JSON encoded as UTF-8", "body") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedRequest(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                               "body") from exc
+    except RecursionError as exc:
+        raise MalformedRequest(f"{what} is nested too deeply to read; a request is an object of fields with plain "
+                               "values", "body") from exc
+    except ValueError as exc:  # an integer literal longer than Python converts (sys.get_int_max_str_digits())
+        raise MalformedRequest(f"{what} holds an integer literal of more than {sys.get_int_max_str_digits()} digits; "
+                               "no field takes a number that long", "body") from exc
+
+
+def finite_number(value: Any, field: str) -> float:
+    """A JSON number as a finite float: an integer beyond a float's range (10**400) is as infinite as 1e400."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{field}: expected a number, got {type(value).__name__} {shown(value)}", field)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidInput(f"{field}: expected a finite number, got {shown(value)}", field)
+    return number
+
+
+def bounded_text(value: str | int, field: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """A string (or an integer written as one) of at most ``limit`` characters that UTF-8 can carry."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # more digits than the limit: not worth writing
+        raise InvalidInput(f"{field}: {shown(value)}; at most {limit} characters", field)
+    text = str(value)
+    if len(text) > limit:
+        raise InvalidInput(f"{field}: {len(text)} characters; at most {limit}", field)
+    if re.search(r"[\ud800-\udfff]", text):  # "\ud800" in JSON decodes to a code point UTF-8 cannot encode
+        raise InvalidInput(f"{field}: {shown(text)} holds an unpaired surrogate (\\ud800-\\udfff); send valid "
+                           "Unicode", field)
+    return text
+
+
+def identifier(value: Any, field: str, what: str) -> str:
+    """An id a client names something by: a non-empty, printable string of at most MAX_ID_CHARS characters."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"'{field}' ({what}) must be a string, got {type(value).__name__}", field)
+    if not value.strip():
+        raise InvalidInput(f"'{field}' ({what}) must not be empty", field)
+    text = bounded_text(value, field, MAX_ID_CHARS)
+    if not text.isprintable():
+        raise InvalidInput(f"'{field}' must be printable, got {shown(text)}", field)
+    return text
+
+
 _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 
 
@@ -121,28 +219,26 @@ def _check_value(spec: FeatureSpec, value: Any, where: str) -> Any:
     if spec.kind == "categorical":
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise InvalidInput(f"{field}: expected a string category, got {type(value).__name__}", field)
-        text = str(value)
+        text = bounded_text(value, field)
         if spec.categories is not None and text not in spec.categories:
             known = ", ".join(sorted(spec.categories)[:20])
-            raise InvalidInput(f"{field}: unknown category {text!r} (known: {known})", field)
+            raise InvalidInput(f"{field}: unknown category {shown(text)} (known: {known})", field)
         return text
     if spec.kind == "boolean":
         if isinstance(value, bool):
             return 1.0 if value else 0.0
-        if isinstance(value, int | float | str) and str(value).strip().lower() in _TRUE | _FALSE:
-            return 1.0 if str(value).strip().lower() in _TRUE else 0.0
-        raise InvalidInput(f"{field}: expected true or false, got {value!r}", field)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"{field}: expected a number, got {type(value).__name__} {value!r}", field)
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidInput(f"{field}: expected a finite number, got {value!r}", field)
+        if isinstance(value, float | str) or (isinstance(value, int) and abs(value) <= 1):
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                return 1.0 if text in _TRUE else 0.0
+        raise InvalidInput(f"{field}: expected true or false, got {shown(value)}", field)
+    number = finite_number(value, field)
     if spec.kind == "integer" and not number.is_integer():
-        raise InvalidInput(f"{field}: expected a whole number, got {value!r}", field)
+        raise InvalidInput(f"{field}: expected a whole number, got {shown(value)}", field)
     if spec.minimum is not None and number < spec.minimum:
-        raise InvalidInput(f"{field}: {value!r} is below the allowed minimum {spec.minimum}", field)
+        raise InvalidInput(f"{field}: {shown(value)} is below the allowed minimum {spec.minimum}", field)
     if spec.maximum is not None and number > spec.maximum:
-        raise InvalidInput(f"{field}: {value!r} is above the allowed maximum {spec.maximum}", field)
+        raise InvalidInput(f"{field}: {shown(value)} is above the allowed maximum {spec.maximum}", field)
     return number
 
 
@@ -152,10 +248,11 @@ def validate_row(row: Any, schema: Sequence[FeatureSpec], where: str) -> dict[st
     names = [s.name for s in schema]
     missing = [n for n in names if n not in row]
     if missing:
-        raise InvalidInput(f"{where}: missing feature(s) {missing}", f"{where}.{missing[0]}")
+        raise InvalidInput(f"{where}: missing feature(s) {shown(missing)}", f"{where}.{missing[0]}")
     extra = sorted(set(row) - set(names))
     if extra:
-        raise InvalidInput(f"{where}: unexpected feature(s) {extra}; the model takes {names}", f"{where}.{extra[0]}")
+        raise InvalidInput(f"{where}: unexpected feature(s) {shown(extra)}; the model takes {names}",
+                           f"{where}.{extra[0]}")
     return {spec.name: _check_value(spec, row[spec.name], where) for spec in schema}
 
 
@@ -188,36 +285,39 @@ class LoadedModel:
     features_sha256: str | None = None
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 class ModelCache:
-    """Models loaded once per execution environment, verified against the registry's sha256 on load."""
+    """Models loaded once per execution environment. Each artefact is kept on disk under its sha256, and verified
+    against what the registry recorded every time it is loaded: the manifest against the version record, the
+    contract against the manifest, the model against the record. A file left by another run, another version or
+    another cloud in the same directory is never taken for this version's (a name is a claim, its bytes the proof)."""
 
     def __init__(self, s3: Any, cache_dir: Path) -> None:
         self.s3 = s3
         self.cache_dir = cache_dir
         self._models: dict[tuple[str, int], LoadedModel] = {}
 
-    def _fetch(self, uri: str, path: Path, *, cached: bool = True) -> bytes:
-        if cached and path.exists():
-            return path.read_bytes()
-        bucket, key = parse_s3_uri(uri)
-        data: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return data
-
     def cached(self, model: str, version: int) -> LoadedModel | None:
         return self._models.get((model, version))
 
-    def _verified(self, uri: str, path: Path, sha256: str, what: str) -> bytes:
-        data = self._fetch(uri, path)
+    def _artefact(self, uri: str, sha256: str | None, what: str) -> bytes:
+        if not sha256 or not _SHA256.fullmatch(sha256):
+            raise UnverifiableModel(f"{what} cannot be verified: no sha256 of {uri} was recorded for it; register "
+                                    "the model again (a new training run) to serve it")
+        path = self.cache_dir / sha256
+        if path.exists() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha256:
+            return data
+        bucket, key = parse_s3_uri(uri)
+        data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         if hashlib.sha256(data).hexdigest() != sha256:
-            # a stale or torn file in /tmp: fetch once more before calling the artefact corrupt
-            data = self._fetch(uri, path, cached=False)
-        if hashlib.sha256(data).hexdigest() != sha256:
-            path.unlink(missing_ok=True)
-            raise IntegrityError(f"{uri} does not match the sha256 recorded for {what}")
+            raise UnverifiableModel(f"{uri} does not match the sha256 recorded for {what}; the artefact changed "
+                                    "after it was registered: register the model again, or roll this version back")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{sha256}.{uuid.uuid4().hex}.part")  # two writers never share a partial file
+        part.write_bytes(data)
+        part.replace(path)
         return data
 
     def get(self, version: ModelVersion) -> LoadedModel:
@@ -225,15 +325,13 @@ class ModelCache:
         if key in self._models:
             return self._models[key]
         started = time.perf_counter()
-        folder = self.cache_dir / version.model / f"v{version.version}"
         what = f"{version.model} v{version.version}"
-        onnx_bytes = self._verified(version.model_uri, folder / "model.onnx", version.onnx_sha256, what)
-        # The contract (the request schema) is checked against the manifest, whose sha256 of it is immutable.
-        manifest = json.loads(self._fetch(version.manifest_uri, folder / "manifest.json"))
-        expected = (manifest.get("contract") or {}).get("sha256")
-        uri = version.artefacts_prefix + "contract.json"
-        contract_bytes = (self._verified(uri, folder / "contract.json", expected, f"{what}'s manifest") if expected
-                          else self._fetch(uri, folder / "contract.json"))  # registered before manifests held it
+        manifest = json.loads(self._artefact(version.manifest_uri, version.manifest_sha256, f"{what}'s manifest"))
+        onnx_bytes = self._artefact(version.model_uri, version.onnx_sha256, what)
+        # the contract is the request schema: checked against the manifest, whose sha256 of it is immutable
+        contract_sha256 = (manifest.get("contract") or {}).get("sha256")
+        contract_bytes = self._artefact(version.artefacts_prefix + "contract.json", contract_sha256,
+                                        f"{what}'s contract (in its manifest)")
         loaded = LoadedModel(version, OnnxModel(onnx_bytes), schema_from_contract(json.loads(contract_bytes)),
                              time.perf_counter() - started,
                              (manifest.get("feature_store") or {}).get("definitions_sha256"))
@@ -286,7 +384,7 @@ class ModelServer:
     # -- which model ---------------------------------------------------------------------------------------
     def _check_name(self, name: str) -> None:
         if name != self.model_name:
-            raise ModelNotFound(f"no model named {name!r} is served here", "name")
+            raise ModelNotFound(f"no model named {shown(name)} is served here", "name")
 
     @classmethod
     def from_environment(cls, on_capture_error: Callable[[Exception], None]) -> ModelServer:
@@ -309,6 +407,10 @@ class ModelServer:
             features=OnlineStore(aws.client("dynamodb"), features) if features else None,
         )
 
+    def _not_deployed(self) -> NoModelDeployed:
+        return NoModelDeployed(f"no version of {self.model_name!r} is deployed yet: upload a dataset under "
+                               f"incoming/{self.model_name}/ in the data bucket and wait for the training pipeline")
+
     def _aliases_now(self) -> dict[str, int]:
         # Promotions move aliases while this environment stays warm: re-read them at most every 30 s, and at once
         # while there is no champion yet (the first one must be served as soon as it is registered).
@@ -329,7 +431,7 @@ class ModelServer:
     def loaded(self) -> LoadedModel:
         version = self.pinned_version or self._aliases_now().get(CHAMPION)
         if version is None:
-            raise NoModelDeployed(f"no version of {self.model_name!r} is deployed yet; upload data to train one")
+            raise self._not_deployed()
         warm = self.cache.cached(self.model_name, version)
         if warm is not None:  # a version record never changes what it serves: no registry read per request
             return warm
@@ -348,7 +450,7 @@ class ModelServer:
         if len(given) != 1 or unexpected:
             raise InvalidInput("give one of 'features' (one row), 'instances' (a list of rows) or 'entity_id' (the "
                                "entity whose features the feature store holds)"
-                               + (f"; unexpected field(s) {unexpected}" if unexpected else ""), "body")
+                               + (f"; unexpected field(s) {shown(unexpected)}" if unexpected else ""), "body")
         has_features = given[0] != "instances"
         loaded = self.loaded()
         online = self._online(loaded, body["entity_id"]) if given == ["entity_id"] else None
@@ -379,15 +481,18 @@ class ModelServer:
 
     def _online(self, loaded: LoadedModel, entity: Any) -> OnlineFeatures:
         """The entity's features from the online store, checked to come from the served model's definitions."""
-        if isinstance(entity, bool) or not isinstance(entity, str | int) or not str(entity).strip():
+        if isinstance(entity, bool) or not isinstance(entity, str | int):
             raise InvalidInput("'entity_id' must be a non-empty string or an integer", "entity_id")
+        # the id is a key of the online store: bounded before it is looked up
+        entity = identifier(entity_text(bounded_text(entity, "entity_id", MAX_ID_CHARS)), "entity_id",
+                            "the entity whose features the feature store holds")
         what = f"{self.model_name} v{loaded.version.version}"
         if self.features is None or loaded.features_sha256 is None:
             raise InvalidInput(f"{what} was not trained from declared features ([model.features] in mlops.toml), so "
                                "it cannot look an entity up; send 'features'", "entity_id")
-        found = self.features.get(self.model_name, entity_text(entity))
+        found = self.features.get(self.model_name, entity)
         if found is None:
-            raise EntityNotFound(f"the feature store has no entity {entity_text(entity)!r} for {self.model_name}: "
+            raise EntityNotFound(f"the feature store has no entity {shown(entity)} for {self.model_name}: "
                                  "it is in no ingested dataset yet", "entity_id")
         if found.definitions_sha256 != loaded.features_sha256:
             raise FeaturesOutOfDate(
@@ -402,28 +507,45 @@ class ModelServer:
         self._check_name(name)
         if not isinstance(body, Mapping):
             raise MalformedRequest("the body must be a JSON object", "body")
-        request_id = body.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
+        if "request_id" not in body:
             raise InvalidInput("'request_id' (the id a prediction answered with) is required", "request_id")
+        request_id = identifier(body["request_id"], "request_id", "the id a prediction answered with")
         has_label, has_reward = "label" in body, "reward" in body
         if has_label == has_reward:
             raise InvalidInput("give either 'label' (the observed outcome) or 'reward' (a number)", "body")
-        if has_reward:
-            reward = body["reward"]
-            if isinstance(reward, bool) or not isinstance(reward, int | float) or not math.isfinite(reward):
-                raise InvalidInput("'reward' must be a finite number", "reward")
-        elif body["label"] is None or isinstance(body["label"], dict | list):
-            raise InvalidInput("'label' must be a string or a number", "label")
+        label = self._label(body["label"]) if has_label else None
+        reward = finite_number(body["reward"], "reward") if has_reward else None
         record = {"type": "feedback", "model": self.model_name, "request_id": request_id,
-                  "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                  "label": str(body["label"]) if has_label else None,
-                  "reward": float(body["reward"]) if has_reward else None}
+                  "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "label": label, "reward": reward}
         self.capture.put([record])
         return {"request_id": request_id, "accepted": True}
+
+    def _label(self, label: Any) -> str:
+        """The observed outcome as the rollout and drift_check compare it with predictions: one of the served
+        model's classes for a classifier (1, 1.0 and "1" name the same class), a finite number for a regression."""
+        loaded = self.loaded()
+        if not loaded.model.is_classifier:
+            finite_number(label, "label")
+            return str(label)
+        classes = loaded.model.classes
+        text: str | None = None
+        if isinstance(label, bool):
+            text = next((t for t in (str(label), str(label).lower(), str(int(label))) if t in classes), str(label))
+        elif isinstance(label, str | int):
+            text = bounded_text(label, "label")
+        elif isinstance(label, float):
+            text = str(int(label)) if label.is_integer() else str(label)
+        if text not in classes:
+            raise InvalidInput(f"'label' must be one of the classes of {self.model_name} "
+                               f"v{loaded.version.version}: {', '.join(classes[:20])}; got {shown(label)}", "label")
+        return text
 
     def describe(self, name: str) -> dict[str, Any]:
         self._check_name(name)
         aliases = self.registry.aliases(self.model_name)
+        if CHAMPION not in aliases:
+            # a fresh stack: the API says so plainly, on every route of the model (the deploy made `live` answer)
+            raise self._not_deployed()
         out: dict[str, Any] = {"model": self.model_name}
         for alias in (CHAMPION, CHALLENGER):
             version = self.registry.version(self.model_name, aliases[alias]) if alias in aliases else None

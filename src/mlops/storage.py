@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -13,6 +15,12 @@ from mlops.errors import RegistryConflict
 
 if TYPE_CHECKING:
     import pandas as pd
+
+# put_file: a bigger file goes up in parts of this size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts), so that a
+# failed request resends one part; the file's sha256 is kept in its metadata to recognise an earlier attempt's upload
+PART_BYTES = 64 * 1024 * 1024
+SHA256_METADATA = "sha256"
+CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 def s3_uri(bucket: str, key: str) -> str:
@@ -58,13 +66,53 @@ class ObjectStore:
         try:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if exc.response["Error"]["Code"] in CONFLICT_CODES:
                 # The same bytes are already there: our own earlier attempt (its answer lost, the SDK retried),
                 # or a replay of the same step. Only different content is a conflict.
                 if self.get_bytes(key) == data:
                     return
                 raise RegistryConflict(f"{self.uri(key)} already exists and is immutable") from exc
             raise
+
+    def put_file(self, key: str, path: Path | str, *, content_type: str = "application/octet-stream",
+                 create_only: bool = False, part_bytes: int = PART_BYTES) -> None:
+        """A local file, in one PUT or, above ``part_bytes``, in parts. ``create_only`` makes the write conditional
+        (If-None-Match on PutObject, or on CompleteMultipartUpload): an existing object is never overwritten; the
+        same content already there (an earlier attempt of ours) is not a conflict."""
+        path = Path(path)
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": {SHA256_METADATA: digest.hexdigest()}}
+        condition = {"IfNoneMatch": "*"} if create_only else {}
+        try:
+            if path.stat().st_size <= part_bytes:
+                with path.open("rb") as body:
+                    self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra, **condition)
+            else:
+                self._put_parts(key, path, part_bytes, extra, condition)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in CONFLICT_CODES:
+                there = self.head(key)
+                if there is not None and there.get("Metadata", {}).get(SHA256_METADATA) == digest.hexdigest():
+                    return
+                raise RegistryConflict(f"{self.uri(key)} already exists and is immutable") from exc
+            raise
+
+    def _put_parts(self, key: str, path: Path, part_bytes: int, extra: dict[str, Any],
+                   condition: dict[str, str]) -> None:
+        # S3 takes the condition on the completion only. An upload left incomplete (a failure, a refused completion) is
+        # not aborted here, which would take s3:AbortMultipartUpload: the buckets' lifecycle rule removes its parts.
+        upload = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        parts = []
+        with path.open("rb") as file:
+            for number, block in enumerate(iter(lambda: file.read(part_bytes), b""), start=1):
+                etag = self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number,
+                                           Body=block)["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload,
+                                          MultipartUpload={"Parts": parts}, **condition)
 
     def put_json(self, key: str, value: Any, *, create_only: bool = False) -> None:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()

@@ -168,6 +168,12 @@ def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
 NO_STAGING = {"aws:cdk:disable-asset-staging": True}
 
 
+@pytest.fixture(scope="session")
+def synthesized_prod(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    """The prod stage's stack (`-c mlops:stage=prod`), synthesized once for the tests that only read it."""
+    return synthesize(tmp_path_factory.mktemp("cdk.out.prod"), **{**NO_STAGING, "mlops:stage": "prod"})
+
+
 @pytest.fixture
 def synthesize_with() -> Callable[..., Synthesized]:
     """Another synthesis with some context changed (`synthesize_with(tmp_path, **{"mlops:stage": "prod"})`)."""

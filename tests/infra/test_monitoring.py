@@ -5,6 +5,7 @@ notifications topic, whose key lets CloudWatch publish."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from infra.app import CONFIG_CONTEXT, FALLBACK_ACCOUNT, STAGE_CONTEXT, STAGES, cdk_json_context
@@ -50,11 +51,14 @@ def test_every_alarm_notifies_the_topic(synthesized: Synthesized) -> None:
         assert props["AlarmActions"] == [topic], lid
         assert props["OKActions"] == [topic], lid
         assert props["TreatMissingData"] == "notBreaching", lid
-    # the topic is encrypted: CloudWatch may use its key, from this account only
+    # the topic is encrypted: CloudWatch may use its key, for this account's alarms only
     [key] = synthesized.of_type("AWS::KMS::Key").values()
     statements = [s for s in key["Properties"]["KeyPolicy"]["Statement"]
                   if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
     assert [sorted(s["Action"]) for s in statements] == [["kms:Decrypt", "kms:GenerateDataKey"]]
+    assert statements[0]["Condition"]["StringEquals"] == {"aws:SourceAccount": FALLBACK_ACCOUNT}
+    assert synthesized.render(statements[0]["Condition"]["ArnLike"]["aws:SourceArn"]) == (
+        f"arn:aws:cloudwatch:us-east-1:{FALLBACK_ACCOUNT}:alarm:*")
     # the topic's policy replaces SNS's default one: CloudWatch may publish, for this account's alarms only
     [policy] = [p["Properties"] for p in synthesized.of_type("AWS::SNS::TopicPolicy").values()
                 if topic in p["Properties"]["Topics"]]
@@ -134,6 +138,27 @@ def test_each_model_has_a_dashboard_with_the_traffic_split(synthesized: Synthesi
         if model.drift.enabled:
             assert "FeatureDriftScore" in body
             assert "ConceptMetric" in body
+
+
+def search_schemas(synthesized: Synthesized) -> list[str]:
+    """The metric schema (between the braces) of every SEARCH expression of the dashboards."""
+    schemas = []
+    for dashboard in synthesized.of_type("AWS::CloudWatch::Dashboard").values():
+        body = dashboard["Properties"]["DashboardBody"]
+        # a JSON document in a string, joined with the tokens CloudFormation fills in (function names)
+        text = "".join(part for part in body["Fn::Join"][1] if isinstance(part, str))
+        schemas += re.findall(r"SEARCH\('\{(.*?)\}", text.replace('\\"', '"'))
+    return schemas
+
+
+def test_dashboard_searches_quote_names_with_other_characters(synthesized: Synthesized) -> None:
+    """CloudWatch's search syntax: a namespace or dimension name with characters other than letters, digits and
+    underscores must be double-quoted in the metric schema (the project's namespace, `mlops-dev`, has a hyphen)."""
+    schemas = search_schemas(synthesized)
+    assert any(f'"{NAMESPACE}"' in schema for schema in schemas), schemas
+    for schema in schemas:
+        for name in schema.split(","):
+            assert re.fullmatch(r'\w+|"[^"]+"', name), (name, schema)
 
 
 def test_platform_alarms_on_failed_runs_and_failure_queues(synthesized: Synthesized) -> None:

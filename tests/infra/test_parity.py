@@ -16,7 +16,6 @@ import pytest
 
 from infra.app import CONFIG_CONTEXT, cdk_json_context
 from infra.constructs.pipeline import STATE_MACHINES
-from infra.stack import API_SOURCE_ARN
 from mlops import platform
 from mlops.config import load_config
 
@@ -24,7 +23,6 @@ from mlops.config import load_config
 LOCAL_ONLY_ENV = {"POWERTOOLS_TRACE_DISABLED"}
 # The API's execute-api ARN, which register needs to let API Gateway invoke a `live` alias it creates; the local
 # cloud has no API Gateway yet. Empty once mlops.platform declares it for register (the local cloud then sets it).
-STACK_ONLY_ENV = {"register": {API_SOURCE_ARN} - set(platform.function("register").env)}
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 
 
@@ -109,7 +107,6 @@ def local() -> Local:
 def test_same_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
     deployed = {name: set(resource["Properties"]["Environment"]["Variables"])
                 for name, (_lid, resource) in synthesized.functions().items()}
-    deployed = {name: variables - STACK_ONLY_ENV.get(name, set()) for name, variables in deployed.items()}
     assert {name: variables - LOCAL_ONLY_ENV for name, variables in local.functions.items()} == deployed
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from test_stack import Synthesized, as_list, ssl_only
 
 from infra.app import CONFIG_CONTEXT, cdk_json_context
-from infra.stack import push_access
 from mlops import platform, settings
+from mlops.access import push_access
 from mlops.config import load_config
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])

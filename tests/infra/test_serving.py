@@ -1,6 +1,6 @@
 """Serving in the synthesized template: one infer function per declared model (found by its physical name), the
-capture stream into the captures bucket, and the IAM-authorized REST API that invokes each model's `live` alias,
-which the platform (register) creates at run time, never CloudFormation."""
+capture stream into the captures bucket, and the IAM-authorized REST API that invokes each model's `live` alias:
+created on `$LATEST` at deploy time if absent, moved by the platform (register, rollout), never by CloudFormation."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from typing import Any
 
 from infra.app import CONFIG_CONTEXT, STAGE_CONTEXT, cdk_json_context
 from infra.constructs.serving import (
+    ALIAS_EXISTS,
     API_STAGE,
     CAPTURE_PREFIX,
+    LIVE_ALIAS_RESOURCE_TYPE,
     MODEL_NAME,
     THROTTLE_BURST,
     THROTTLE_RATE_PER_SECOND,
 )
-from infra.stack import API_SOURCE_ARN, DEPLOY, ROUTE
 from mlops import platform, settings
+from mlops.access import DEPLOY, ROUTE
 from mlops.config import load_config
 from mlops.deploy import LIVE_ALIAS
+from mlops.settings import API_SOURCE_ARN
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
 # physical names carry the stage, so that two stages can share an account
@@ -57,7 +60,9 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
         assert props["FunctionName"] == platform.infer_function_name(NAMES, model)
         variables = props["Environment"]["Variables"]
         # infer also starts batch runs (infra/constructs/batch.py): the one variable push does not share with it
-        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV, settings.BATCH_STATE_MACHINE_ARN}, model
+        # infer also starts batch runs, whose inputs and outputs are in the data bucket (mlops.batch)
+        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV, settings.BATCH_STATE_MACHINE_ARN,
+                                  settings.DATA_BUCKET}, model
         assert variables[MODEL_NAME] == model
         assert variables["POWERTOOLS_SERVICE_NAME"] == spec.name
         assert variables[settings.REGISTRY_TABLE] == {
@@ -74,14 +79,65 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
         assert props["Layers"][1:] == [{"Ref": synthesized.logical_id(synthesized.stack.packaging.layer("infer"))}]
 
 
-def test_the_live_alias_is_left_to_the_platform(synthesized: Synthesized) -> None:
+def test_the_traffic_split_is_left_to_the_platform(synthesized: Synthesized) -> None:
+    # CloudFormation owns no alias nor version: a deploy never moves the split that register and rollout set
     assert not synthesized.of_type("AWS::Lambda::Alias")
     assert not synthesized.of_type("AWS::Lambda::Version")
-    infer = {lid for lid, _r in synthesized.serving().values()}
-    # a permission on the alias would fail before register creates it: register adds it (API_SOURCE_ARN)
-    for permission in synthesized.of_type("AWS::Lambda::Permission").values():
-        target = json.dumps(permission["Properties"]["FunctionName"])
-        assert not any(lid in target for lid in infer), permission
+
+
+def live_alias_resources(synthesized: Synthesized) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Model -> (logical id, resource) of the custom resource that creates its `live` alias at deploy time."""
+    found = {}
+    for lid, resource in synthesized.of_type(LIVE_ALIAS_RESOURCE_TYPE).items():
+        create = json.loads(synthesized.render(resource["Properties"]["Create"]))
+        [model] = [m for m, (_l, r) in synthesized.serving().items()
+                   if r["Properties"]["FunctionName"] == create["parameters"]["FunctionName"]]
+        found[model] = (lid, resource)
+    return found
+
+
+def test_each_models_live_alias_is_created_on_latest_if_absent_and_never_touched_again(
+        synthesized: Synthesized) -> None:
+    aliases = live_alias_resources(synthesized)
+    assert set(aliases) == MODELS
+    for model, (_lid, resource) in aliases.items():
+        props = resource["Properties"]
+        create = json.loads(synthesized.render(props["Create"]))
+        assert (create["service"], create["action"]) == ("Lambda", "createAlias")
+        assert create["parameters"]["FunctionName"] == platform.infer_function_name(NAMES, model)
+        assert (create["parameters"]["Name"], create["parameters"]["FunctionVersion"]) == (LIVE_ALIAS, "$LATEST")
+        # an alias that exists is the platform's: CreateAlias's conflict is not a failure
+        assert create["ignoreErrorCodesMatching"] == ALIAS_EXISTS == "ResourceConflictException"
+        # nothing on update (the split stays), nothing on delete (deleting the function deletes its aliases)
+        assert "Update" not in props
+        assert "Delete" not in props
+        # its provider may create aliases of the infer functions, and do nothing else
+        policies = [r["Properties"] for plid, r in synthesized.of_type("AWS::IAM::Policy").items()
+                    if plid in resource["DependsOn"]]
+        [statement] = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+        function_lid = synthesized.serving()[model][0]
+        assert (statement["Action"], statement["Resource"]) == (
+            "lambda:CreateAlias", {"Fn::GetAtt": [function_lid, "Arn"]})
+
+
+def test_api_gateway_may_invoke_each_live_alias_from_this_apis_stage_only(synthesized: Synthesized) -> None:
+    [api] = synthesized.of_type("AWS::ApiGateway::RestApi")
+    aliases = live_alias_resources(synthesized)
+    infer = {lid: model for model, (lid, _r) in synthesized.serving().items()}
+    found = {}
+    for lid, permission in synthesized.of_type("AWS::Lambda::Permission").items():
+        props = permission["Properties"]
+        target = synthesized.render(props["FunctionName"])
+        if not any(function in target for function in infer):
+            continue
+        [model] = [m for function, m in infer.items() if target == f"{function}.Arn:{LIVE_ALIAS}"]
+        assert (props["Action"], props["Principal"]) == ("lambda:InvokeFunction", "apigateway.amazonaws.com")
+        assert synthesized.render(props["SourceArn"]) == (
+            f"arn:aws:execute-api:us-east-1:123456789012:ref:{api}/{API_STAGE}/*/*")
+        # created once the alias exists
+        assert aliases[model][0] in permission["DependsOn"]
+        found[model] = lid
+    assert set(found) == MODELS
 
 
 # -- capture stream ---------------------------------------------------------------------------------------------
@@ -214,9 +270,14 @@ def lambda_grants(synthesized: Synthesized, function: str) -> tuple[set[str], se
 def test_register_and_rollout_move_only_the_infer_functions(synthesized: Synthesized) -> None:
     infer = {lid for lid, _r in synthesized.serving().values()}
     qualified = {f"{lid}.Arn" for lid in infer} | {f"{lid}.Arn:*" for lid in infer}
-    assert lambda_grants(synthesized, "register") == (set(DEPLOY), qualified)
+    assert lambda_grants(synthesized, "register") == ({*DEPLOY, "lambda:AddPermission"}, qualified)
     assert lambda_grants(synthesized, "rollout") == (set(ROUTE), qualified)
     assert {"lambda:PublishVersion", "lambda:AddPermission"} & set(ROUTE) == set()
+    # register may let API Gateway invoke an alias, and no one else: the statement is conditioned on the principal
+    [adds] = [s for s in role_statements(synthesized, synthesized.stack.pipeline.functions["register"].role)
+              if "lambda:AddPermission" in as_list(s["Action"])]
+    assert as_list(adds["Action"]) == ["lambda:AddPermission"]
+    assert adds["Condition"] == {"StringEquals": {"lambda:Principal": "apigateway.amazonaws.com"}}
     for name in synthesized.functions():
         if name not in ("register", "rollout"):
             assert lambda_grants(synthesized, name) == (set(), set()), name

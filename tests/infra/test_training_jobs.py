@@ -12,8 +12,8 @@ from typing import Any
 
 from infra.constructs.function import DOCKERFILE
 from infra.constructs.pipeline import SYNC_RULE, TRAINING_JOB_PREFIX
-from infra.stack import ACCESS
 from mlops import platform
+from mlops.access import ACCESS
 
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 ASL = json.loads(platform.TRAINING_ASL.read_text())
@@ -129,8 +129,9 @@ def test_training_job_role_has_the_train_functions_data_access_the_image_and_its
 def test_state_machine_may_run_only_its_training_jobs_with_only_that_role(synthesized: Synthesized) -> None:
     stack = synthesized.stack
     statements = statements_of(synthesized, stack.pipeline.state_machines[platform.STATE_MACHINE].role)
+    # what AWS documents for the createTrainingJob.sync integration (ListTags included), on these jobs only
     for action in ("sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
-                   "sagemaker:AddTags"):
+                   "sagemaker:AddTags", "sagemaker:ListTags"):
         [statement] = allowed(statements, action)
         [resource] = rendered(synthesized, statement)
         assert resource.endswith(f":training-job/{TRAINING_JOB_PREFIX}*"), (action, resource)

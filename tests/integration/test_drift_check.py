@@ -69,10 +69,11 @@ def frame(breast_cancer_csv: bytes) -> pd.DataFrame:
 
 
 def put_window(cloud: EmbeddedCloud, frame: pd.DataFrame, hour: datetime, *, drift: bool, n: int = 300,
-               seed: int = 0, flip: float = 0.0) -> None:
+               seed: int = 0, flip: float = 0.0, tag: str | None = None) -> None:
     """n predictions with feedback, in the record format of mlops.serving and Firehose's key layout; the
     predictions are the labels (a perfect model), the values jittered so no row repeats a training row;
-    ``flip``: the share of labels flipped among large tumours (a region of feature space)."""
+    ``flip``: the share of labels flipped among large tumours (a region of feature space); ``tag``: the key's
+    last part (Firehose's is a uuid)."""
     rng = np.random.default_rng(seed)
     rows = frame.sample(n, replace=True, random_state=seed).reset_index(drop=True)
     observed = rows["target"].copy()
@@ -93,7 +94,7 @@ def put_window(cloud: EmbeddedCloud, frame: pd.DataFrame, hour: datetime, *, dri
                       "prediction": str(label), "probabilities": None})
         lines.append({"type": "feedback", "model": "drifty", "request_id": request_id, "label": str(seen),
                       "time": (at + timedelta(seconds=2)).isoformat(timespec="milliseconds"), "reward": None})
-    key = f"captures/{hour:%Y/%m/%d/%H}/mlops-captures-1-{hour:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
+    key = f"captures/{hour:%Y/%m/%d/%H}/mlops-captures-1-{hour:%Y-%m-%d-%H-%M-%S}-{tag or uuid.uuid4()}"
     body = "".join(json.dumps(line) + "\n" for line in lines).encode()
     cloud.client("s3").put_object(Bucket=cloud.deployment.names["captures"], Key=key, Body=body)
 
@@ -234,3 +235,30 @@ def test_concept_drift_from_feedback_alone(drift_cloud: tuple[EmbeddedCloud, io.
     assert summary["concept"]["drifted"] is True, summary["concept"]["reason"]
     assert summary["status"] == "drifted"
     assert summary["concept"]["interval"][1] < summary["concept"]["baseline"]
+
+
+def test_an_object_landing_after_its_windows_check_counts_once_in_the_next(
+        drift_cloud: tuple[EmbeddedCloud, io.StringIO], frame: pd.DataFrame) -> None:
+    """Firehose keys an object by its oldest record but may write it much later (a buffer closing, S3 refusing the
+    write for a while): an object of the first window, keyed before the one that window's check read, lands after
+    that check. The next check counts its records, once; none of the objects read before is counted again."""
+    cloud, _ = drift_cloud
+    hour = T0 + timedelta(days=300)
+    put_window(cloud, frame, hour, drift=False, seed=20, tag="on-time")
+    put_window(cloud, frame, hour + timedelta(hours=1), drift=False, seed=21)
+    put_window(cloud, frame, hour + timedelta(hours=2), drift=False, seed=22)
+
+    def check(n: int) -> dict[str, Any]:
+        return invoke(cloud, {"model": "drifty", "window_end": (hour + timedelta(hours=n)).isoformat()})
+
+    first = check(1)
+    put_window(cloud, frame, hour, drift=False, n=100, seed=23, tag="-late")  # sorts before "on-time"
+    second = check(2)
+    third = check(3)  # everything listed again, nothing counted twice
+    checks = (first, second, third)
+    # the second window: its own 300 and the first window's 100 that landed late, predictions and feedback alike
+    assert [c["rows"] for c in checks] == [300, 400, 300]
+    assert [c["concept"]["n"] for c in checks] == [300, 400, 300]
+    assert [w["labelled_rows"] for w in cloud.registry.drift_windows("drifty", after=hour.isoformat())] == [
+        300, 400, 300]
+    assert [c["late_records"] for c in checks] == [0, 200, 0]

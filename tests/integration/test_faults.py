@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 from moto.core.botocore_stubber import MockRawResponse
@@ -213,5 +212,8 @@ def test_a_permanent_refusal_ends_in_a_failure_record_and_no_version(
     [run] = cloud.registry.runs("breast-cancer")
     assert run.outcome == "failed"
     assert "AccessDenied" in run.reason
-    with pytest.raises(cloud.client("lambda").exceptions.ResourceNotFoundException):
-        cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    # nothing was deployed: `live` is where the deploy put it, and the API says no version is deployed
+    assert cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer",
+                                            Name="live")["FunctionVersion"] == "$LATEST"
+    status, answer = cloud.api("POST", "/models/breast-cancer/predict", {"features": {}})
+    assert (status, answer["error"]) == (503, "NoModelDeployed")

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
+import pytest
+from botocore.exceptions import ClientError
 from test_drift_check import T0, drift_cloud, frame, invoke, put_window
-from test_faults import answers_lost, every_other_attempt_fails, refused, wire_faults
+from test_faults import Fault, answers_lost, every_other_attempt_fails, refused, wire_faults
 
+from mlops.config import ModelConfig
 from mlops.local.embedded import EmbeddedCloud
-from mlops.monitoring import iso, stamp
+from mlops.monitoring import DriftCheckRefused, iso, maybe_retrain, stamp
+from mlops.registry import CHAMPION
 
 __all__ = ["drift_cloud", "frame"]  # the fixtures of test_drift_check, used here by name
 
@@ -124,3 +129,54 @@ def test_a_refused_retraining_file_fails_the_check_and_holds_nothing_back(
     assert again["retrain"]["requested"] is True, again["retrain"]
     assert _decisions(cloud, epoch) == [False, False, True]
     assert len(_retraining_files(cloud, epoch)) == 1
+
+
+# -- what may fail once retraining is claimed ----------------------------------------------------------------------
+# A model with a feature store: its retraining file follows the data's own contract (contracts/<model>/ in the data
+# bucket), not the champion's. Its windows are recorded directly: three drifting windows of 100 labelled rows each, so
+# retraining is due (3 of 4, 200 labels).
+SHOP = ModelConfig.model_validate({"name": "shop", "target": "bought", "features": {
+    "entity_key": "customer", "columns": [{"name": "spend", "aggregate": "sum"}]}})
+
+
+def _due(cloud: EmbeddedCloud, epoch: datetime) -> datetime:
+    for h in range(1, 4):
+        cloud.registry.record_drift_window(SHOP.name, iso(epoch + timedelta(hours=h)), status="drifted", drifted=True,
+                                           labelled_rows=100, details={})
+    return epoch + timedelta(hours=3)
+
+
+def _retrain(cloud: EmbeddedCloud, at: datetime) -> dict[str, Any]:
+    champion = cloud.registry.alias("drifty", CHAMPION)  # used for a model without a feature store only
+    assert champion is not None
+    return maybe_retrain(SHOP, at=at, registry=cloud.registry, models=cloud.models, data=cloud.data, champion=champion)
+
+
+def test_a_refused_contract_read_fails_the_check_and_claims_nothing(drift_cloud: Cloud) -> None:
+    """drift_check may not read contracts/ (a policy that forgot it): the check fails naming what it read, and no
+    claim is left holding off retraining for the cooldown."""
+    cloud, _ = drift_cloud
+    at = _due(cloud, _epoch(5))
+    what = f"reading the data contract of shop under {cloud.data.uri('contracts/shop/')} was refused: AccessDenied"
+    with wire_faults(refused("s3.ListObjectsV2", cloud.deployment.data_bucket, "contracts")) as faults, \
+            pytest.raises(DriftCheckRefused, match=re.escape(what)):
+        _retrain(cloud, at)
+    assert faults.injected["s3.ListObjectsV2"] > 0
+    assert cloud.registry.last_retrain_request(SHOP.name) is None
+    assert cloud.registry.retrain_decisions(SHOP.name) == []
+
+
+def test_a_retraining_file_that_cannot_be_written_gives_the_claim_back(drift_cloud: Cloud) -> None:
+    """S3 answers 503 to every attempt of the retraining file's write (not a refusal: an outage outlasting the SDK's
+    retries). The error reaches the caller as it is, and the claim goes back: no request was made."""
+    cloud, _ = drift_cloud
+    at = _due(cloud, _epoch(6))
+
+    def down(operation: str, seen: int, request: Any) -> Fault:
+        return (503, "ServiceUnavailable") if operation == "s3.PutObject" and "/incoming/shop/" in request.url else None
+
+    with wire_faults(down) as faults, pytest.raises(ClientError, match="ServiceUnavailable"):
+        _retrain(cloud, at)
+    assert faults.injected["s3.PutObject"] > 1  # the SDK retried it
+    assert cloud.registry.last_retrain_request(SHOP.name) is None
+    assert cloud.registry.retrain_decisions(SHOP.name) == []

@@ -5,36 +5,15 @@ written as serving captures it, so the looks, the alias move and the registry wr
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime
 
 from test_faults import answers_lost, every_other_attempt_fails, refused, wire_faults
-from test_rollout import _champion_and_challenger, _decided
+from test_rollout import _champion_and_challenger, _decided, captured_feedback
 
 from mlops.local.embedded import EmbeddedCloud
 
 MODEL = "canary"
 LOOK_CALLS = ("dynamodb.Query", "dynamodb.GetItem", "dynamodb.PutItem", "dynamodb.DeleteItem", "s3.ListObjectsV2",
               "s3.GetObject", "cloudwatch.GetMetricData")
-
-
-def _feedback(cloud: EmbeddedCloud, better: int, worse: int, n: int = 600) -> None:
-    """n answers split between the two arms, each with its label: ``better`` always right, ``worse`` right
-    half of the time. One capture object, in Firehose's layout and serving's record format."""
-    now = datetime.now(UTC)
-    lines = []
-    for i in range(n):
-        version = (better, worse)[i % 2]
-        right = version == better or i % 4 < 2
-        request_id = str(uuid.uuid4())
-        at = now.isoformat(timespec="milliseconds")
-        lines.append({"type": "prediction", "model": MODEL, "time": at, "request_id": request_id,
-                      "model_version": version, "prediction": "1", "features": {}})
-        lines.append({"type": "feedback", "model": MODEL, "time": at, "request_id": request_id,
-                      "label": "1" if right else "0", "reward": None})
-    key = f"captures/{now:%Y/%m/%d/%H}/mlops-captures-1-{now:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
-    cloud.client("s3").put_object(Bucket=cloud.deployment.names["captures"], Key=key,
-                                  Body="".join(json.dumps(line) + "\n" for line in lines).encode())
 
 
 def _live_versions(cloud: EmbeddedCloud) -> dict[str, float]:
@@ -50,7 +29,7 @@ def test_every_call_failing_once_promotes_as_without(cloud: EmbeddedCloud, breas
     as without faults, one audit record, the registry and the traffic agreeing (test_rollout's _decided)."""
     _champion_and_challenger(cloud, breast_cancer_csv)
     with wire_faults(every_other_attempt_fails) as faults:
-        _feedback(cloud, better=2, worse=1)
+        captured_feedback(cloud, better=2, worse=1)
         output = _decided(cloud, "promote", champion=2)
     for operation in (*LOOK_CALLS, "lambda.UpdateAlias", "dynamodb.TransactWriteItems"):
         assert faults.injected[operation] > 0, operation
@@ -63,7 +42,7 @@ def test_an_alias_move_and_record_whose_answers_are_lost_are_done_once(
     the rollback stands, with one audit record, and the registry agrees with the traffic."""
     _champion_and_challenger(cloud, breast_cancer_csv)
     with wire_faults(answers_lost) as faults:
-        _feedback(cloud, better=1, worse=2)
+        captured_feedback(cloud, better=1, worse=2)
         _decided(cloud, "rollback", champion=1)
     for operation in ("lambda.UpdateAlias", "dynamodb.TransactWriteItems", "dynamodb.PutItem"):
         assert faults.injected[operation] > 0, operation
@@ -77,7 +56,7 @@ def test_a_refused_registry_write_fails_the_rollout_and_keeps_the_split(
     _champion_and_challenger(cloud, breast_cancer_csv)
     split = _live_versions(cloud)
     with wire_faults(refused("dynamodb.TransactWriteItems", cloud.deployment.names["registry"])) as faults:
-        _feedback(cloud, better=2, worse=1)
+        captured_feedback(cloud, better=2, worse=1)
         [rollout] = cloud.wait_for_executions(1, timeout=120, state_machine_arn=cloud.deployment.rollout_arn)
     assert faults.injected["dynamodb.TransactWriteItems"] > 0
     assert (rollout["status"], rollout.get("error")) == ("FAILED", "RolloutFailed")

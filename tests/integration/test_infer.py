@@ -213,3 +213,66 @@ def test_a_model_trained_without_declared_features_refuses_an_entity_id(served: 
     status, body = _call(lam, "POST", "/models/breast-cancer/predict", {"entity_id": "c-1"})
     assert (status, body["error"], body["field"]) == (422, "InvalidInput", "entity_id")
     assert "not trained from declared features" in body["message"]
+
+
+def test_a_hostile_cache_directory_does_not_change_what_is_served(served: Any, tmp_path: Path) -> None:
+    """Files left in the cache directory by another run, version or cloud: in the old layout (model name and version)
+    and under the sha256 names of this version's artefacts, with other bytes. Neither is served."""
+    import hashlib
+
+    from mlops.serving import ModelCache, score, validate_row
+
+    cloud, _ = served
+    version = cloud.registry.version("breast-cancer", 1)
+    assert version is not None
+    key = version.artefacts_prefix.split("/", 3)[3]
+    manifest_bytes = cloud.models.get_bytes(key + "manifest.json")
+    assert version.manifest_sha256 == hashlib.sha256(manifest_bytes).hexdigest(), "register vouched for it"
+    manifest = json.loads(manifest_bytes)
+    # another model's: a contract with other columns, and a manifest that vouches for it
+    other_contract = json.dumps({"target": "target", "columns": [
+        {"name": "colour", "kind": "categorical", "categories": ["red"]}, {"name": "target", "kind": "integer"}]})
+    other_manifest = json.dumps({**manifest, "contract": {
+        "sha256": hashlib.sha256(other_contract.encode()).hexdigest()}})
+    old_layout = tmp_path / "breast-cancer" / "v1"
+    old_layout.mkdir(parents=True)
+    (old_layout / "manifest.json").write_text(other_manifest)
+    (old_layout / "contract.json").write_text(other_contract)
+    (old_layout / "model.onnx").write_bytes(b"not this model")
+    named = {hashlib.sha256(manifest_bytes).hexdigest(): other_manifest.encode(),
+             manifest["contract"]["sha256"]: other_contract.encode(), version.onnx_sha256: b"not this model"}
+    for sha256, wrong in named.items():
+        (tmp_path / sha256).write_bytes(wrong)
+
+    loaded = ModelCache(cloud.client("s3"), tmp_path).get(version)
+    row = _row(cloud)
+    assert [spec.name for spec in loaded.schema] == list(row)
+    [answer] = score(loaded.model, [validate_row(row, loaded.schema, "features")])
+    assert answer is not None
+    assert answer["prediction"] == "0"
+    for sha256 in named:  # the wrong bytes were replaced by the verified ones
+        assert hashlib.sha256((tmp_path / sha256).read_bytes()).hexdigest() == sha256
+
+
+def test_a_manifest_that_does_not_vouch_for_the_contract_is_refused(served: Any, tmp_path: Path) -> None:
+    import dataclasses
+    import hashlib
+
+    from mlops.serving import ModelCache, UnverifiableModel
+
+    cloud, _ = served
+    version = cloud.registry.version("breast-cancer", 1)
+    assert version is not None
+    key = version.artefacts_prefix.split("/", 3)[3]
+    manifest = cloud.models.get_json(key + "manifest.json")
+    del manifest["contract"]  # as manifests were before they recorded the contract's sha256
+    copy_key = "models/breast-cancer/runs/unvouched/"
+    data = json.dumps(manifest).encode()
+    cloud.models.put_bytes(copy_key + "manifest.json", data)
+    for name in ("model.onnx", "contract.json"):
+        cloud.models.put_bytes(copy_key + name, cloud.models.get_bytes(key + name))
+    unvouched = dataclasses.replace(version, artefacts_prefix=cloud.models.uri(copy_key),
+                                    manifest_sha256=hashlib.sha256(data).hexdigest())
+    with pytest.raises(UnverifiableModel, match=r"breast-cancer v1's contract \(in its manifest\) cannot be verified"):
+        ModelCache(cloud.client("s3"), tmp_path).get(unvouched)
+    assert UnverifiableModel.status == 500, "not the client's fault"

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -82,6 +83,8 @@ class _FakeLambda:
         class ResourceNotFoundException(Exception):
             pass
 
+    meta = SimpleNamespace(region_name="us-east-1")
+
     def __init__(self, payload: dict[str, Any] | None, function_error: bool = False) -> None:
         self.payload, self.function_error, self.calls = payload, function_error, []
 
@@ -95,25 +98,35 @@ class _FakeLambda:
         return answer
 
 
+def _allowed(function: str, source_arn: str) -> bool:
+    return True
+
+
 def test_the_gateway_returns_the_functions_answer_through_the_live_alias() -> None:
     lam = _FakeLambda({"statusCode": 422, "body": '{"error": "InvalidInput"}', "isBase64Encoded": False,
                        "multiValueHeaders": {"Content-Type": ["application/json"]}})
-    gateway = ApiGateway(lam, {"breast-cancer": INFER}, log=lambda line: None)
+    asked: list[tuple[str, str]] = []
+    gateway = ApiGateway(lam, {"breast-cancer": INFER}, log=lambda line: None,
+                         authorize=lambda function, source: asked.append((function, source)) or True)
     status, headers, body = gateway.handle("POST", "/models/breast-cancer/predict", [], b"{}", "127.0.0.1")
     assert (status, headers["Content-Type"], json.loads(body)) == (422, "application/json", {"error": "InvalidInput"})
     [(function, event)] = lam.calls
     assert function == f"{INFER}:live"
     assert event["requestContext"]["requestId"] == headers["x-amzn-RequestId"]
+    # the source API Gateway presents: this API, stage, method and path
+    assert asked == [(INFER, "arn:aws:execute-api:us-east-1:123456789012:local/local/POST/models/breast-cancer/"
+                             "predict")]
 
 
-def test_the_gateway_says_502_when_the_function_fails_and_503_before_a_deployment() -> None:
+def test_the_gateway_says_502_when_the_function_fails_and_500_when_it_may_not_invoke() -> None:
     failing = ApiGateway(_FakeLambda({"errorType": "ValueError"}, function_error=True), {"breast-cancer": INFER},
-                         log=lambda line: None)
+                         log=lambda line: None, authorize=_allowed)
     assert failing.handle("GET", "/models/breast-cancer", [], b"", "127.0.0.1")[0] == 502
-    undeployed = ApiGateway(_FakeLambda(None), {"breast-cancer": INFER}, log=lambda line: None)
-    status, _headers, body = undeployed.handle("GET", "/models/breast-cancer", [], b"", "127.0.0.1")
-    assert status == 503
-    assert json.loads(body)["error"] == "NotDeployed"
+    lam = _FakeLambda({"statusCode": 200, "body": "{}"})
+    refused = ApiGateway(lam, {"breast-cancer": INFER}, log=lambda line: None, authorize=lambda *_: False)
+    status, _headers, body = refused.handle("GET", "/models/breast-cancer", [], b"", "127.0.0.1")
+    assert (status, json.loads(body)) == (500, {"message": "Internal server error"})
+    assert lam.calls == []  # API Gateway never reaches a function it may not invoke
 
 
 # -- scheduler -----------------------------------------------------------------------------------------------

@@ -1,17 +1,22 @@
 """The canary decided by the sequential test on live feedback, end to end on moto: two datasets make a
 champion and a challenger, traffic goes through the weighted `live` alias, feedback comes back, and the
-rollout state machine promotes or rolls back."""
+rollout state machine promotes or rolls back, in as many executions as its history needs."""
 
 from __future__ import annotations
 
 import copy
 import json
+import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mlops.local.embedded import EmbeddedCloud
+from mlops.local.iam import Target
+from mlops.rollout import EVENTS_PER_LOOK, MAX_LOOKS_VARIABLE, execution_name
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 FUNCTION = "mlops-infer-canary:live"
@@ -136,3 +141,62 @@ def test_worse_challenger_is_rolled_back(
     _traffic(cloud, rows, challenger_right=False)
     look = _decided(cloud, "rollback", champion=1)["history"][-1]
     assert look["upper"] < 0  # the challenger is worse, with confidence
+
+
+def captured_feedback(cloud: EmbeddedCloud, better: int, worse: int, n: int = 600, model: str = "canary") -> None:
+    """n answers split between the two arms, each with its label: ``better`` always right, ``worse`` right
+    half of the time. One capture object, in Firehose's layout and serving's record format."""
+    now = datetime.now(UTC)
+    lines = []
+    for i in range(n):
+        version = (better, worse)[i % 2]
+        right = version == better or i % 4 < 2
+        request_id = str(uuid.uuid4())
+        at = now.isoformat(timespec="milliseconds")
+        lines.append({"type": "prediction", "model": model, "time": at, "request_id": request_id,
+                      "model_version": version, "prediction": "1", "features": {}})
+        lines.append({"type": "feedback", "model": model, "time": at, "request_id": request_id,
+                      "label": "1" if right else "0", "reward": None})
+    key = f"captures/{now:%Y/%m/%d/%H}/mlops-captures-1-{now:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
+    cloud.client("s3").put_object(Bucket=cloud.deployment.names["captures"], Key=key,
+                                  Body="".join(json.dumps(line) + "\n" for line in lines).encode())
+
+
+def test_a_long_rollout_continues_in_new_executions_and_still_decides(
+    cloud: EmbeddedCloud, breast_cancer_csv: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two looks per execution instead of 694 (the history's cap, mlops.rollout): the rollout hands its state to a
+    new execution of the same state machine, named after the model, the challenger and the generation, and the
+    sequential test goes on from where it was to its decision."""
+    monkeypatch.setenv(MAX_LOOKS_VARIABLE, "2")
+    arn = cloud.deployment.rollout_arn
+    # the deployed role lets the rollout start its own next execution (mlops.access)
+    assert cloud.guard is not None
+    assert cloud.guard.policies["mlops-rollout"].allows(Target("states:StartExecution", arn))
+    _champion_and_challenger(cloud, breast_cancer_csv)
+    deadline = time.monotonic() + 60
+    while len(cloud.executions(arn)) < 3 and time.monotonic() < deadline:  # two hand-overs without any feedback
+        time.sleep(0.2)
+    captured_feedback(cloud, better=2, worse=1)
+    executions = sorted(cloud.wait_for_executions(3, timeout=120, state_machine_arn=arn),
+                        key=lambda e: e["startDate"])
+    names = [e["name"] for e in executions]
+    assert names == [execution_name("canary", 2, g) for g in range(len(names))]
+    assert names[:2] == ["canary-v2-rollout", "canary-v2-rollout-1"]
+    assert [e["status"] for e in executions] == ["SUCCEEDED"] * len(executions)
+    outputs = [json.loads(e["output"]) for e in executions]
+    for output, following in zip(outputs, executions[1:], strict=False):
+        # each ended after its two looks, saying where the rollout went on, and that one started from its payload
+        assert output["action"] == "continued"
+        assert output["continued_as"]["execution_arn"] == following["executionArn"]
+        assert json.loads(following["input"])["looks"] == output["looks"]
+    assert [o["looks"] for o in outputs[:-1]] == [2 * (g + 1) for g in range(len(outputs) - 1)]
+    assert outputs[-1]["action"] == "promote"
+    assert cloud.registry.aliases("canary") == {"champion": 2}
+    # one sequential test across the executions: every look on record, the last the promotion
+    looks = cloud.registry.looks("canary", 2)
+    assert len(looks) == outputs[-1]["looks"]
+    assert [x["action"] for x in looks] == ["continue"] * (len(looks) - 1) + ["promote"]
+    # the first execution's history: its two looks, the start and the hand-over
+    history = cloud.history(executions[0]["executionArn"])
+    assert len(history) <= 2 * EVENTS_PER_LOOK + 5, [e["type"] for e in history]

@@ -56,6 +56,87 @@ def test_experiment_compares_families_on_one_split(breast_cancer_file: Path) -> 
     assert table.stdout.splitlines()[0].split()[:2] == ["family", "accuracy"]
 
 
+@pytest.fixture(scope="module")
+def airquality_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shaped like R's airquality: `Ozone` is numeric with many distinct values (a regression target),
+    some of them missing."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    n = 150
+    df = pd.DataFrame({"Solar.R": rng.uniform(0, 330, n).round(), "Wind": rng.uniform(2, 20, n).round(1),
+                       "Temp": rng.integers(56, 97, n), "Month": rng.integers(5, 10, n)})
+    df["Ozone"] = (0.05 * df["Solar.R"] - 3 * df["Wind"] + 1.8 * df["Temp"] - 70 + rng.normal(0, 10, n)).round()
+    df.loc[::15, "Ozone"] = np.nan
+    path = tmp_path_factory.mktemp("data") / "airquality.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dataset", "target", "task", "family"),
+    [("airquality_file", "Ozone", "regression", "linear_regression"),
+     ("breast_cancer_file", "target", "binary", "logistic_regression")],
+)
+def test_train_without_a_family_trains_one_that_fits_the_task(request: pytest.FixtureRequest, dataset: str,
+                                                              target: str, task: str, family: str) -> None:
+    path = request.getfixturevalue(dataset)
+    done = _mlops("train", "--data", str(path), "--target", target, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["task"], result["family"], result["family_auto"]) == (task, family, True)
+    summary = _mlops("train", "--data", str(path), "--target", target)
+    assert summary.returncode == 0, summary.stderr
+    assert f"model        {family} ({task}, the default for the task" in summary.stdout
+    named = _mlops("train", "--data", str(path), "--target", target, "--model-family", "random_forest",
+                   "--params", '{"n_estimators": 5}', "--json")
+    assert named.returncode == 0, named.stderr
+    given = json.loads(named.stdout)
+    assert (given["family"], given["family_auto"]) == ("random_forest", False)
+
+
+def test_help_states_how_the_family_is_chosen() -> None:
+    from mlops.config import Task
+    from mlops.families import DEFAULT_FAMILIES
+
+    done = _mlops("train", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps the help to the terminal's width
+    # the help spells the rule out (see cli.py): it must say what mlops.families does
+    assert DEFAULT_FAMILIES[Task.MULTICLASS] == DEFAULT_FAMILIES[Task.BINARY]
+    assert f"(default: chosen for the task: {DEFAULT_FAMILIES[Task.BINARY]} for a binary or multiclass target, " \
+           f"{DEFAULT_FAMILIES[Task.REGRESSION]} for a regression target)" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "choice"),
+    [("train", "--model-family"), ("experiment", "--families")],
+)
+def test_a_named_family_that_cannot_do_the_task_exits_2_with_one_line(airquality_file: Path, command: str,
+                                                                     choice: str) -> None:
+    done = _mlops(command, "--data", str(airquality_file), "--target", "Ozone", choice, "logistic_regression",
+                  "--json")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"mlops {command}: error: model family 'logistic_regression' cannot be trained for a "
+                           "regression target (inferred from 'Ozone', a numeric column with more than 20 distinct")
+    assert "families for regression: ['hist_gradient_boosting', 'linear_regression', 'random_forest']" in line
+
+
+def test_experiment_marks_the_family_train_picks_by_default(airquality_file: Path) -> None:
+    args = ("experiment", "--data", str(airquality_file), "--target", "Ozone", "--families",
+            "random_forest,linear_regression")
+    done = _mlops(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    assert {r["family"]: r["default_for_task"] for r in json.loads(done.stdout)} == {
+        "random_forest": False, "linear_regression": True}
+    table = _mlops(*args).stdout.splitlines()
+    assert [row.split()[0] for row in table[1:3]] == ["random_forest", "linear_regression*"]
+    assert table[3] == "* what `mlops train` trains when --model-family is not given"
+
+
 @pytest.mark.parametrize(
     ("content", "target", "message"),
     [

@@ -351,12 +351,41 @@ def test_retraining_data_is_curated_rows_plus_labelled_rows_since_the_last_reque
                                                       "data_uri": "s3://data/curated/m/abc/data.parquet"})
         for stamp, x in (("20260105T010000Z", 10.0), ("20260105T020000Z", 20.0), ("20260105T030000Z", 30.0)):
             data.put_bytes(f"labelled/m/{stamp}.jsonl", (json.dumps({"x": x, "flag": 1.0, "y": "1"}) + "\n").encode())
-        body, curated, captured = retraining_csv("m", data=data, contract=contract, since="20260105T020000Z")
+        body, curated, captured, duplicates = retraining_csv("m", data=data, contract=contract,
+                                                             since="20260105T020000Z")
     aws.client.cache_clear()
     frame = pd.read_csv(io.BytesIO(body), dtype=str)
-    assert (curated, captured) == (2, 1)
+    assert (curated, captured, duplicates) == (2, 1, 0)
     assert frame.to_dict("list") == {"x": ["1.5", "2.5", "30.0"], "flag": ["true", "false", "true"],
                                      "y": ["0", "1", "1"]}
+
+
+def test_retraining_data_holds_each_distinct_row_once_so_ingest_keeps_it() -> None:
+    """Live traffic repeats the curated rows: as repeats, ingest would quarantine them as duplicates and, past
+    max_bad_row_fraction, reject the whole retraining file (seen in `make demo`: 48% of the rows were repeats)."""
+    from moto import mock_aws
+
+    from mlops import aws
+    from mlops.contract import DataContract, read_csv, validate
+    from mlops.monitoring import retraining_csv
+    from mlops.storage import ObjectStore
+
+    contract = {"target": "y", "columns": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "integer"}]}
+    with mock_aws():
+        aws.client.cache_clear()
+        aws.client("s3").create_bucket(Bucket="data")
+        data = ObjectStore(aws.client("s3"), "data")
+        data.put_parquet("curated/m/abc/data.parquet", pd.DataFrame({"x": [1.5, 2.5, 3.5], "y": [0, 1, 1]}))
+        data.put_json("curated/m/abc/manifest.json", {"created_at": "2026-01-01T00:00:00+00:00",
+                                                      "data_uri": "s3://data/curated/m/abc/data.parquet"})
+        seen = [{"x": 1.5, "y": "0"}, {"x": 2.5, "y": "1"}, {"x": 2.5, "y": "1"}, {"x": 9.5, "y": "0"}] * 3
+        data.put_bytes("labelled/m/20260105T010000Z.jsonl", "".join(json.dumps(r) + "\n" for r in seen).encode())
+        body, curated, captured, duplicates = retraining_csv("m", data=data, contract=contract, since=None)
+    aws.client.cache_clear()
+    assert (curated, captured, duplicates) == (3, 12, 11)
+    result = validate(read_csv(body, max_bytes=len(body)), DataContract.model_validate({**contract, "version": 1}),
+                      max_bad_row_fraction=0.5)
+    assert (len(result.good), len(result.bad)) == (4, 0)
 
 
 def test_regression_outputs_and_error_drift(contract: DataContract) -> None:

@@ -78,3 +78,17 @@ def test_importing_families_does_not_import_sklearn() -> None:
     code = "import sys, mlops.families; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_task_has_a_default_family_that_can_train_it() -> None:
+    from mlops.families import DEFAULT_FAMILIES, default_family, families_for
+
+    assert dict(DEFAULT_FAMILIES) == {
+        Task.BINARY: "logistic_regression",
+        Task.MULTICLASS: "logistic_regression",
+        Task.REGRESSION: "linear_regression",
+    }
+    for task in Task:
+        assert default_family(task).supports(task), task
+        assert default_family(task.value).name in families_for(task)
+    assert families_for("regression") == ["hist_gradient_boosting", "linear_regression", "random_forest"]

@@ -72,3 +72,24 @@ def test_rejections_and_failures_are_recorded_without_a_version(registry: Regist
     assert run is not None
     assert run.outcome == "rejected"
     assert "below the threshold" in run.reason
+
+
+def test_a_version_carries_the_sha256_of_its_manifest(registry: Registry) -> None:
+    vouched = registry.register(model="m", run_id="r1", artefacts_prefix="s3://b/models/m/runs/r1/",
+                                onnx_sha256="ab" * 32, dataset_sha256="cd" * 32, metrics={}, alias=CHAMPION,
+                                manifest_sha256="ef" * 32)
+    assert vouched.manifest_sha256 == "ef" * 32
+    assert registry.version("m", 1).manifest_sha256 == "ef" * 32  # type: ignore[union-attr]
+    assert registry.versions("m")[0].to_dict()["manifest_sha256"] == "ef" * 32
+    # a record written without it (before manifests were vouched for) reads as None: serving refuses it
+    assert _register(registry, "r2", CHALLENGER).manifest_sha256 is None
+
+
+def test_looks_within_one_second_keep_their_order(registry: Registry) -> None:
+    """A rollout looking every second records several looks with the same `at`: `mlops ab status` and the audit
+    read them in the order they were taken, the decision last."""
+    for number in range(1, 11):
+        registry.record_look("m", 2, {"at": "2026-12-03T08:00:00+00:00", "number": number,
+                                      "action": "promote" if number == 10 else "continue"})
+    assert [look["number"] for look in registry.looks("m", 2)] == list(range(1, 11))
+    assert registry.looks("m", 2)[-1]["action"] == "promote"

@@ -1,10 +1,12 @@
 """The rollout's incremental join of captured predictions and feedback (on moto S3), for both metrics:
-labels (accuracy) and numeric rewards (mean reward through the sequential test's means variant)."""
+labels (accuracy) and numeric rewards (mean reward through the sequential test's means variant); capture objects
+landing late and out of key order, each counted once; the payload within Step Functions' bound."""
 
 from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -12,7 +14,19 @@ import pytest
 from moto import mock_aws
 
 from mlops.abtest import SequentialTest
-from mlops.rollout import RolloutState, _look_at_metric, join_new_captures
+from mlops.rollout import (
+    MAX_ORPHANS,
+    MAX_PENDING,
+    MAX_RECENT,
+    ORPHAN_BYTES,
+    PENDING_BYTES,
+    SETTLE,
+    ReadObjects,
+    RolloutState,
+    _look_at_metric,
+    _newest,
+    join_new_captures,
+)
 from mlops.storage import ObjectStore
 
 STARTED = "2026-11-27T10:00:00+00:00"
@@ -70,3 +84,85 @@ def test_labels_count_correct_predictions_per_version(captures: ObjectStore) -> 
     state = RolloutState(model="m", champion=1, challenger=2, started_at=STARTED)
     join_new_captures(state, captures)
     assert state.counts == {"1": [1, 1], "2": [0, 1]}
+
+
+# -- capture objects that land late and out of key order (Firehose keys by the oldest record's arrival) ---------------
+def _firehose_key(at: datetime, tag: str) -> str:
+    return f"captures/{at:%Y/%m/%d/%H}/mlops-captures-1-{at:%Y-%m-%d-%H-%M-%S}-{tag}"
+
+
+def _pairs(prefix: str, n: int, version: int, at: datetime, right: bool = True) -> list[dict[str, Any]]:
+    """n predictions of ``version`` with their feedback (right or wrong), timed ``at``."""
+    out = []
+    for i in range(n):
+        when = at.isoformat(timespec="milliseconds")
+        out.append({"type": "prediction", "model": "m", "time": when, "request_id": f"{prefix}{i}",
+                    "model_version": version, "prediction": "1"})
+        out.append({"type": "feedback", "model": "m", "time": when, "request_id": f"{prefix}{i}",
+                    "label": "1" if right else "0"})
+    return out
+
+
+def test_a_late_object_keyed_before_one_read_is_counted_once_and_no_object_twice(captures: ObjectStore) -> None:
+    now = datetime.now(UTC)
+    state = RolloutState(model="m", champion=1, challenger=2,
+                         started_at=(now - timedelta(hours=1)).isoformat(timespec="seconds"))
+    _put(captures, _firehose_key(now - timedelta(minutes=5), "b"), _pairs("b", 10, 2, now - timedelta(minutes=5)))
+    join_new_captures(state, captures)
+    assert state.counts == {"1": [0, 0], "2": [10, 10]}
+    # its buffer opened earlier (a smaller key), but S3 refused the write for a while: it lands after "b" was read
+    _put(captures, _firehose_key(now - timedelta(minutes=9), "a"), _pairs("a", 7, 1, now - timedelta(minutes=8),
+                                                                          right=False))
+    join_new_captures(state, captures)  # lists both, reads "a" only
+    assert state.counts == {"1": [0, 7], "2": [10, 10]}
+    join_new_captures(state, captures)  # nothing new: "a" and "b" are listed again, neither read
+    assert state.counts == {"1": [0, 7], "2": [10, 10]}
+
+
+def test_feedback_read_before_its_late_prediction_counts_when_the_prediction_lands(captures: ObjectStore) -> None:
+    now = datetime.now(UTC)
+    state = RolloutState(model="m", champion=1, challenger=2,
+                         started_at=(now - timedelta(hours=1)).isoformat(timespec="seconds"))
+    records = _pairs("r", 4, 2, now - timedelta(minutes=20))
+    _put(captures, _firehose_key(now - timedelta(minutes=2), "feedback"), records[1::2])
+    join_new_captures(state, captures)
+    assert state.counts["2"] == [0, 0]
+    assert len(state.orphans) == 4  # waiting for their predictions, in the payload
+    _put(captures, _firehose_key(now - timedelta(minutes=20), "predictions"), records[0::2])
+    join_new_captures(state, captures)
+    assert state.counts["2"] == [4, 4]
+    assert state.orphans == {}
+    assert state.pending == {}
+
+
+def test_what_was_read_stays_bounded_however_many_objects_land() -> None:
+    """The payload names only objects landing within SETTLE of a look, at most MAX_RECENT of them: beyond that,
+    the older are taken as read by their time, so none is read twice."""
+    at = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    listed = [(f"captures/k{i:05d}", at - timedelta(seconds=i % 600)) for i in range(MAX_RECENT + 500)]
+    listed += [(f"captures/old{i}", at - SETTLE - timedelta(minutes=i + 1)) for i in range(100)]
+    read = ReadObjects.after(listed, at)
+    assert len(read.recent) <= MAX_RECENT
+    assert all(read.has(key, modified) for key, modified in listed)
+    assert not read.has("captures/new", at)
+    assert len(read.model_dump_json()) < 32_000
+
+
+def test_the_payload_stays_under_step_functions_256_kib_at_its_bounds() -> None:
+    """Every part of the state at its bound, with the longest request ids a client may send (128 characters)."""
+    long_id = "x" * 120
+    state = RolloutState(
+        model="m" * 40, champion=1, challenger=2, started_at=STARTED,
+        pending=_newest({f"{long_id}{i:08d}": [1, "a long class label"] for i in range(5000)}, MAX_PENDING,
+                        PENDING_BYTES),
+        orphans=_newest({f"{long_id}{i:08d}": ["label", "a long class label"] for i in range(5000)}, MAX_ORPHANS,
+                        ORPHAN_BYTES),
+        read=ReadObjects(until=STARTED, recent=["0" * 12] * MAX_RECENT))
+    test = SequentialTest(max_samples_per_arm=20000, alpha=0.05, mde=0.05)
+    decision = test.update(4000, 9000, 4200, 9000)
+    look = {"at": STARTED, **decision.to_dict(), "metric": "accuracy", "champion": 1, "action": "continue",
+            "reason": decision.reason, "health": {arm: {"requests": 123456.0, "errors": 1234.0, "error_rate": 0.01,
+                                                        "p95_ms": 123.456} for arm in ("champion", "challenger")}}
+    payload = {**state.model_dump(), "test": test.to_dict(), "history": [look] * 50, "action": "continue",
+               "reason": decision.reason, "wait_seconds": 300, "next_execution": "m" * 40 + "-v123-rollout-12"}
+    assert len(json.dumps(payload).encode()) < 262_144 * 0.9

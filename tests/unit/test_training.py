@@ -129,13 +129,10 @@ def test_rejects_test_split_too_small_for_classes(wine: pd.DataFrame) -> None:
         train(few, infer_contract(wine, "target"), _config("multiclass", test_size=0.05))
 
 
-def test_family_that_does_not_fit_the_task(breast_cancer: pd.DataFrame) -> None:
-    with pytest.raises(ConfigError, match="linear_regression"):
-        train(
-            breast_cancer,
-            infer_contract(breast_cancer, "target"),
-            _config("binary", family="linear_regression"),
-        )
+def test_family_that_does_not_fit_the_task() -> None:
+    # refused where it is declared (mlops.toml loads), not after a deploy at the first training run
+    with pytest.raises(ValueError, match=r"'linear_regression' cannot be trained for a binary model"):
+        _config("binary", family="linear_regression")
 
 
 def test_invalid_param_values_are_config_errors(breast_cancer: pd.DataFrame) -> None:
@@ -326,3 +323,67 @@ def test_manifest_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
         manifest_mod.build_manifest(
             model="m", family="f", task="binary", params={}, seed=1, onnx_bytes=b"", dataset={"uri": "s3://x"}
         )
+
+
+def _airquality(n: int = 150, seed: int = 3) -> pd.DataFrame:
+    """Shaped like R's airquality: a numeric target with many distinct values, some of them missing."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"solar": rng.uniform(0, 330, n).round(), "wind": rng.uniform(2, 20, n).round(1),
+                       "temp": rng.integers(56, 97, n), "month": rng.integers(5, 10, n)})
+    df["ozone"] = (0.05 * df["solar"] - 3 * df["wind"] + 1.8 * df["temp"] - 70 + rng.normal(0, 10, n)).round()
+    df.loc[::15, "ozone"] = np.nan
+    return df
+
+
+@pytest.mark.parametrize(
+    ("dataset", "target", "task", "family"),
+    [
+        ("airquality", "ozone", "regression", "linear_regression"),
+        ("breast_cancer", "target", "binary", "logistic_regression"),
+        ("wine", "target", "multiclass", "logistic_regression"),
+    ],
+)
+def test_run_training_without_a_family_trains_the_tasks_default(
+    request: pytest.FixtureRequest, tmp_path: Path, dataset: str, target: str, task: str, family: str
+) -> None:
+    from mlops.families import DEFAULT_FAMILIES
+
+    frame = _airquality() if dataset == "airquality" else request.getfixturevalue(dataset)
+    path = tmp_path / f"{dataset}.csv"
+    frame.to_csv(path, index=False)
+    messages: list[str] = []
+    out = run_training(path, target, progress=messages.append)
+    assert (out["task"], out["family"], out["family_auto"]) == (task, family, True)
+    assert family == DEFAULT_FAMILIES[Task(task)]
+    assert out["manifest"]["family"] == family
+    assert f"family {family}: the default for a {task} target" in messages
+    named = run_training(path, target, family="random_forest", params={"n_estimators": 5})
+    assert (named["family"], named["family_auto"]) == ("random_forest", False)
+
+
+def test_a_named_family_that_cannot_do_the_inferred_task_says_where_the_task_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "airquality.csv"
+    _airquality().to_csv(path, index=False)
+    with pytest.raises(ConfigError) as inferred:
+        run_training(path, "ozone", family="logistic_regression")
+    message = str(inferred.value)
+    assert "model family 'logistic_regression' cannot be trained for a regression target" in message
+    assert "inferred from 'ozone', a numeric column with more than 20 distinct values" in message
+    assert "['hist_gradient_boosting', 'linear_regression', 'random_forest']" in message
+    assert message.endswith("or name no family to train linear_regression")
+    with pytest.raises(ConfigError) as given:
+        run_training(path, "ozone", family="logistic_regression", task="regression")
+    assert "inferred" not in str(given.value)  # the user gave the task: only the family can be wrong
+    with pytest.raises(ConfigError, match=r"inferred from 'ozone'.*families for regression: \[[^]]+\]$"):
+        compare_families(path, "ozone", ["logistic_regression"])
+    with pytest.raises(ConfigError, match="linear_regression is the default for a regression target: name the family"):
+        run_training(path, "ozone", params={"C": 0.5})
+
+
+def test_compare_families_marks_the_family_run_training_defaults_to(tmp_path: Path) -> None:
+    path = tmp_path / "airquality.csv"
+    _airquality().to_csv(path, index=False)
+    entries = compare_families(path, "ozone", params={"random_forest": {"n_estimators": 5},
+                                                      "hist_gradient_boosting": {"max_iter": 5}})
+    assert {e["family"]: e["default_for_task"] for e in entries} == {
+        "linear_regression": True, "random_forest": False, "hist_gradient_boosting": False}

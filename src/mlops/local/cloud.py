@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from mlops import platform, settings
 from mlops.config import CONFIG_FILE, load_config
+from mlops.deploy import LIVE_ALIAS, ServingDeployer
 from mlops.local.alarms import create_alarms
+from mlops.local.gateway import execute_api_arn
+from mlops.local.iam import LocalNames
 from mlops.local.queues import provision_queues
 
 ACCOUNT = "123456789012"
@@ -67,7 +72,14 @@ class Deployment:
             settings.ROLLOUT_STATE_MACHINE_ARN: self.rollout_arn,
             settings.BATCH_STATE_MACHINE_ARN: self.batch_arn,
             settings.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
+            settings.API_SOURCE_ARN: self.api_source_arn,
         }[variable]
+
+    @property
+    def api_source_arn(self) -> str:
+        """What the local gateway presents as the source of its invocations, for any method and path (as the
+        stack's API does for its stage: infra/constructs/serving.py)."""
+        return execute_api_arn(self.region, ACCOUNT)
 
     @property
     def batch_arn(self) -> str:
@@ -90,6 +102,9 @@ class Deployment:
     def infer_function(self, model: str) -> str:
         return platform.infer_function_name(self.project, model)
 
+    def local_names(self) -> LocalNames:
+        return LocalNames(self.region, ACCOUNT, self.project, self.names, self.models)
+
     def function_env(self, spec: platform.FunctionSpec) -> dict[str, str]:
         return {
             **{variable: self.env_value(variable) for variable in spec.env},
@@ -98,6 +113,23 @@ class Deployment:
             # no X-Ray daemon locally; on AWS the CDK app turns active tracing on
             "POWERTOOLS_TRACE_DISABLED": "true",
         }
+
+
+def live_alias(lam: Any, function: str, api_source_arn: str) -> None:
+    """What the stack does at deploy time (infra/constructs/serving.py): the `live` alias, on $LATEST until register
+    moves it (a fresh stack answers 503 until a model is deployed), and API Gateway's right to invoke it. The alias
+    belongs to the platform: one that exists already is left where it points."""
+    try:
+        lam.create_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion="$LATEST",
+                         Description="the A/B split: moved by register and rollout, never by a deploy")
+    except ClientError as exc:  # AWS says ResourceConflictException, moto ConflictException
+        if exc.response["Error"]["Code"] not in ("ResourceConflictException", "ConflictException"):
+            raise
+    ServingDeployer(lam, api_source_arn=api_source_arn).ensure_api_permission(function)
+
+
+def rule_arn(region: str, rule_name: str) -> str:
+    return f"arn:aws:events:{region}:{ACCOUNT}:rule/{rule_name}"
 
 
 def _definition(path: Path, functions: dict[str, str], deployment: Deployment) -> str:
@@ -177,9 +209,12 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
             Description=platform.INFER.description, Timeout=platform.INFER.timeout_s,
             MemorySize=platform.INFER.memory_mb,
             Environment={"Variables": {**deployment.function_env(platform.INFER), "MODEL_NAME": model,
-                                       # infer starts batch runs (mlops.batch); push shares INFER.env, not this
-                                       settings.BATCH_STATE_MACHINE_ARN: deployment.batch_arn}},
+                                       # infer starts batch runs (mlops.batch) with their inputs in the data bucket;
+                                       # push shares INFER.env, not these
+                                       settings.BATCH_STATE_MACHINE_ARN: deployment.batch_arn,
+                                       settings.DATA_BUCKET: deployment.data_bucket}},
         )
+        live_alias(lam, deployment.infer_function(model), deployment.api_source_arn)
     sm = client("stepfunctions").create_state_machine(
         name=deployment.names["training"], definition=training_definition(deployment), roleArn=role)
     assert sm["stateMachineArn"] == deployment.state_machine_arn
@@ -193,6 +228,11 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
         triggers = [t for t in platform.S3_TRIGGERS if t.bucket == bucket]
         if not triggers:
             continue
+        # S3 refuses a notification configuration naming a function it may not invoke (mlops.local.permissions)
+        for function in sorted({t.function for t in triggers}):
+            lam.add_permission(FunctionName=deployment.function_arns[function], StatementId=f"s3-{bucket}",
+                               Action="lambda:InvokeFunction", Principal="s3.amazonaws.com",
+                               SourceArn=f"arn:aws:s3:::{deployment.names[bucket]}", SourceAccount=ACCOUNT)
         s3.put_bucket_notification_configuration(
             Bucket=deployment.names[bucket],
             NotificationConfiguration={"LambdaFunctionConfigurations": [
@@ -206,6 +246,11 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
                 for t in triggers
             ]},
         )
+    # EventBridge invokes a scheduled function only with its permission, one per rule (as the stack's targets add)
+    for rule in platform.scheduled_rules(config):
+        lam.add_permission(FunctionName=deployment.function_arns[rule.function], StatementId=rule.rule_name,
+                           Action="lambda:InvokeFunction", Principal="events.amazonaws.com",
+                           SourceArn=rule_arn(region, rule.rule_name))
     # push mode: each model's queue, dead-letter queue, topic, push function and event source mapping
     provision_queues(client, config=config, region=region, role=role, code=function_zip(platform.PUSH, config_file),
                      environment={v: deployment.env_value(v) for v in (*platform.PUSH.env, settings.DATA_BUCKET)})

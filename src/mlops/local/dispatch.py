@@ -17,7 +17,7 @@ from typing import Any
 
 from moto.s3 import notifications
 
-_ORIGINAL = notifications._invoke_awslambda
+from mlops.local.permissions import deliver_s3_event
 
 
 class AsyncNotifications:
@@ -25,17 +25,19 @@ class AsyncNotifications:
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._drain, name="s3-notifications", daemon=True)
         self.muted = False  # while state is restored: those objects were already delivered before
+        self._previous: Any = None
 
     def install(self) -> None:
         def _enqueue(account_id: str, event_body: Any, fn_arn: str, region_name: str) -> None:
             if not self.muted:
                 self._queue.put((account_id, event_body, fn_arn, region_name))
 
+        self._previous = notifications._invoke_awslambda
         notifications._invoke_awslambda = _enqueue
         self._worker.start()
 
     def uninstall(self, timeout: float = 5.0) -> None:
-        notifications._invoke_awslambda = _ORIGINAL
+        notifications._invoke_awslambda = self._previous
         self._queue.put(None)
         self._worker.join(timeout)
 
@@ -45,7 +47,9 @@ class AsyncNotifications:
             try:
                 if item is None:
                     return
-                _ORIGINAL(*item)  # moto's own delivery: it swallows the target's errors, as AWS would
+                # moto's own delivery (it swallows the target's errors, as AWS would), if the function's resource
+                # policy lets S3 invoke it
+                deliver_s3_event(*item)
             except Exception as exc:  # one bad event must not stop the deliveries after it
                 print(f"[s3] notification failed: {exc!r}", file=sys.stderr, flush=True)
             finally:

@@ -5,21 +5,32 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlops import aws
+from mlops.config import ProjectConfig, load_config
+from mlops.local import permissions
 from mlops.local.alarms import alarm_watcher
-from mlops.local.cloud import Deployment, provision
+from mlops.local.cloud import ACCOUNT, Deployment, provision
 from mlops.local.firehose import BufferedFirehose
+from mlops.local.iam import Guard, LocalNames, platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
 from mlops.registry import Registry
 from mlops.storage import ObjectStore
+
+# Where a cloud's IAM policies come from: the platform's declaration by default; the tests pass the synthesized
+# template's (tests/template_iam.py), so that what is deployed is what the local cloud enforces.
+PolicySource = Callable[[LocalNames, ProjectConfig, Path], Mapping[str, Sequence[Mapping[str, Any]]]]
+
+
+def declared_policies(names: LocalNames, config: ProjectConfig, config_file: Path) -> dict[str, list[dict[str, Any]]]:
+    return platform_policies(names, config)
 
 
 @dataclass
@@ -28,6 +39,7 @@ class EmbeddedCloud:
     runtime: InProcessRuntime
     firehose: BufferedFirehose | None = None
     queues: QueuePoller | None = None  # delivers the push queues to the push functions (mlops.local.queues)
+    guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam)
 
     def flush_captures(self) -> None:
         """Deliver what Firehose holds in its buffer now (it would within its interval)."""
@@ -90,10 +102,11 @@ class EmbeddedCloud:
 
 
 @contextmanager
-def embedded_cloud(config_file: Path, *, handler_output: Any = None,
-                   buffered_captures: bool = False) -> Iterator[EmbeddedCloud]:
+def embedded_cloud(config_file: Path, *, handler_output: Any = None, buffered_captures: bool = False,
+                   policies: PolicySource | None = None) -> Iterator[EmbeddedCloud]:
     """``buffered_captures``: Firehose writes one S3 object per buffer, as on AWS, instead of moto's one per
-    call; readers of the captures (rollout, drift_check) then stay fast under thousands of predictions."""
+    call; readers of the captures (rollout, drift_check) then stay fast under thousands of predictions.
+    ``policies``: where each function's role policy comes from (default: the platform's declaration)."""
     from moto import mock_aws
 
     # Handlers print their metrics (EMF): the bridge plays CloudWatch Logs' part and publishes them.
@@ -101,10 +114,15 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None,
     with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), percentiles_in_moto(),
           InProcessRuntime(handler_output=output) as runtime):
         aws.client.cache_clear()
+        permissions.install()
         firehose = BufferedFirehose(interval_s=0.5) if buffered_captures else None
         if firehose is not None:
             firehose.install()
-        cloud = EmbeddedCloud(provision(aws.client, config_file=config_file), runtime, firehose)
+        deployment = provision(aws.client, config_file=config_file)
+        source = policies or default_policies
+        guard = Guard(source(deployment.local_names(), load_config(config_file), config_file), account=ACCOUNT)
+        guard.install()
+        cloud = EmbeddedCloud(deployment, runtime, firehose, guard=guard)
         runtime.listeners.append(alarm_watcher(cloud.deployment, aws.client))
         cloud.queues = QueuePoller(aws.client("sqs"), aws.client("lambda"), region=aws.region())
         cloud.queues.start()
@@ -124,4 +142,10 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None,
             for arn in (cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn, cloud.deployment.batch_arn):
                 with contextlib.suppress(TimeoutError):
                     cloud.wait_for_executions(0, timeout=60, state_machine_arn=arn)
+            guard.uninstall()
+            permissions.uninstall()
             aws.client.cache_clear()
+
+
+# the tests replace it with the synthesized template's policies (tests/conftest.py)
+default_policies: PolicySource = declared_policies

@@ -4,8 +4,10 @@ The routes are the ones the CDK app declares (infra/constructs/serving.py): ``GE
 gateway itself, and per declared model ``GET /models/<name>``, ``POST /models/<name>/predict`` and
 ``POST /models/<name>/feedback``, each a Lambda-proxy integration of the model's infer function through its
 ``live`` alias. The invocation goes through the Lambda API, so the alias's weights pick the version (the
-A/B split) exactly as they do behind API Gateway. What this gateway does not do: SigV4 authorization,
-throttling, request-body validation (the handler validates bodies itself).
+A/B split) exactly as they do behind API Gateway, and only if the alias's resource policy lets
+``apigateway.amazonaws.com`` invoke it for the request's execute-api ARN (otherwise 500, as API Gateway answers).
+What this gateway does not do: SigV4 authorization, throttling, request-body validation (the handler validates
+bodies itself).
 """
 
 from __future__ import annotations
@@ -21,12 +23,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from mlops.deploy import LIVE_ALIAS
+from moto.core import DEFAULT_ACCOUNT_ID
 
+from mlops.access import API_PRINCIPAL
+from mlops.deploy import LIVE_ALIAS
+from mlops.local.permissions import may_invoke
+
+API_ID = "local"
 STAGE = "local"
 # (path below /models/<name>, method): the infer handler's routes, as infra/constructs/serving.py MODEL_ROUTES
 MODEL_ROUTES = (("", "GET"), ("predict", "POST"), ("feedback", "POST"),
                 ("batch", "POST"), ("batch/{batch_id}", "GET"))  # batch inference (mlops.batch)
+
+
+def execute_api_arn(region: str, account: str, method: str = "*", path: str = "*") -> str:
+    """The ARN API Gateway presents as the source of an invocation (``AWS:SourceArn``): for ``path`` ``*``, any
+    method and path of the stage."""
+    return f"arn:aws:execute-api:{region}:{account}:{API_ID}/{STAGE}/{method}/{path.lstrip('/') or '*'}"
 
 
 def _json(status: int, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
@@ -67,7 +80,7 @@ def proxy_event(*, method: str, raw_path: str, headers: list[tuple[str, str]], b
             "resourceId": "local", "resourcePath": resource, "httpMethod": method, "path": f"/{STAGE}{split.path}",
             "stage": STAGE, "requestId": request_id, "extendedRequestId": request_id, "protocol": "HTTP/1.1",
             "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"), "requestTimeEpoch": int(now.timestamp() * 1000),
-            "accountId": "123456789012", "apiId": "local", "domainName": multi_headers.get("Host", ["local"])[-1],
+            "accountId": "123456789012", "apiId": API_ID, "domainName": multi_headers.get("Host", ["local"])[-1],
             "identity": {"sourceIp": source_ip, "userAgent": multi_headers.get("User-Agent", [""])[-1]},
         },
         "body": text if body else None,
@@ -78,10 +91,18 @@ def proxy_event(*, method: str, raw_path: str, headers: list[tuple[str, str]], b
 class ApiGateway:
     """Routes requests to the models' infer functions. ``functions`` maps a model to its infer function."""
 
-    def __init__(self, lambda_client: Any, functions: dict[str, str], log: Callable[[str], None]) -> None:
+    def __init__(self, lambda_client: Any, functions: dict[str, str], log: Callable[[str], None],
+                 authorize: Callable[[str, str], bool] | None = None) -> None:
+        """``authorize(function, source_arn)``: whether API Gateway may invoke the function's `live` alias for that
+        execute-api ARN (default: its resource policy in moto, mlops.local.permissions)."""
         self.lam = lambda_client
         self.functions = functions
         self.log = log
+        self.authorize = authorize or self._resource_policy_allows
+
+    def _resource_policy_allows(self, function: str, source_arn: str) -> bool:
+        return may_invoke(DEFAULT_ACCOUNT_ID, self.lam.meta.region_name, function=function, qualifier=LIVE_ALIAS,
+                          service=API_PRINCIPAL, source_arn=source_arn)
 
     def route(self, method: str, path: str) -> tuple[str, str] | None:
         """(model, resource) of a request, or None when the API has no such route."""
@@ -105,14 +126,16 @@ class ApiGateway:
             return not_found(method, path)
         model, resource = found
         request_id = str(uuid.uuid4())
+        region = self.lam.meta.region_name
+        if not self.authorize(self.functions[model], execute_api_arn(region, DEFAULT_ACCOUNT_ID, method, path)):
+            # API Gateway's answer when its integration's alias is missing or its policy does not let it invoke
+            self.log(f"[api] {method} {path}: the resource policy of {self.functions[model]}:{LIVE_ALIAS} does not let "
+                     f"{API_PRINCIPAL} invoke it (or the alias does not exist): answering 500, as API Gateway does")
+            return _json(500, {"message": "Internal server error"})
         event = proxy_event(method=method, raw_path=raw_path, headers=headers, body=body, resource=resource,
                             source_ip=source_ip, request_id=request_id)
-        try:
-            response = self.lam.invoke(FunctionName=f"{self.functions[model]}:{LIVE_ALIAS}",
-                                       Payload=json.dumps(event).encode())
-        except self.lam.exceptions.ResourceNotFoundException:
-            return _json(503, {"error": "NotDeployed", "message": f"{model} has no version serving yet: upload a "
-                               f"dataset under incoming/{model}/ and wait for the training pipeline"})
+        response = self.lam.invoke(FunctionName=f"{self.functions[model]}:{LIVE_ALIAS}",
+                                   Payload=json.dumps(event).encode())
         payload = json.loads(response["Payload"].read() or b"{}")
         if response.get("FunctionError") or not isinstance(payload, dict) or "statusCode" not in payload:
             # what API Gateway answers when the integration fails; the function's error is in the server log

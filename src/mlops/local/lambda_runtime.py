@@ -82,6 +82,7 @@ class Invocation:
 @dataclass
 class _Environment:
     root: Path
+    tmp: Path  # this environment's own /tmp
     module: ModuleType
     handler: Callable[[Any, Any], Any]
 
@@ -321,8 +322,13 @@ class InProcessRuntime:
         code = getattr(fn, "code_bytes", None)
         if not code:
             raise RuntimeError(f"{fn.function_name} has no zip code; the local runtime runs zip functions only")
-        root = self.workdir / f"{fn.function_name}-{fn.version}-{fn.code_sha_256[:12]}"
+        # the code sha is base64: its '/' and '+' would nest or mangle the folder
+        root = self.workdir / re.sub(r"[^\w.-]", "_", f"{fn.function_name}-{fn.version}-{fn.code_sha_256[:12]}")
         root.mkdir(parents=True, exist_ok=True)
+        # Each Lambda environment has its own /tmp: here a folder of this runtime's, never one the machine shares
+        # with other clouds, tests or demos (whose files would be taken for this environment's own)
+        tmp = root.with_name(root.name + ".tmp")
+        tmp.mkdir(exist_ok=True)
         with zipfile.ZipFile(io.BytesIO(code)) as archive:
             archive.extractall(root)
         module_file, _, attr = str(fn.handler).rpartition(".")
@@ -333,15 +339,15 @@ class InProcessRuntime:
             raise RuntimeError(f"cannot load handler {fn.handler} from {path}")
         module = importlib.util.module_from_spec(spec)
         # Module-level code (loggers, clients) must see the function's environment, as in Lambda's init phase.
-        with self._function_env(fn, root), self._handler_stdout():
+        with self._function_env(fn, root, tmp), self._handler_stdout():
             sys.modules[name] = module
             spec.loader.exec_module(module)
-        env = _Environment(root, module, getattr(module, attr))
+        env = _Environment(root, tmp, module, getattr(module, attr))
         self._envs[key] = env
         return env
 
     @contextlib.contextmanager
-    def _function_env(self, fn: LambdaFunction, root: Path) -> Iterator[None]:
+    def _function_env(self, fn: LambdaFunction, root: Path, tmp: Path) -> Iterator[None]:
         layer = {
             "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
             "AWS_LAMBDA_FUNCTION_VERSION": str(fn.version),
@@ -349,6 +355,9 @@ class InProcessRuntime:
             "LAMBDA_TASK_ROOT": str(root),
             "_HANDLER": str(fn.handler),
             **{k: str(v) for k, v in (fn.environment_vars or {}).items()},
+            # after the function's own variables: the model cache (mlops.serving.ModelCache) is in this
+            # environment's /tmp whatever the function declares, as it is on Lambda
+            "MODEL_CACHE_DIR": str(tmp / "models"),
         }
         assert isinstance(os.environ, OverlayEnviron), "install() the runtime first"
         os.environ.push(layer)
@@ -367,7 +376,7 @@ class InProcessRuntime:
                 env = self._environment(fn)
                 context = LambdaContext(fn.function_name, str(fn.version), fn.function_arn,
                                         int(fn.memory_size), int(fn.timeout))
-                with self._function_env(fn, env.root), self._handler_stdout():
+                with self._function_env(fn, env.root, env.tmp), self._handler_stdout():
                     result = env.handler(payload, context)
                 errored = False
             except Exception as exc:  # a handler error is the function's answer, as in Lambda

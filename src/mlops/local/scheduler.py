@@ -19,7 +19,8 @@ from typing import Any
 from mlops import platform
 from mlops.config import ProjectConfig
 from mlops.errors import ConfigError
-from mlops.local.cloud import Deployment
+from mlops.local.cloud import ACCOUNT, Deployment, rule_arn
+from mlops.local.permissions import may_invoke
 
 _RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -40,7 +41,7 @@ def parse_rate(expression: str) -> float:
 
 @dataclass(frozen=True)
 class Job:
-    name: str  # for the log
+    name: str  # the EventBridge rule's name
     function: str  # the function to invoke (physical name)
     every_s: float  # in the local cloud's (possibly scaled) time
     event: dict[str, Any]
@@ -94,8 +95,20 @@ class Scheduler:
                 self.log(f"[schedule] {job.name} failed: {exc!r}")
 
 
+EVENTS_PRINCIPAL = "events.amazonaws.com"
+
+
 def lambda_invoker(lambda_client: Any, log: Callable[[str], None]) -> Callable[[Job], None]:
+    """EventBridge's delivery: only if the function's resource policy lets the rule invoke it (otherwise AWS counts
+    a failed invocation and the function never runs)."""
+
     def invoke(job: Job) -> None:
+        region = lambda_client.meta.region_name
+        if not may_invoke(ACCOUNT, region, function=job.function, qualifier=None, service=EVENTS_PRINCIPAL,
+                          source_arn=rule_arn(region, job.name)):
+            log(f"[schedule] {job.name}: not invoked: the resource policy of {job.function} does not let "
+                f"{EVENTS_PRINCIPAL} invoke it for {rule_arn(region, job.name)}")
+            return
         log(f"[schedule] {job.name}: invoking {job.function}")
         response = lambda_client.invoke(FunctionName=job.function, Payload=json.dumps(job.event).encode())
         if response.get("FunctionError"):

@@ -2,7 +2,9 @@
 
 One process holds all of it:
 
-- moto's server on 127.0.0.1 (every AWS API the platform uses; Step Functions executions really run);
+- moto's server on 127.0.0.1 (every AWS API the platform uses; Step Functions executions really run), with
+  every handler's calls checked against its function's role (``mlops.local.iam``) and Lambda resource policies
+  enforced where AWS enforces them (``mlops.local.permissions``);
 - the in-process Lambda runtime (``mlops.local.lambda_runtime``), so handlers run here, one environment
   per function version; S3 notifications delivered asynchronously (``mlops.local.dispatch``) and Firehose
   writing to S3 in buffers (``mlops.local.firehose``), as on AWS;
@@ -34,11 +36,13 @@ from typing import Any, TextIO
 from mlops import aws, platform
 from mlops.config import load_config
 from mlops.errors import MlopsError
+from mlops.local import permissions
 from mlops.local.alarms import alarm_watcher
-from mlops.local.cloud import Deployment, provision
+from mlops.local.cloud import ACCOUNT, Deployment, provision
 from mlops.local.dispatch import AsyncNotifications
 from mlops.local.firehose import BufferedFirehose
 from mlops.local.gateway import ApiGateway, serve
+from mlops.local.iam import Guard, platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime, Invocation
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
@@ -114,6 +118,7 @@ class LocalCloud:
         self.deployment: Deployment | None = None
         self.state: StateDir | None = None
         self.gateway = ApiGateway(None, {}, log)  # routes nothing until the functions exist
+        self.guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam)
 
     # -- start -------------------------------------------------------------------------------------------
     def _bind(self) -> tuple[Any, Any]:
@@ -161,6 +166,9 @@ class LocalCloud:
         self._serve(moto_server, "moto-server")
         self._install_runtime()
         deployment = self.deployment = provision(aws.client, config_file=config_file, region=REGION)
+        # what each function's role allows, as the platform declares it (the CDK app grants the same)
+        self.guard = Guard(platform_policies(deployment.local_names(), config), account=ACCOUNT)
+        self.guard.install()
         assert self.runtime is not None
         self.runtime.listeners.append(alarm_watcher(deployment, aws.client))
         restored = self._restore(deployment)
@@ -219,6 +227,7 @@ class LocalCloud:
         self._patches.enter_context(percentiles_in_moto())
         self.runtime = InProcessRuntime(handler_output=EmfBridge(moto_publisher(REGION), quiet))
         self.runtime.install()
+        permissions.install()  # Lambda resource policies, enforced where AWS enforces them
         self.runtime.listeners.append(lambda record: self.log(_summary(record)))
         self.notifications = AsyncNotifications()
         self.notifications.muted = True  # until provisioned (and restored): those objects were delivered before
@@ -263,8 +272,11 @@ class LocalCloud:
             self.commit.stop()
         if self.notifications:
             self.notifications.uninstall()
+        if self.guard:
+            self.guard.uninstall()
         if self.runtime:
             self.runtime.uninstall()
+            permissions.uninstall()
         self._patches.close()
         aws.client.cache_clear()
 

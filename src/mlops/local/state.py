@@ -41,7 +41,8 @@ from mlops import platform
 from mlops.errors import MlopsError
 from mlops.local.cloud import ACCOUNT, Deployment
 
-FORMAT = 1
+# 2: registry versions record their manifest's sha256, which serving verifies (an older state serves nothing)
+FORMAT = 2
 # Firehose is not among them: its buffers reach S3 behind the API (mlops.local.firehose asks for a save then)
 PERSISTED = ("s3", "dynamodb", "lambda")
 READ_ONLY = ("Get", "Describe", "List", "Query", "Scan", "BatchGet")
@@ -305,10 +306,13 @@ class StateDir:
                 replayed += 1
             self.lam.update_function_configuration(FunctionName=function,
                                                    Environment={"Variables": saved["latest_env"]})
+            existing = {a["Name"] for a in self.lam.list_aliases(FunctionName=function)["Aliases"]}
             for alias in saved["aliases"]:
-                self.lam.create_alias(FunctionName=function, Name=alias["name"], FunctionVersion=alias["version"],
-                                      Description=alias["description"],
-                                      RoutingConfig={"AdditionalVersionWeights": alias["weights"]})
+                # provisioning (the deploy) created `live` on $LATEST with API Gateway's permission: move it back
+                # where it pointed, keeping that permission, rather than create it again
+                write = self.lam.update_alias if alias["name"] in existing else self.lam.create_alias
+                write(FunctionName=function, Name=alias["name"], FunctionVersion=alias["version"],
+                      Description=alias["description"], RoutingConfig={"AdditionalVersionWeights": alias["weights"]})
         return replayed
 
 

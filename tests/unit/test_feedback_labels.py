@@ -1,0 +1,57 @@
+"""Feedback names an outcome the served model can be compared with: one of a classifier's classes, a finite number
+for a regression; anything else is the client's mistake (422 naming `label`), never a record the rollout and
+drift_check would trip over."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mlops.serving import CaptureSink, InvalidInput, LoadedModel, ModelServer
+
+
+class Captured(CaptureSink):
+    def __init__(self) -> None:
+        super().__init__(None, None, lambda _exc: None)
+        self.records: list[dict[str, Any]] = []
+
+    def put(self, records: Any) -> None:
+        self.records.extend(records)
+
+
+def _server(is_classifier: bool, classes: list[str]) -> tuple[ModelServer, Captured]:
+    """A server whose pinned version 1 is warm: a model with these classes (none for a regression)."""
+    version = SimpleNamespace(model="m", version=1)
+    loaded = LoadedModel(version, SimpleNamespace(is_classifier=is_classifier, classes=classes), [], 0.0)  # type: ignore[arg-type]
+    cache = SimpleNamespace(cached=lambda model, v: loaded if (model, v) == ("m", 1) else None)
+    capture = Captured()
+    return ModelServer(model="m", version=1, registry=None, cache=cache, capture=capture), capture  # type: ignore[arg-type]
+
+
+def _refused(server: ModelServer, label: Any) -> InvalidInput:
+    with pytest.raises(InvalidInput) as refused:
+        server.feedback("m", {"request_id": "r-1", "label": label})
+    assert refused.value.field == "label"
+    return refused.value
+
+
+def test_a_regression_model_takes_a_finite_number_as_label() -> None:
+    server, capture = _server(False, [])
+    for label in ("high", True, 10**400, float("nan"), float("inf")):
+        assert "number" in _refused(server, label).message
+    assert capture.records == []
+    assert server.feedback("m", {"request_id": "r-1", "label": 2.5}) == {"request_id": "r-1", "accepted": True}
+    assert [r["label"] for r in capture.records] == ["2.5"]
+
+
+def test_a_classifiers_label_is_one_of_its_classes() -> None:
+    server, capture = _server(True, ["no", "yes"])
+    for label in (True, "maybe", 1, {"a": 1}):
+        assert "one of the classes of m v1: no, yes" in _refused(server, label).message
+    assert "at most 1024" in _refused(server, "y" * 5000).message
+    assert capture.records == []
+    for label in ("yes", "no"):
+        server.feedback("m", {"request_id": "r-1", "label": label})
+    assert [r["label"] for r in capture.records] == ["yes", "no"]
