@@ -1,5 +1,5 @@
 """Drift check: 1M rows x 30 numeric features of a window against a fitted baseline, streamed in chunks
-(mlops.drift), versus scipy.stats.ks_2samp per feature on the same data (reference and window held whole).
+(mlops.drift.statistics), versus scipy.stats.ks_2samp per feature on the same data (reference and window held whole).
 
 Designed features: f00 mean +0.5 sigma, f01 variance x1.3 (both must be found by both), f02 mean +0.02 sigma
 (a bare KS p-value flags it at this n; ours must not call it drift); the other 27 do not move.
@@ -32,8 +32,8 @@ def _window_chunk(rng: np.random.Generator, rows: int) -> np.ndarray:
 
 
 def _ours(baseline: dict[str, Any], window: np.ndarray, names: list[str]) -> set[str]:
-    from mlops.config import DriftConfig
-    from mlops.drift import WindowDrift
+    from mlops.core.config import DriftConfig
+    from mlops.drift.statistics import WindowDrift
 
     check = WindowDrift(baseline, DriftConfig())
     for start in range(0, len(window), CHUNK):
@@ -64,8 +64,8 @@ def _seconds_and_peak(fn: Any) -> tuple[float, float, Any]:
 def run(quick: bool) -> list[Result]:
     import pandas as pd
 
-    from mlops.baseline import build_baseline
-    from mlops.contract import infer_contract
+    from mlops.data.baseline import build_baseline
+    from mlops.data.contract import infer_contract
 
     rows = 100_000 if quick else 1_000_000
     names = [f"f{i:02d}" for i in range(FEATURES)]

@@ -15,8 +15,8 @@ from typing import Any
 
 from bench.bench_infer import QUIET, _call, _event, deployed_handler
 from bench.harness import Result, percentiles, timed
-from mlops.demo import FEATURE_MODEL as MODEL
-from mlops.demo import FEATURE_MODEL_TOML
+from mlops.cli.demo import FEATURE_MODEL as MODEL
+from mlops.cli.demo import FEATURE_MODEL_TOML
 
 CONFIG = f"""
 [project]
@@ -29,10 +29,10 @@ def _served(workdir: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
     """(infer handler module, the online features of one entity) on the embedded local cloud."""
     import os
 
-    from mlops.demo import purchases_dataset
-    from mlops.features import OnlineStore
+    from mlops.aws.platform import infer_function_name
+    from mlops.cli.demo import purchases_dataset
+    from mlops.features.store import OnlineStore
     from mlops.local.embedded import embedded_cloud
-    from mlops.platform import infer_function_name
 
     config_file = workdir / "mlops.toml"
     config_file.write_text(CONFIG)

@@ -43,7 +43,7 @@ class SklearnModel:
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> Any:
         import pandas as pd
 
-        from mlops.onnx_model import Prediction
+        from mlops.serving.onnx_model import Prediction
 
         frame = pd.DataFrame.from_records(list(records), columns=self.columns)
         proba = self.pipeline.predict_proba(frame)
@@ -82,10 +82,10 @@ def deployed_handler(cloud: Any, name: str, workdir: Path) -> Any:
 @contextlib.contextmanager
 def _served_model(workdir: Path) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
     """(infer handler module, the fitted sklearn pipeline, one feature row) on the embedded local cloud."""
-    from mlops.config import load_config
-    from mlops.demo import demo_dataset
+    from mlops.aws.platform import infer_function_name
+    from mlops.cli.demo import demo_dataset
+    from mlops.core.config import load_config
     from mlops.local.embedded import embedded_cloud
-    from mlops.platform import infer_function_name
 
     config_file = workdir / "mlops.toml"
     config_file.write_text((ROOT / "mlops.toml").read_text().replace("rollout_interval_seconds = 300",
@@ -107,8 +107,8 @@ def _served_model(workdir: Path) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
 
 
 def _sklearn_pipeline(workdir: Path, body: bytes, model_cfg: Any) -> tuple[Any, dict[str, Any]]:
-    from mlops.experiments import load_dataset
-    from mlops.training import train
+    from mlops.training.offline import load_dataset
+    from mlops.training.train import train
 
     path = workdir / "data.csv"
     path.write_bytes(body)
@@ -169,8 +169,8 @@ import time, json, sys
 t0 = time.perf_counter()
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from mlops.serving import validate_row, schema_from_contract
-from mlops.onnx_model import OnnxModel
+from mlops.serving.server import validate_row, schema_from_contract
+from mlops.serving.onnx_model import OnnxModel
 model = OnnxModel(open(sys.argv[1], "rb").read())
 schema = schema_from_contract(json.load(open(sys.argv[2])))
 row = json.loads(sys.argv[3])

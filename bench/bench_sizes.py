@@ -6,8 +6,8 @@ from __future__ import annotations
 from bench.harness import Result
 from infra import sizes
 from layers.builder import LAMBDA_UNZIPPED_LIMIT
-from mlops.config import CONFIG_FILE
-from mlops.platform import ROOT
+from mlops.aws.platform import ROOT
+from mlops.core.config import CONFIG_FILE
 
 
 def run(quick: bool) -> list[Result]:

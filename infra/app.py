@@ -28,8 +28,8 @@ from infra.constructs.monitoring import AlarmThresholds
 from infra.constructs.serving import ApiKeyPlan
 from infra.stack import MlopsStack
 from layers import builder as layer_build
-from mlops import platform
-from mlops.config import load_config
+from mlops.aws import platform
+from mlops.core.config import load_config
 
 CDK_JSON = platform.ROOT / "cdk.json"
 STAGE_CONTEXT = "mlops:stage"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layers import builder as layer_build
-from mlops import platform
+from mlops.aws import platform
 
 POWERTOOLS = "powertools"  # the layer every zip function has first (infra.constructs.function.Packaging.layers)
 MIB = 2**20

@@ -1,5 +1,5 @@
 """The serverless-mlops stack: composes one construct per concern and grants each function exactly what its
-handler does, as mlops.access declares it (the local cloud's IAM guard evaluates the same declaration)."""
+handler does, as mlops.aws.access declares it (the local cloud's IAM guard evaluates the same declaration)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from infra.constructs.pipeline import Pipeline
 from infra.constructs.push import Push
 from infra.constructs.serving import ApiKeyPlan, Serving
 from infra.constructs.storage import PROTECTED_PREFIXES, Storage
-from mlops import access as declared
-from mlops import platform, settings
-from mlops.access import ACCESS, Access, Resource, infer_access, push_access
-from mlops.config import load_config
+from mlops.aws import access as declared
+from mlops.aws import environment, platform
+from mlops.aws.access import ACCESS, Access, Resource, infer_access, push_access
+from mlops.core.config import load_config
 
 
 class MlopsStack(Stack):
@@ -68,8 +68,8 @@ class MlopsStack(Stack):
             packaging=packaging,
             models=[model.name for model in config.models],
             capture_stream_name=platform.resource_names(project)[platform.CAPTURE_STREAM],
-            environment={settings.REGISTRY_TABLE: storage.tables["registry"].table_name,
-                         settings.FEATURES_TABLE: storage.tables["features"].table_name},
+            environment={environment.REGISTRY_TABLE: storage.tables["registry"].table_name,
+                         environment.FEATURES_TABLE: storage.tables["features"].table_name},
             log_retention=log_retention,
             removal_policy=removal_policy,
             api_keys=api_keys,
@@ -80,18 +80,18 @@ class MlopsStack(Stack):
             self, "Pipeline",
             storage=storage,
             environment={
-                settings.DATA_BUCKET: storage.buckets["data"].bucket_name,
-                settings.MODELS_BUCKET: storage.buckets["models"].bucket_name,
-                settings.CAPTURES_BUCKET: storage.buckets["captures"].bucket_name,
-                settings.REGISTRY_TABLE: storage.tables["registry"].table_name,
-                settings.IDEMPOTENCY_TABLE: storage.tables["idempotency"].table_name,
-                settings.FEATURES_TABLE: storage.tables["features"].table_name,
-                settings.NOTIFICATIONS_TOPIC_ARN: storage.topic.topic_arn,
+                environment.DATA_BUCKET: storage.buckets["data"].bucket_name,
+                environment.MODELS_BUCKET: storage.buckets["models"].bucket_name,
+                environment.CAPTURES_BUCKET: storage.buckets["captures"].bucket_name,
+                environment.REGISTRY_TABLE: storage.tables["registry"].table_name,
+                environment.IDEMPOTENCY_TABLE: storage.tables["idempotency"].table_name,
+                environment.FEATURES_TABLE: storage.tables["features"].table_name,
+                environment.NOTIFICATIONS_TOPIC_ARN: storage.topic.topic_arn,
                 # model -> the infer function's physical name (its Ref), as the local cloud gives it
-                settings.INFER_FUNCTIONS: self.to_json_string(
+                environment.INFER_FUNCTIONS: self.to_json_string(
                     {model: f.function.function_name for model, f in serving.functions.items()}),
                 # the SourceArn of API Gateway's right to invoke a model's `live` alias (register repairs it)
-                settings.API_SOURCE_ARN: serving.api_source_arn,
+                environment.API_SOURCE_ARN: serving.api_source_arn,
             },
             project=project,
             packaging=packaging,
@@ -104,7 +104,7 @@ class MlopsStack(Stack):
         self.push = Push(self, "Push", storage=storage, project=project, packaging=packaging,
                          queues=platform.push_queues(config), log_retention=log_retention,
                          removal_policy=removal_policy,
-                         environment={**self.pipeline.environment, settings.CAPTURE_STREAM: serving.stream.ref})
+                         environment={**self.pipeline.environment, environment.CAPTURE_STREAM: serving.stream.ref})
         self.batch = Batch(self, "Batch", storage=storage, functions=self.pipeline.functions,
                            infer_functions=serving.functions, api=serving.api, log_retention=log_retention,
                            removal_policy=removal_policy, models=config.models,
@@ -116,7 +116,7 @@ class MlopsStack(Stack):
                      quota_mb=lambda_memory_quota_mb)
         # one registry of the state machines: monitoring alarms on a failed run, the outputs and the tests find it there
         self.pipeline.state_machines[platform.BATCH_STATE_MACHINE] = self.batch.state_machine
-        # every function's access, as mlops.access declares it (all resources exist by now)
+        # every function's access, as mlops.aws.access declares it (all resources exist by now)
         self._writes: list[tuple[str, str, iam.IRole]] = []  # (bucket, key prefix, role), recorded by _grant
         for name, access in ACCESS.items():
             if name in self.pipeline.functions:
@@ -149,22 +149,23 @@ class MlopsStack(Stack):
     def _outputs(self, serving: Serving) -> None:
         CfnOutput(self, "ApiUrl", value=serving.api.url, description="the models' API (AWS_IAM: SigV4-signed requests)")
         # What the mlops CLI and CI need to reach this deployment: the same variables the functions get
-        # (mlops.settings), as one JSON object (`jq -r '.Environment | fromjson | to_entries[] | "\(.key)=\(.value)"'`).
+        # (mlops.aws.environment), as one JSON object (`jq -r '.Environment | fromjson | to_entries[] |
+        # "\(.key)=\(.value)"'`).
         variables = {**self.pipeline.environment,
-                     settings.TRAINING_STATE_MACHINE_ARN:
+                     environment.TRAINING_STATE_MACHINE_ARN:
                          self.pipeline.state_machines[platform.STATE_MACHINE].state_machine_arn,
-                     settings.ROLLOUT_STATE_MACHINE_ARN:
+                     environment.ROLLOUT_STATE_MACHINE_ARN:
                          self.pipeline.state_machines[platform.ROLLOUT_STATE_MACHINE].state_machine_arn,
-                     settings.BATCH_STATE_MACHINE_ARN: self.batch.state_machine.state_machine_arn,
+                     environment.BATCH_STATE_MACHINE_ARN: self.batch.state_machine.state_machine_arn,
                      "POWERTOOLS_METRICS_NAMESPACE": self.name_prefix}
         CfnOutput(self, "Environment", value=self.to_json_string(variables),
-                  description="resource variables (mlops.settings) of this deployment, as a JSON object")
+                  description="resource variables (mlops.aws.environment) of this deployment, as a JSON object")
         if serving.api_key is not None:
             CfnOutput(self, "ApiKeyId", value=serving.api_key.key_id,
                       description="aws apigateway get-api-key --include-value --api-key <id>")
 
     def _resources(self, resource: Resource) -> list[str]:
-        """A declared resource (mlops.access) as the deployed ARNs it names."""
+        """A declared resource (mlops.aws.access) as the deployed ARNs it names."""
         kind, name = resource.kind, resource.name
         if kind == "bucket":
             return [self.storage.buckets[name].bucket_arn]

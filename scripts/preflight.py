@@ -45,8 +45,8 @@ from infra.app import (  # noqa: E402
     cdk_json_context,
 )
 from infra.constructs.function import NEW_ACCOUNT_MEMORY_MB, POWERTOOLS_LAYER_PARAMETER  # noqa: E402
-from mlops import platform  # noqa: E402
-from mlops.config import load_config  # noqa: E402
+from mlops.aws import platform  # noqa: E402
+from mlops.core.config import load_config  # noqa: E402
 
 # The highest `requiresBootstrapStackVersion` of the cloud assembly aws-cdk-lib writes for this app (the deploy role
 # and assets need 6, the lookup role `cdk diff` uses needs 8); tests/infra/test_preflight.py keeps it in step.

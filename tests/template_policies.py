@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlops import platform
-from mlops.config import ProjectConfig
+from mlops.aws import platform
+from mlops.core.config import ProjectConfig
 from mlops.local.iam import LocalNames, role_of, template_policies
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.batch import BatchEvent
-from mlops.batch_run import CHUNK_ROWS, run_step
-from mlops.observability import instrumented, powertools
-from mlops.registry import Registry
-from mlops.serving import ModelCache
-from mlops.settings import resources
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.batch.run import CHUNK_ROWS, run_step
+from mlops.batch.start import BatchEvent
+from mlops.registry.store import Registry
+from mlops.serving.server import ModelCache
 
 logger, tracer, metrics = powertools()
 # one model per run, loaded once per execution environment and reused by the objects it scores next

@@ -16,12 +16,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.monitoring import Notifier, check_drift, metric_points
-from mlops.observability import instrumented, powertools
-from mlops.registry import Registry
-from mlops.settings import resources
-from mlops.storage import ObjectStore
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import load_config
+from mlops.drift.check import Notifier, check_drift, metric_points
+from mlops.registry.store import Registry
 
 logger, tracer, metrics = powertools()
 COUNTS = ("DriftedFeatures", "DriftWindowRows", "ConceptFeedback")

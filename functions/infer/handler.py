@@ -1,7 +1,7 @@
 """infer: API Gateway REST proxy -> the model's ONNX champion or challenger (this version's MODEL_VERSION).
 
 Routes: POST /models/<name>/predict, POST /models/<name>/feedback, GET /models/<name>, GET /health; and
-POST /models/<name>/batch, GET /models/<name>/batch/<batch_id>, which start and describe batch runs (mlops.batch).
+POST /models/<name>/batch, GET /models/<name>/batch/<batch_id>, which start and describe batch runs (mlops.batch.start).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mlops import aws, batch
-from mlops.observability import instrumented, powertools
-from mlops.serving import MalformedRequest, ModelServer, PayloadTooLarge, ServingError, parse_json
-from mlops.settings import resources
+from mlops import aws
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.batch import start as batch
+from mlops.serving.server import MalformedRequest, ModelServer, PayloadTooLarge, ServingError, parse_json
 
 logger, tracer, metrics = powertools()
 app = APIGatewayRestResolver(enable_validation=True)
@@ -186,8 +187,8 @@ BATCH_RUN = {"type": "object", "required": list(BATCH_RUN_FIELDS), "properties":
           summary="Score every CSV and Parquet object under an S3 prefix ({'input', 'version'?})")
 def start_batch(name: str) -> Response[dict[str, Any]]:
     # only this route reads mlops.toml (bundled with the function): where the model's runs may read
-    from mlops.config import load_config
-    from mlops.settings import DATA_BUCKET
+    from mlops.aws.environment import DATA_BUCKET
+    from mlops.core.config import load_config
 
     answer = batch.start(name, _body(), registry=server.registry, sfn=aws.client("stepfunctions"),
                          state_machine_arn=resources.batch_state_machine_arn, config=load_config(),

@@ -16,12 +16,12 @@ from aws_lambda_powertools.utilities.parser.models import S3Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.features import OnlineStore
-from mlops.ingest import ingest_object, materialize_curated
-from mlops.observability import instrumented, powertools
-from mlops.settings import resources
-from mlops.storage import ObjectStore
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import load_config
+from mlops.data.ingest import ingest_object, materialize_curated
+from mlops.features.store import OnlineStore
 
 logger, tracer, metrics = powertools()
 # One S3 event redelivered (same object, version and etag) is processed once.

@@ -1,5 +1,5 @@
 """push: a model's SQS queue (event source mapping, ReportBatchItemFailures) -> its ONNX champion -> its SNS topic
-or its bucket (mlops.push). Answered and dead-lettered messages succeed; a message that may succeed later is
+or its bucket (mlops.serving.push). Answered and dead-lettered messages succeed; a message that may succeed later is
 reported as a batch item failure, so SQS redelivers it and, after the queue's maxReceiveCount, dead-letters it."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mlops import aws, platform, settings
-from mlops.observability import instrumented, powertools
-from mlops.push import BucketOutput, DeadLetters, Output, PushConsumer, PushMessage, TopicOutput
-from mlops.serving import ModelServer
-from mlops.settings import require, resources
-from mlops.storage import ObjectStore
+from mlops import aws
+from mlops.aws import environment, platform
+from mlops.aws.environment import require, resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.serving.push import BucketOutput, DeadLetters, Output, PushConsumer, PushMessage, TopicOutput
+from mlops.serving.server import ModelServer
 
 logger, tracer, metrics = powertools()
 # A batch whose every message failed transiently is reported, not raised: a function error would say our code
@@ -30,14 +31,14 @@ def _capture_failed(exc: Exception) -> None:
 
 
 def _output() -> Output:
-    if require(settings.PUSH_OUTPUT) == "s3":
+    if require(environment.PUSH_OUTPUT) == "s3":
         return BucketOutput(ObjectStore(aws.client("s3"), resources.data_bucket), platform.PREDICTIONS_PREFIX)
-    return TopicOutput(aws.client("sns"), require(settings.PREDICTIONS_TOPIC_ARN))
+    return TopicOutput(aws.client("sns"), require(environment.PREDICTIONS_TOPIC_ARN))
 
 
 def _consumer() -> PushConsumer:
     server = ModelServer.from_environment(_capture_failed)  # no MODEL_VERSION: the champion, as infer's $LATEST
-    return PushConsumer(server, _output(), DeadLetters(aws.client("sqs"), require(settings.DEAD_LETTER_QUEUE_URL),
+    return PushConsumer(server, _output(), DeadLetters(aws.client("sqs"), require(environment.DEAD_LETTER_QUEUE_URL),
                                                        server.model_name))
 
 

@@ -8,10 +8,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.observability import instrumented, powertools
-from mlops.pipeline import PipelineInput, record_outcome
-from mlops.registry import Registry
-from mlops.settings import resources
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.pipeline.steps import PipelineInput, record_outcome
+from mlops.registry.store import Registry
 
 logger, tracer, metrics = powertools()
 

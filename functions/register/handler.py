@@ -8,14 +8,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.deploy import ServingDeployer
-from mlops.observability import instrumented, powertools
-from mlops.pipeline import PipelineInput, register_step
-from mlops.registry import Registry
-from mlops.rollout import start_rollout
-from mlops.settings import resources
-from mlops.storage import ObjectStore
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import load_config
+from mlops.pipeline.steps import PipelineInput, register_step
+from mlops.registry.store import Registry
+from mlops.release.deploy import ServingDeployer
+from mlops.release.rollout import start_rollout
 
 logger, tracer, metrics = powertools()
 

@@ -9,12 +9,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.deploy import ServingDeployer
-from mlops.lifecycle import Lifecycle
-from mlops.observability import instrumented, powertools
-from mlops.registry import Registry
-from mlops.rollout import (
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import load_config
+from mlops.registry.store import Registry
+from mlops.release.deploy import ServingDeployer
+from mlops.release.guardrails import ServingMetrics
+from mlops.release.lifecycle import Lifecycle
+from mlops.release.rollout import (
     MAX_LOOKS_VARIABLE,
     RolloutExecutions,
     RolloutState,
@@ -22,9 +25,6 @@ from mlops.rollout import (
     looks_per_execution,
     rollout_name,
 )
-from mlops.serving_health import ServingMetrics
-from mlops.settings import resources
-from mlops.storage import ObjectStore
 
 logger, tracer, metrics = powertools()
 

@@ -8,11 +8,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.observability import instrumented, powertools
-from mlops.pipeline import PipelineInput, train_step
-from mlops.settings import resources
-from mlops.storage import ObjectStore
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import load_config
+from mlops.pipeline.steps import PipelineInput, train_step
 
 logger, tracer, metrics = powertools()
 

@@ -12,12 +12,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.observability import instrumented, powertools
-from mlops.pipeline import request_training
-from mlops.registry import Registry
-from mlops.settings import resources
-from mlops.storage import ObjectStore
+from mlops.aws.environment import resources
+from mlops.aws.observability import instrumented, powertools
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import load_config
+from mlops.pipeline.steps import request_training
+from mlops.registry.store import Registry
 
 logger, tracer, metrics = powertools()
 

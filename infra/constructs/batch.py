@@ -3,9 +3,9 @@ an input prefix, one child execution per object), its log group and grants, the 
 and watch its executions, the API's status route of a run, the batch function's read-only access to the prefixes
 models declare as batch inputs, and the check that batch runs fit the stage's Lambda concurrency.
 
-The batch function itself is a platform function like the others (``mlops.platform.FUNCTIONS``, created by the
-pipeline construct, its data access in ``mlops.access`` ACCESS); this construct adds what batch needs beyond. The infer
-functions' right to start and describe runs is declared there too (``infer_access``) and granted by the stack.
+The batch function itself is a platform function like the others (``mlops.aws.platform.FUNCTIONS``, created by the
+pipeline construct, its data access in ``mlops.aws.access`` ACCESS); this construct adds what batch needs beyond. The
+infer functions' right to start and describe runs is declared there too (``infer_access``) and granted by the stack.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from infra.constructs.nag import acknowledge
 from infra.constructs.pipeline import _nag_arn, vended_log_group_name
 from infra.constructs.serving import live_invocation_uri
 from infra.constructs.storage import Storage
-from mlops import platform, settings
-from mlops.access import RUNS_PREFIX, Access, Resource, batch_access, statements
-from mlops.batch import MAP_RESULTS, WORK_PREFIX
-from mlops.config import ModelConfig
+from mlops.aws import environment, platform
+from mlops.aws.access import RUNS_PREFIX, Access, Resource, batch_access, statements
+from mlops.batch.start import MAP_RESULTS, WORK_PREFIX
+from mlops.core.config import ModelConfig
 
 # The state machine's own S3 access, in the data bucket: its ItemReader reads a run's object list and its ResultWriter
-# writes the map's results, both among the run's working files (batch-runs/<model>/<batch id>/_batch/, mlops.batch)
+# writes the map's results, both among the run's working files (batch-runs/<model>/<batch id>/_batch/,
+# mlops.batch.start)
 ITEMS_PATTERN = f"{RUNS_PREFIX}*/{WORK_PREFIX}items.json"
 RESULTS_PATTERN = f"{RUNS_PREFIX}*/{WORK_PREFIX}{MAP_RESULTS}*"
 # What AWS documents for a ResultWriter ("IAM policies for using Distributed Map state"): it writes in parts
@@ -132,9 +133,9 @@ class Batch(Construct):
 
         for model, infer in infer_functions.items():
             # POST /models/<name>/batch starts a run, GET /models/<name>/batch/<id> describes it (the stack grants both)
-            infer.function.add_environment(settings.BATCH_STATE_MACHINE_ARN, machine.state_machine_arn)
+            infer.function.add_environment(environment.BATCH_STATE_MACHINE_ARN, machine.state_machine_arn)
             # where runs read (batch/<model>/) and write (batch-runs/<model>/): the route checks and names them
-            infer.function.add_environment(settings.DATA_BUCKET, data.bucket_name)
+            infer.function.add_environment(environment.DATA_BUCKET, data.bucket_name)
             resource = api.root.resource_for_path(f"/models/{model}/batch")  # made by the serving construct
             resource.add_resource("{batch_id}").add_method("GET", apigw.Integration(
                 type=apigw.IntegrationType.AWS_PROXY, integration_http_method="POST",
@@ -159,7 +160,7 @@ class Batch(Construct):
                     "time under the map run's label")
 
     def _grant_outside(self, function: PlatformFunction, models: Sequence[ModelConfig]) -> None:
-        """The prefixes outside the platform that models declare as their batch inputs, read only: mlops.access
+        """The prefixes outside the platform that models declare as their batch inputs, read only: mlops.aws.access
         declares them with the batch function's other access (batch_access), which the stack grants from ACCESS."""
         stack = Stack.of(self)
         outside = Access(reads_outside=batch_access(models).reads_outside)
@@ -200,7 +201,7 @@ class Batch(Construct):
 
 
 def _outside_arn(stack: Stack, resource: Resource) -> str:
-    """A bucket outside the stack, or objects of it, named by the bucket's own name (mlops.access reads_outside)."""
+    """A bucket outside the stack, or objects of it, named by the bucket's own name (mlops.aws.access reads_outside)."""
     if resource.kind == "outside_bucket":
         return f"arn:{stack.partition}:s3:::{resource.name}"
     if resource.kind == "outside_objects":

@@ -1,4 +1,4 @@
-"""One function of ``mlops.platform.FUNCTIONS``, deployed the way its spec says: its code (container image or
+"""One function of ``mlops.aws.platform.FUNCTIONS``, deployed the way its spec says: its code (container image or
 zip), its own role (no managed policies: each grant is added by the stack), its log group, X-Ray tracing and,
 for functions invoked asynchronously, a bounded retry policy with an encrypted failure queue."""
 
@@ -33,8 +33,8 @@ from constructs import Construct
 
 from infra.constructs.nag import acknowledge
 from layers import builder as layer_build
-from mlops import platform
-from mlops.config import CONFIG_FILE
+from mlops.aws import platform
+from mlops.core.config import CONFIG_FILE
 
 ROOT = platform.ROOT
 DOCKERFILE = "infra/Dockerfile"
@@ -260,7 +260,7 @@ def check_memory(functions: Iterable[PlatformFunction], *, quota_mb: int) -> Non
         memory = function.spec.memory_mb
         if memory > LAMBDA_MEMORY_MAX_MB:
             raise ValueError(f"{function.node.path}: {memory} MB is above Lambda's maximum of "
-                             f"{LAMBDA_MEMORY_MAX_MB} MB (mlops.platform declares {function.spec.name}'s memory)")
+                             f"{LAMBDA_MEMORY_MAX_MB} MB (mlops.aws.platform declares {function.spec.name}'s memory)")
         if memory > quota_mb:
             Annotations.of(function).add_warning_v2(
                 MEMORY_QUOTA_WARNING,

@@ -7,10 +7,10 @@ Where each metric comes from:
 - AWS/Lambda on the model's infer function: errors, throttles, duration, and invocations by `ExecutedVersion`, which
   is the `live` alias's traffic split between champion and challenger;
 - the infer handler (Powertools, namespace = project, service=infer, model, model_version): requests, server
-  errors and latency per version, the numbers the rollout's guardrails read (mlops.serving_health);
+  errors and latency per version, the numbers the rollout's guardrails read (mlops.release.guardrails);
 - the function's REPORT log line (a metric filter): the memory it used, which Lambda publishes nowhere else;
 - drift_check (namespace = project, service=drift_check, model): data drift, per-feature scores, the live concept
-  metric from feedback (accuracy or MAE) and retraining requests (mlops.monitoring.metric_points).
+  metric from feedback (accuracy or MAE) and retraining requests (mlops.drift.check.metric_points).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from constructs import Construct
 
 from infra.constructs.function import PlatformFunction
 from infra.constructs.storage import Storage
-from mlops.alarms import DRIFT_SERVICE, PERIOD_SECONDS, model_alarms
-from mlops.config import ModelConfig
-from mlops.serving_health import INFER_SERVICE
+from mlops.aws.alarms import DRIFT_SERVICE, PERIOD_SECONDS, model_alarms
+from mlops.core.config import ModelConfig
+from mlops.release.guardrails import INFER_SERVICE
 
 PERIOD = Duration.seconds(PERIOD_SECONDS)
 # The REPORT line Lambda writes after each invocation (text log format): "REPORT RequestId: <id> Duration: <n> ms

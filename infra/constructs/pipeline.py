@@ -1,4 +1,4 @@
-"""The platform's functions and state machines as ``mlops.platform`` declares them, the S3 notifications
+"""The platform's functions and state machines as ``mlops.aws.platform`` declares them, the S3 notifications
 that start ingest and train_trigger, and the per-model EventBridge schedules (drift_check). Each state machine
 is built from the very ASL file the local cloud runs, its ``${...}`` placeholders filled by CloudFormation
 (DefinitionSubstitutions)."""
@@ -24,7 +24,7 @@ from constructs import Construct
 from infra.constructs.function import Packaging, PlatformFunction
 from infra.constructs.nag import acknowledge
 from infra.constructs.storage import Storage
-from mlops import platform, settings
+from mlops.aws import environment, platform
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,14 @@ class StateMachineSpec:
     name: str  # construct id, as in platform.resource_names
     asl: Path
     functions: Mapping[str, str]  # ${placeholder} -> platform function name
-    arn_variable: str  # the mlops.settings variable that carries its ARN to the functions that start it
+    arn_variable: str  # the mlops.aws.environment variable that carries its ARN to the functions that start it
 
 
 STATE_MACHINES = (
     StateMachineSpec(platform.STATE_MACHINE, platform.TRAINING_ASL, platform.ASL_SUBSTITUTIONS,
-                     settings.TRAINING_STATE_MACHINE_ARN),
+                     environment.TRAINING_STATE_MACHINE_ARN),
     StateMachineSpec(platform.ROLLOUT_STATE_MACHINE, platform.ROLLOUT_ASL, platform.ROLLOUT_SUBSTITUTIONS,
-                     settings.ROLLOUT_STATE_MACHINE_ARN),
+                     environment.ROLLOUT_STATE_MACHINE_ARN),
 )
 
 
@@ -85,7 +85,7 @@ class Pipeline(Construct):
         reserved_concurrency: Mapping[str, int],
         schedules: Sequence[platform.ScheduledRule],
     ) -> None:
-        """`environment` holds a value for each resource variable (mlops.settings) this construct does not
+        """`environment` holds a value for each resource variable (mlops.aws.environment) this construct does not
         create itself; the state machines' ARNs are added here once the state machines exist. `project` is the
         metrics namespace (the project in its stage)."""
         super().__init__(scope, construct_id)
@@ -102,7 +102,7 @@ class Pipeline(Construct):
         self.functions: dict[str, PlatformFunction] = {}
         for spec in platform.FUNCTIONS:
             if missing := [v for v in spec.env if v not in environment and v not in deferred]:
-                raise KeyError(f"{spec.name} needs {missing} (mlops.platform) but the CDK app provides no value")
+                raise KeyError(f"{spec.name} needs {missing} (mlops.aws.platform) but the CDK app provides no value")
             self.functions[spec.name] = PlatformFunction(
                 functions, spec,
                 code=packaging.image(spec) if spec.image else packaging.zip(spec),
@@ -198,7 +198,7 @@ class Pipeline(Construct):
         """The train function's image: a training job runs the very image (and so code) the train function does."""
         code = cast(lambda_.CfnFunction, self.functions["train"].function.node.default_child).code
         if not isinstance(code, lambda_.CfnFunction.CodeProperty) or not code.image_uri:
-            raise TypeError("train must be an image function (mlops.platform): the training jobs run its image")
+            raise TypeError("train must be an image function (mlops.aws.platform): the training jobs run its image")
         return code.image_uri
 
     def training_job_substitutions(self, storage: Storage) -> dict[str, str]:

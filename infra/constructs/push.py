@@ -1,9 +1,9 @@
-"""Push mode (``mlops.push``): for each declared model, its queue with a dead-letter queue after
+"""Push mode (``mlops.serving.push``): for each declared model, its queue with a dead-letter queue after
 ``push_max_receives`` receives, its push function consuming the queue through an event source mapping that reports
 batch item failures, and its predictions topic (``push_output = "sns"``). Physical names come from
-``mlops.platform.push_queues``, as in the local cloud. The function's access to the registry, the models, the
+``mlops.aws.platform.push_queues``, as in the local cloud. The function's access to the registry, the models, the
 capture stream, its dead-letter queue, its topic and, for ``push_output = "s3"``, the data bucket is granted by the
-stack (``mlops.access.push_access``); receiving from its queue is granted here, with the event source mapping."""
+stack (``mlops.aws.access.push_access``); receiving from its queue is granted here, with the event source mapping."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from infra.constructs.function import Packaging, PlatformFunction
 from infra.constructs.nag import acknowledge
 from infra.constructs.serving import MODEL_NAME, MODEL_TAG
 from infra.constructs.storage import Storage
-from mlops import platform, settings
+from mlops.aws import environment as variables  # the resource variables' names
+from mlops.aws import platform
 
 
 class Push(Construct):
@@ -38,11 +39,11 @@ class Push(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
     ) -> None:
-        """`environment` holds a value for each resource variable of mlops.platform.PUSH, and DATA_BUCKET; `project`
+        """`environment` holds a value for each resource variable of mlops.aws.platform.PUSH, and DATA_BUCKET; `project`
         is the metrics namespace (the project in its stage)."""
         super().__init__(scope, construct_id)
-        if missing := [v for v in (*platform.PUSH.env, settings.DATA_BUCKET) if v not in environment]:
-            raise KeyError(f"push needs {missing} (mlops.platform) but the CDK app provides no value")
+        if missing := [v for v in (*platform.PUSH.env, variables.DATA_BUCKET) if v not in environment]:
+            raise KeyError(f"push needs {missing} (mlops.aws.platform) but the CDK app provides no value")
         self.specs = {queue.model: queue for queue in queues}
         self.project = project
         self.queues: dict[str, sqs.Queue] = {}
@@ -72,7 +73,7 @@ class Push(Construct):
                                                                 queue=dead_letters), **encrypted)
         topic = (sns.Topic(scope, "Predictions", topic_name=spec.topic, master_key=storage.key, enforce_ssl=True)
                  if spec.topic else None)
-        output = topic.topic_arn if topic else environment[settings.DATA_BUCKET]
+        output = topic.topic_arn if topic else environment[variables.DATA_BUCKET]
         function = PlatformFunction(
             scope, platform.PUSH,
             construct_id="Function",
@@ -82,8 +83,8 @@ class Push(Construct):
             environment={
                 **{v: environment[v] for v in platform.PUSH.env},
                 MODEL_NAME: spec.model,
-                settings.PUSH_OUTPUT: spec.output,
-                settings.DEAD_LETTER_QUEUE_URL: dead_letters.queue_url,
+                variables.PUSH_OUTPUT: spec.output,
+                variables.DEAD_LETTER_QUEUE_URL: dead_letters.queue_url,
                 spec.output_variable: output,
                 "POWERTOOLS_SERVICE_NAME": platform.PUSH.name,
                 "POWERTOOLS_METRICS_NAMESPACE": self.project,

@@ -33,12 +33,13 @@ from constructs import Construct
 from infra.constructs.function import Packaging, PlatformFunction
 from infra.constructs.nag import acknowledge
 from infra.constructs.storage import Storage
-from mlops import platform, settings
-from mlops.deploy import LIVE_ALIAS
+from mlops.aws import environment as variables  # the resource variables' names
+from mlops.aws import platform
+from mlops.release.deploy import LIVE_ALIAS
 
 # The tag naming the model an infer function serves (next to mlops:function=infer).
 MODEL_TAG: Final = "mlops:model"
-# An infer function's own resource variable, beside the platform's (mlops.platform.INFER.env); the local cloud sets
+# An infer function's own resource variable, beside the platform's (mlops.aws.platform.INFER.env); the local cloud sets
 # the same one.
 MODEL_NAME: Final = "MODEL_NAME"
 # Where Firehose writes in the captures bucket, and how long it buffers: the same as the local cloud's stream
@@ -53,7 +54,7 @@ THROTTLE_BURST: Final = 200
 # API Gateway checks that POST bodies are JSON objects; the handler validates their fields against the model's
 # data contract (it knows the model's features, API Gateway does not).
 JSON_OBJECT_SCHEMA = apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4, type=apigw.JsonSchemaType.OBJECT)
-# The handler's error shape (mlops.serving.ServingError.body) for a body API Gateway refuses.
+# The handler's error shape (mlops.serving.server.ServingError.body) for a body API Gateway refuses.
 BAD_BODY_TEMPLATE = json.dumps({"error": "MalformedRequest", "message": "$context.error.validationErrorString",
                                 "field": "body"})
 # Routes of functions/infer/handler.py under /models/<model>: (path below it, HTTP method, has a body)
@@ -102,7 +103,7 @@ class Serving(Construct):
         api_gateway_logging_role: bool = True,
         reserved_concurrency: int | None = None,
     ) -> None:
-        """`environment` holds a value for each resource variable of mlops.platform.INFER this construct does not
+        """`environment` holds a value for each resource variable of mlops.aws.platform.INFER this construct does not
         create itself (the capture stream's name is added here). `throttle_*` is the stage-wide ceiling of every
         method; `api_keys` also requires a usage plan's API key on every method. `api_gateway_logging_role` creates
         the account's API Gateway CloudWatch Logs role and sets it (AWS::ApiGateway::Account); without it, the
@@ -113,9 +114,9 @@ class Serving(Construct):
         if not models:
             raise ValueError("the project declares no model: there is nothing to serve")
         self.stream = self._capture_stream(storage, capture_stream_name, log_retention, removal_policy)
-        environment = {**environment, settings.CAPTURE_STREAM: self.stream.ref}
+        environment = {**environment, variables.CAPTURE_STREAM: self.stream.ref}
         if missing := [v for v in platform.INFER.env if v not in environment]:
-            raise KeyError(f"infer needs {missing} (mlops.platform) but the CDK app provides no value")
+            raise KeyError(f"infer needs {missing} (mlops.aws.platform) but the CDK app provides no value")
 
         functions = Construct(self, "Functions")
         self.functions: dict[str, PlatformFunction] = {}

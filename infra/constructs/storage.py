@@ -1,4 +1,4 @@
-"""Where the platform keeps its state: the buckets, tables and topic of ``mlops.platform``, all encrypted with
+"""Where the platform keeps its state: the buckets, tables and topic of ``mlops.aws.platform``, all encrypted with
 one customer-managed key and reachable over TLS only.
 
 Construct ids are the platform's names (``data``, ``registry``, ``notifications``...), so a resource is found
@@ -22,7 +22,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from mlops import platform
+from mlops.aws import platform
 
 # Intermediate artefacts: register copies an accepted candidate under models/<model>/runs/, so what stays under
 # candidates/ only serves debugging a recent run.
@@ -30,7 +30,7 @@ CANDIDATES_EXPIRE_AFTER = Duration.days(30)
 NONCURRENT_VERSIONS_EXPIRE_AFTER = Duration.days(90)
 ACCESS_LOGS_EXPIRE_AFTER = Duration.days(365)
 # What a model version's lineage points at: only the role that produces it may write there (the stack names the
-# roles from mlops.access). Anyone else's write would change what a registered model claims it was trained on.
+# roles from mlops.aws.access). Anyone else's write would change what a registered model claims it was trained on.
 PROTECTED_PREFIXES: Mapping[str, tuple[str, ...]] = {"data": ("curated/", "contracts/"), "models": ("models/",)}
 # Every action that creates, overwrites or removes an object or an upload in progress (multipart uploads and
 # copies are authorized as s3:PutObject)
@@ -107,7 +107,7 @@ class Storage(Construct):
         exempt = [self._auto_delete_role_arn()] if self.auto_delete_objects else []
         for prefix, roles in sorted(writers.items()):
             if not roles:
-                raise ValueError(f"no role may write {prefix} in the {bucket_name} bucket (mlops.access): then "
+                raise ValueError(f"no role may write {prefix} in the {bucket_name} bucket (mlops.aws.access): then "
                                  "nothing could")
             bucket.add_to_resource_policy(iam.PolicyStatement(
                 sid=f"OnlyItsWritersWrite{''.join(part.capitalize() for part in prefix.strip('/').split('/'))}",

@@ -107,8 +107,8 @@ class Synthesized:
     def state_machine(self, name: str) -> tuple[dict[str, Any], str]:
         """A state machine's properties and its definition, each substitution replaced by what it points at:
         `function:<platform name>`, `topic:notifications`, or for the SageMaker path's placeholders their platform
-        names (mlops.platform.ASL_TRAINING_JOB_SUBSTITUTIONS; test_training_jobs checks what their values are)."""
-        from mlops.platform import ASL_TRAINING_JOB_SUBSTITUTIONS
+        names (mlops.aws.platform.ASL_TRAINING_JOB_SUBSTITUTIONS; test_training_jobs checks what their values are)."""
+        from mlops.aws.platform import ASL_TRAINING_JOB_SUBSTITUTIONS
 
         props = self.resources[self.logical_id(self.stack.pipeline.state_machines[name])]["Properties"]
         text = self.file_asset(props["DefinitionS3Location"]["Key"]).read_text()

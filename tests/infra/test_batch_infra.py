@@ -21,8 +21,8 @@ from infra.app import (
     cdk_json_context,
 )
 from infra.constructs.batch import RESULT_WRITER_ACTIONS, check_concurrency
-from mlops import platform, settings
-from mlops.config import load_config
+from mlops.aws import environment, platform
+from mlops.core.config import load_config
 from mlops.local.cloud import Deployment, batch_definition
 
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
@@ -84,7 +84,7 @@ def test_the_batch_function_is_an_image_with_the_registry(synthesized: Synthesiz
     _lid, resource = synthesized.functions()["batch"]
     props = resource["Properties"]
     assert props["PackageType"] == "Image"
-    assert set(props["Environment"]["Variables"]) >= {settings.REGISTRY_TABLE}
+    assert set(props["Environment"]["Variables"]) >= {environment.REGISTRY_TABLE}
     assert props["Timeout"] == 900
 
 
@@ -233,10 +233,10 @@ def test_infer_may_start_and_describe_batch_runs_and_nothing_else_of_step_functi
         assert json.dumps({"Ref": machine}) in text
         assert ':*"' in text
         props = synthesized.serving()[model][1]["Properties"]
-        assert props["Environment"]["Variables"][settings.BATCH_STATE_MACHINE_ARN] == {"Ref": machine}
+        assert props["Environment"]["Variables"][environment.BATCH_STATE_MACHINE_ARN] == {"Ref": machine}
         # where runs read and write: the route checks a run's input and names its prefix there
         data = synthesized.logical_id(synthesized.stack.storage.buckets["data"])
-        assert props["Environment"]["Variables"][settings.DATA_BUCKET] == {"Ref": data}
+        assert props["Environment"]["Variables"][environment.DATA_BUCKET] == {"Ref": data}
 
 
 def test_only_infer_and_the_map_itself_start_batch_runs(synthesized: Synthesized) -> None:
@@ -259,4 +259,4 @@ def test_a_failed_run_raises_an_alarm_and_the_outputs_carry_the_state_machine(sy
     assert any(a.get("MetricName") == "ExecutionsFailed"
                and {"Name": "StateMachineArn", "Value": {"Ref": machine}} in a.get("Dimensions", []) for a in alarms)
     rendered = synthesized.render(synthesized.template["Outputs"]["Environment"]["Value"])
-    assert f'"{settings.BATCH_STATE_MACHINE_ARN}":"ref:{machine}"' in rendered
+    assert f'"{environment.BATCH_STATE_MACHINE_ARN}":"ref:{machine}"' in rendered

@@ -15,8 +15,8 @@ import pytest
 from infra.app import API_GATEWAY_LOGGING_ROLE_CONTEXT, LAMBDA_MEMORY_QUOTA_CONTEXT
 from infra.constructs.function import LAMBDA_MEMORY_MAX_MB, MEMORY_QUOTA_WARNING, check_memory
 from infra.constructs.storage import OBJECT_WRITES, PROTECTED_PREFIXES
-from mlops import platform
-from mlops.access import ACCESS
+from mlops.aws import platform
+from mlops.aws.access import ACCESS
 
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 API_GATEWAY_LOGS_POLICY = "service-role/AmazonAPIGatewayPushToCloudWatchLogs"

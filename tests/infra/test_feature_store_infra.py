@@ -7,7 +7,7 @@ from typing import Any
 
 from test_stack import Synthesized, as_list, role_statements
 
-from mlops import platform, settings
+from mlops.aws import environment, platform
 
 
 def _actions_on(synthesized: Synthesized, function: str, table_id: str) -> set[str]:
@@ -31,12 +31,12 @@ def test_infer_functions_read_it_and_ingest_writes_it(synthesized: Synthesized) 
     table = synthesized.stack.storage.tables["features"]
     table_id = synthesized.logical_id(table)
     for model, (_lid, resource) in synthesized.serving().items():
-        assert resource["Properties"]["Environment"]["Variables"][settings.FEATURES_TABLE] == {"Ref": table_id}
+        assert resource["Properties"]["Environment"]["Variables"][environment.FEATURES_TABLE] == {"Ref": table_id}
         actions = _actions_on(synthesized, f"infer:{model}", table_id)
         assert "dynamodb:GetItem" in actions
         assert not actions & {"dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"}, model
     _lid, ingest = synthesized.functions()["ingest"]
-    assert ingest["Properties"]["Environment"]["Variables"][settings.FEATURES_TABLE] == {"Ref": table_id}
+    assert ingest["Properties"]["Environment"]["Variables"][environment.FEATURES_TABLE] == {"Ref": table_id}
     assert {"dynamodb:BatchWriteItem", "dynamodb:PutItem"} <= _actions_on(synthesized, "ingest", table_id)
     # nobody else touches it
     for spec in platform.FUNCTIONS:

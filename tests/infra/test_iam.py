@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import template_policies
 
-from mlops import platform
-from mlops.access import RUNS_PREFIX
-from mlops.batch import MAP_RESULTS, WORK_PREFIX
-from mlops.config import load_config
+from mlops.aws import platform
+from mlops.aws.access import RUNS_PREFIX
+from mlops.batch.start import MAP_RESULTS, WORK_PREFIX
+from mlops.core.config import load_config
 from mlops.local.iam import (
     GUARDED_SERVICES,
     LocalNames,
@@ -47,8 +47,8 @@ def local(synthesized: Synthesized) -> tuple[LocalNames, Any, dict[str, str], di
 
 
 def test_the_guard_enforces_what_the_template_grants(synthesized: Synthesized, local: Any) -> None:
-    """`mlops local up` evaluates the platform's declaration (mlops.access); the tests' clouds and AWS the template's
-    policies: for every function, the same actions on the same resources, with the same conditions."""
+    """`mlops local up` evaluates the platform's declaration (mlops.aws.access); the tests' clouds and AWS the
+    template's policies: for every function, the same actions on the same resources, with the same conditions."""
     names, config, functions, resources = local
     roles = {role_of(synthesized.resources[lid]): name for lid, name in functions.items()}
     deployed = policies_of_template(synthesized.template, roles=roles, resources=resources, region=REGION,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from layers import builder
-from mlops import platform
+from mlops.aws import platform
 
 
 def test_a_layer_is_rebuilt_when_a_pin_it_holds_changes_and_only_then() -> None:

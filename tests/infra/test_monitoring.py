@@ -11,8 +11,8 @@ from typing import Any
 from infra.app import CONFIG_CONTEXT, FALLBACK_ACCOUNT, STAGE_CONTEXT, STAGES, cdk_json_context
 from infra.constructs.monitoring import DRIFT_SERVICE
 from infra.constructs.serving import API_STAGE
-from mlops import platform
-from mlops.config import load_config
+from mlops.aws import platform
+from mlops.core.config import load_config
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
 STAGE = cdk_json_context()[STAGE_CONTEXT]

@@ -1,6 +1,6 @@
 """The local cloud (mlops.local.cloud.provision into moto) and the synthesized stack deploy the same platform:
 same functions with the same environment variables, same S3 triggers, same state machine definitions, same
-table keys. Both read mlops.platform; this catches whatever either side adds on its own.
+table keys. Both read mlops.aws.platform; this catches whatever either side adds on its own.
 
 Names differ by design (the local cloud names resources itself, CloudFormation names them in the stack), so
 both sides are compared by platform name: ARNs become `function:<name>` and `topic:notifications`.
@@ -16,13 +16,13 @@ import pytest
 
 from infra.app import CONFIG_CONTEXT, cdk_json_context
 from infra.constructs.pipeline import STATE_MACHINES
-from mlops import platform
-from mlops.config import load_config
+from mlops.aws import platform
+from mlops.core.config import load_config
 
 # The local cloud has no X-Ray daemon; on AWS the functions trace actively (see test_stack).
 LOCAL_ONLY_ENV = {"POWERTOOLS_TRACE_DISABLED"}
 # The API's execute-api ARN, which register needs to let API Gateway invoke a `live` alias it creates; the local
-# cloud has no API Gateway yet. Empty once mlops.platform declares it for register (the local cloud then sets it).
+# cloud has no API Gateway yet. Empty once mlops.aws.platform declares it for register (the local cloud then sets it).
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 
 
@@ -125,7 +125,7 @@ def test_same_infer_functions_with_the_same_environment(local: Local, synthesize
 
 
 def test_same_push_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
-    """One push function per declared model on both sides, named by mlops.platform.push_queues."""
+    """One push function per declared model on both sides, named by mlops.aws.platform.push_queues."""
     config = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
     stage = platform.push_queues(config.model_copy(update={"project": synthesized.stack.name_prefix}))
     deployed = {}

@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from infra.app import API_GATEWAY_LOGGING_ROLE_CONTEXT, LAMBDA_MEMORY_QUOTA_CONTEXT, STAGE_CONTEXT
-from mlops import platform
+from mlops.aws import platform
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's

@@ -9,9 +9,9 @@ from typing import Any
 from test_stack import Synthesized, as_list, ssl_only
 
 from infra.app import CONFIG_CONTEXT, cdk_json_context
-from mlops import platform, settings
-from mlops.access import push_access
-from mlops.config import load_config
+from mlops.aws import environment, platform
+from mlops.aws.access import push_access
+from mlops.core.config import load_config
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
 
@@ -60,9 +60,9 @@ def test_the_push_function_consumes_its_queue_reporting_batch_item_failures(synt
         assert props["Properties"]["FunctionName"] == spec.function
         variables = props["Properties"]["Environment"]["Variables"]
         assert variables["MODEL_NAME"] == spec.model
-        assert variables[settings.PUSH_OUTPUT] == spec.output
+        assert variables[environment.PUSH_OUTPUT] == spec.output
         dlq = synthesized.logical_id(synthesized.stack.push.dead_letter_queues[spec.model])
-        assert variables[settings.DEAD_LETTER_QUEUE_URL] == {"Ref": dlq}
+        assert variables[environment.DEAD_LETTER_QUEUE_URL] == {"Ref": dlq}
 
 
 def test_the_push_role_touches_its_own_queues_topic_and_model_only(synthesized: Synthesized) -> None:
@@ -92,7 +92,7 @@ def test_s3_output_may_write_under_its_own_predictions_prefix_only() -> None:
     [spec] = platform.push_queues(CONFIG.model_copy(update={"models": [
         CONFIG.models[0].model_copy(update={"push_output": "s3"})]}))
     assert spec.topic is None
-    assert spec.output_variable == settings.DATA_BUCKET
+    assert spec.output_variable == environment.DATA_BUCKET
     access = push_access(spec)
     assert access.write == {"data": (f"predictions/{spec.model}/",)}
     assert access.read == {"models": (f"models/{spec.model}/",)}

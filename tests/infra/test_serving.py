@@ -18,11 +18,11 @@ from infra.constructs.serving import (
     THROTTLE_BURST,
     THROTTLE_RATE_PER_SECOND,
 )
-from mlops import platform, settings
-from mlops.access import DEPLOY, ROUTE
-from mlops.config import load_config
-from mlops.deploy import LIVE_ALIAS
-from mlops.settings import API_SOURCE_ARN
+from mlops.aws import environment, platform
+from mlops.aws.access import DEPLOY, ROUTE
+from mlops.aws.environment import API_SOURCE_ARN
+from mlops.core.config import load_config
+from mlops.release.deploy import LIVE_ALIAS
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
 # physical names carry the stage, so that two stages can share an account
@@ -60,14 +60,14 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
         assert props["FunctionName"] == platform.infer_function_name(NAMES, model)
         variables = props["Environment"]["Variables"]
         # infer also starts batch runs (infra/constructs/batch.py): the one variable push does not share with it
-        # infer also starts batch runs, whose inputs and outputs are in the data bucket (mlops.batch)
-        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV, settings.BATCH_STATE_MACHINE_ARN,
-                                  settings.DATA_BUCKET}, model
+        # infer also starts batch runs, whose inputs and outputs are in the data bucket (mlops.batch.start)
+        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV, environment.BATCH_STATE_MACHINE_ARN,
+                                  environment.DATA_BUCKET}, model
         assert variables[MODEL_NAME] == model
         assert variables["POWERTOOLS_SERVICE_NAME"] == spec.name
-        assert variables[settings.REGISTRY_TABLE] == {
+        assert variables[environment.REGISTRY_TABLE] == {
             "Ref": synthesized.logical_id(synthesized.stack.storage.tables["registry"])}
-        assert variables[settings.CAPTURE_STREAM] == {"Ref": stream(synthesized)[0]}
+        assert variables[environment.CAPTURE_STREAM] == {"Ref": stream(synthesized)[0]}
         assert props["Timeout"] == spec.timeout_s
         assert props["MemorySize"] == spec.memory_mb
         assert props["TracingConfig"] == {"Mode": "Active"}
@@ -204,7 +204,8 @@ def test_api_routes_are_the_handlers_with_iam_authorization(synthesized: Synthes
     for model in MODELS:
         expected |= {(f"/models/{model}", "GET"), (f"/models/{model}/predict", "POST"),
                      (f"/models/{model}/feedback", "POST")}
-        expected |= {(f"/models/{model}/batch", "POST"), (f"/models/{model}/batch/{{batch_id}}", "GET")}  # mlops.batch
+        # batch runs (mlops.batch.start)
+        expected |= {(f"/models/{model}/batch", "POST"), (f"/models/{model}/batch/{{batch_id}}", "GET")}
     assert set(methods) == expected
     assert {props["AuthorizationType"] for props in methods.values()} == {"AWS_IAM"}
     validators = synthesized.of_type("AWS::ApiGateway::RequestValidator")
@@ -249,7 +250,7 @@ def test_stage_is_traced_throttled_and_access_logged(synthesized: Synthesized) -
 # -- register and rollout ---------------------------------------------------------------------------------------
 def test_register_gets_the_infer_functions_and_the_api_source_arn(synthesized: Synthesized) -> None:
     variables = synthesized.functions()["register"][1]["Properties"]["Environment"]["Variables"]
-    assert json.loads(synthesized.render(variables[settings.INFER_FUNCTIONS])) == {
+    assert json.loads(synthesized.render(variables[environment.INFER_FUNCTIONS])) == {
         model: platform.infer_function_name(NAMES, model) for model in MODELS}
     [api] = synthesized.of_type("AWS::ApiGateway::RestApi")
     assert synthesized.render(variables[API_SOURCE_ARN]).endswith(f":ref:{api}/{API_STAGE}/*/*")
@@ -320,7 +321,7 @@ def test_outputs_give_the_api_url_and_the_deployments_variables(synthesized: Syn
     # a JSON object whose values CloudFormation fills in (INFER_FUNCTIONS is itself a JSON string in it)
     rendered = synthesized.render(outputs["Environment"]["Value"])
     variables = set(re.findall(r'(?<![\\])"([A-Z_]+)":', rendered))
-    needed = {v for spec in (*platform.FUNCTIONS, platform.INFER) for v in spec.env} - {settings.CAPTURE_STREAM}
+    needed = {v for spec in (*platform.FUNCTIONS, platform.INFER) for v in spec.env} - {environment.CAPTURE_STREAM}
     assert needed <= variables
     assert f'"POWERTOOLS_METRICS_NAMESPACE":"{NAMES}"' in rendered
     assert "ApiKeyId" not in outputs  # IAM only by default

@@ -12,7 +12,7 @@ from infra import sizes
 from infra.constructs.function import FUNCTION_TAG
 from infra.constructs.serving import MODEL_TAG
 from layers import builder as layer_build
-from mlops import platform
+from mlops.aws import platform
 
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from mlops import platform
+from mlops.aws import platform
 
 
 def load_smoke() -> ModuleType:

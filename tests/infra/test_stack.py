@@ -1,4 +1,4 @@
-"""Assertions on the synthesized template: the platform as mlops.platform declares it, secured as the design
+"""Assertions on the synthesized template: the platform as mlops.aws.platform declares it, secured as the design
 says, with cdk-nag enforced on every synthesis."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from infra.app import CONFIG_CONTEXT, LAMBDA_MEMORY_QUOTA_CONTEXT, STAGE_CONTEXT
 from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT, MEMORY_QUOTA_WARNING, POWERTOOLS_LAYER_PARAMETER
 from infra.constructs.pipeline import STATE_MACHINES, StateMachineSpec, uses_topic
 from layers import builder as layer_build
-from mlops import platform, settings
-from mlops.access import ACCESS, infer_access
-from mlops.config import load_config
-from mlops.platform import TABLE_KEYS
+from mlops.aws import environment, platform
+from mlops.aws.access import ACCESS, infer_access
+from mlops.aws.platform import TABLE_KEYS
+from mlops.core.config import load_config
 
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
@@ -109,17 +109,17 @@ def test_environment_values_point_at_the_stack_resources(synthesized: Synthesize
     stack = synthesized.stack
     storage, pipeline = stack.storage, stack.pipeline
     expected = {
-        settings.DATA_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["data"])},
-        settings.MODELS_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["models"])},
-        settings.CAPTURES_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["captures"])},
-        settings.REGISTRY_TABLE: {"Ref": synthesized.logical_id(storage.tables["registry"])},
-        settings.IDEMPOTENCY_TABLE: {"Ref": synthesized.logical_id(storage.tables["idempotency"])},
-        settings.FEATURES_TABLE: {"Ref": synthesized.logical_id(storage.tables["features"])},
-        settings.NOTIFICATIONS_TOPIC_ARN: {"Ref": synthesized.logical_id(storage.topic)},
+        environment.DATA_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["data"])},
+        environment.MODELS_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["models"])},
+        environment.CAPTURES_BUCKET: {"Ref": synthesized.logical_id(storage.buckets["captures"])},
+        environment.REGISTRY_TABLE: {"Ref": synthesized.logical_id(storage.tables["registry"])},
+        environment.IDEMPOTENCY_TABLE: {"Ref": synthesized.logical_id(storage.tables["idempotency"])},
+        environment.FEATURES_TABLE: {"Ref": synthesized.logical_id(storage.tables["features"])},
+        environment.NOTIFICATIONS_TOPIC_ARN: {"Ref": synthesized.logical_id(storage.topic)},
         **{machine.arn_variable: {"Ref": synthesized.logical_id(pipeline.state_machines[machine.name])}
            for machine in STATE_MACHINES},
-        # for when mlops.platform declares it for register (test_serving checks what it points at)
-        settings.API_SOURCE_ARN: stack.resolve(stack.serving.api_source_arn),
+        # for when mlops.aws.platform declares it for register (test_serving checks what it points at)
+        environment.API_SOURCE_ARN: stack.resolve(stack.serving.api_source_arn),
     }
     project = NAMED.project
     infer_functions = {model: platform.infer_function_name(project, model) for model in synthesized.serving()}
@@ -127,7 +127,7 @@ def test_environment_values_point_at_the_stack_resources(synthesized: Synthesize
     for name, (_lid, resource) in synthesized.functions().items():
         variables = resource["Properties"]["Environment"]["Variables"]
         for variable in platform.function(name).env:
-            if variable == settings.INFER_FUNCTIONS:  # a JSON object built from the functions' names
+            if variable == environment.INFER_FUNCTIONS:  # a JSON object built from the functions' names
                 assert json.loads(synthesized.render(variables[variable])) == infer_functions, name
             else:
                 assert variables[variable] == expected[variable], (name, variable)
@@ -154,7 +154,7 @@ def test_zip_functions_bundle_the_handler_config_and_core_package(synthesized: S
         bundle = zip_bundle(synthesized, spec.name)
         assert (bundle / "handler.py").read_bytes() == (spec.code_dir / "handler.py").read_bytes()
         assert (bundle / "mlops.toml").is_file()
-        assert (bundle / "mlops" / "pipeline.py").is_file()
+        assert (bundle / "mlops" / "pipeline" / "steps.py").is_file()
         assert not (bundle / "mlops" / "local").exists()  # the moto-based local cloud stays out
 
 

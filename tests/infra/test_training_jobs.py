@@ -12,8 +12,8 @@ from typing import Any
 
 from infra.constructs.function import DOCKERFILE
 from infra.constructs.pipeline import SYNC_RULE, TRAINING_JOB_PREFIX
-from mlops import platform
-from mlops.access import ACCESS
+from mlops.aws import platform
+from mlops.aws.access import ACCESS
 
 Synthesized = Any  # conftest.Synthesized: conftest modules cannot be imported by name
 ASL = json.loads(platform.TRAINING_ASL.read_text())
@@ -174,7 +174,7 @@ def test_image_entrypoint_runs_the_training_job_for_sagemaker_and_the_handler_fo
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
 
     sagemaker = subprocess.run([str(script), "train"], env=env, capture_output=True, text=True, check=True)
-    assert sagemaker.stdout.strip() == "python3 -m mlops.sagemaker_train"
+    assert sagemaker.stdout.strip() == "python3 -m mlops.training.sagemaker"
 
     # Lambda passes the handler (CMD) on to the base image's entrypoint, absent here
     handler = "functions.evaluate.handler.handler"

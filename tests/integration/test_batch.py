@@ -292,7 +292,7 @@ def test_a_prefix_the_model_declares_outside_the_platform_is_scored_into_the_run
 
 def test_an_input_that_cannot_be_listed_fails_the_run_with_the_reason(
         served: EmbeddedCloud, capsys: pytest.CaptureFixture[str]) -> None:
-    from mlops.cli import main
+    from mlops.cli.main import main
 
     assert main(["batch", MODEL, UNLISTABLE, "--wait", "--json"]) == 3
     done = json.loads(capsys.readouterr().out)
@@ -355,11 +355,11 @@ def test_a_runs_outputs_never_overwrite_an_existing_object(served: EmbeddedCloud
                                                            tmp_path: Path) -> None:
     """Whatever is already at a key a run writes stays as it was: the object's step fails instead (and is reported
     failed by the state machine's Catch); a finished run's manifest is not rewritten by a step run again."""
-    from mlops.batch import BatchObject, BatchSpec
-    from mlops.batch_run import finish, score_object
-    from mlops.errors import RegistryConflict
-    from mlops.registry import Registry
-    from mlops.serving import ModelCache
+    from mlops.batch.run import finish, score_object
+    from mlops.batch.start import BatchObject, BatchSpec
+    from mlops.core.errors import RegistryConflict
+    from mlops.registry.store import Registry
+    from mlops.serving.server import ModelCache
 
     s3 = served.client("s3")
     registry = Registry(served.client("dynamodb"), served.deployment.names["registry"])
@@ -413,7 +413,7 @@ def test_an_object_that_cannot_be_read_is_reported_failed_and_the_others_scored(
 
 def test_the_cli_runs_the_same_batch_and_its_exit_code_tells_the_outcome(
         served: EmbeddedCloud, features: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from mlops.cli import main
+    from mlops.cli.main import main
 
     _put(served, _inputs(served, "cli") + "rows.csv", features.head(20).to_csv(index=False).encode())
     assert main(["batch", MODEL, _inputs(served, "cli"), "--version", "1", "--wait", "--json"]) == 0

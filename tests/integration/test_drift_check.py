@@ -70,7 +70,7 @@ def frame(breast_cancer_csv: bytes) -> pd.DataFrame:
 
 def put_window(cloud: EmbeddedCloud, frame: pd.DataFrame, hour: datetime, *, drift: bool, n: int = 300,
                seed: int = 0, flip: float = 0.0, tag: str | None = None) -> None:
-    """n predictions with feedback, in the record format of mlops.serving and Firehose's key layout; the
+    """n predictions with feedback, in the record format of mlops.serving.server and Firehose's key layout; the
     predictions are the labels (a perfect model), the values jittered so no row repeats a training row;
     ``flip``: the share of labels flipped among large tumours (a region of feature space); ``tag``: the key's
     last part (Firehose's is a uuid)."""
@@ -189,7 +189,7 @@ def test_scheduled_windows_report_alert_and_retrain_once(drift_cloud: tuple[Embe
     assert "mean radius" in alerts[0]["Message"]
     assert "report.html" in alerts[0]["Message"]
 
-    # the drift alarm (declared in mlops.alarms; created and evaluated by the local cloud as CloudWatch would):
+    # the drift alarm (declared in mlops.aws.alarms; created and evaluated by the local cloud as CloudWatch would):
     # in ALARM, entered once for the four drifting windows (a state change notifies, a repeat does not)
     [alarm] = cloud.client("cloudwatch").describe_alarms(AlarmNames=["mlops-drifty-drift"])["MetricAlarms"]
     assert (alarm["StateValue"], alarm["MetricName"]) == ("ALARM", "DriftDetected")
@@ -213,8 +213,8 @@ def test_scheduled_windows_report_alert_and_retrain_once(drift_cloud: tuple[Embe
 
 
 def test_a_model_without_champion_is_skipped(drift_cloud: tuple[EmbeddedCloud, io.StringIO]) -> None:
-    from mlops.config import ProjectConfig
-    from mlops.monitoring import check_drift
+    from mlops.core.config import ProjectConfig
+    from mlops.drift.check import check_drift
 
     cloud, _ = drift_cloud
     config = ProjectConfig.model_validate({"models": [{"name": "nobody", "target": "y"}]})

@@ -12,13 +12,13 @@ import pytest
 import template_policies
 from botocore.exceptions import ClientError
 
-from mlops.config import ProjectConfig
-from mlops.deploy import LIVE_ALIAS, ServingDeployer
-from mlops.lifecycle import Lifecycle
+from mlops.aws.platform import scheduled_rules
+from mlops.core.config import ProjectConfig
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
 from mlops.local.iam import LocalNames
 from mlops.local.scheduler import Job, lambda_invoker
-from mlops.platform import scheduled_rules
+from mlops.release.deploy import LIVE_ALIAS, ServingDeployer
+from mlops.release.lifecycle import Lifecycle
 
 MODEL = "breast-cancer"
 ROW_FIELD = "mean radius"
@@ -107,7 +107,7 @@ def test_s3_invokes_ingest_only_with_its_permission(cloud: EmbeddedCloud, breast
 
 
 def test_eventbridge_invokes_a_schedule_only_with_its_permission(cloud: EmbeddedCloud, config_file: Path) -> None:
-    from mlops.config import load_config
+    from mlops.core.config import load_config
 
     rule = scheduled_rules(load_config(config_file))[0]
     function = cloud.deployment.function_arns[rule.function]

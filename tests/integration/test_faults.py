@@ -23,8 +23,8 @@ from botocore.exceptions import ReadTimeoutError
 from moto.core.botocore_stubber import MockRawResponse
 
 from mlops import aws
+from mlops.aws.storage import ObjectStore
 from mlops.local.embedded import EmbeddedCloud
-from mlops.storage import ObjectStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 SERVICES = ("s3", "dynamodb", "lambda", "firehose", "stepfunctions", "sns", "cloudwatch")

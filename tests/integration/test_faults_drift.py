@@ -16,10 +16,10 @@ from botocore.exceptions import ClientError
 from test_drift_check import T0, drift_cloud, frame, invoke, put_window
 from test_faults import Fault, answers_lost, every_other_attempt_fails, refused, wire_faults
 
-from mlops.config import ModelConfig
+from mlops.core.config import ModelConfig
+from mlops.drift.check import DriftCheckRefused, iso, maybe_retrain, stamp
 from mlops.local.embedded import EmbeddedCloud
-from mlops.monitoring import DriftCheckRefused, iso, maybe_retrain, stamp
-from mlops.registry import CHAMPION
+from mlops.registry.store import CHAMPION
 
 __all__ = ["drift_cloud", "frame"]  # the fixtures of test_drift_check, used here by name
 

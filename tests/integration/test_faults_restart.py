@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.deploy import ServingDeployer
+from mlops.core.config import load_config
 from mlops.local.embedded import EmbeddedCloud
 from mlops.local.recovery import Recovery, s3_created_event
-from mlops.pipeline import execution_name, run_artefacts_prefix
-from mlops.registry import CHALLENGER, CHAMPION
+from mlops.pipeline.steps import execution_name, run_artefacts_prefix
+from mlops.registry.store import CHALLENGER, CHAMPION
+from mlops.release.deploy import ServingDeployer
 
 MODEL, INFER = "breast-cancer", "mlops-infer-breast-cancer"
 

@@ -12,13 +12,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mlops.config import load_config
-from mlops.demo import FEATURE_MODEL as MODEL
-from mlops.demo import FEATURE_MODEL_TOML
-from mlops.demo import purchases_dataset as purchases
-from mlops.features import OnlineStore, definitions_sha256, latest, materialize
+from mlops.cli.demo import FEATURE_MODEL as MODEL
+from mlops.cli.demo import FEATURE_MODEL_TOML
+from mlops.cli.demo import purchases_dataset as purchases
+from mlops.core.config import load_config
+from mlops.features.store import OnlineStore, definitions_sha256, latest, materialize
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
-from mlops.pipeline import newest_manifest
+from mlops.pipeline.steps import newest_manifest
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 CONFIG = f"""
@@ -129,7 +129,7 @@ def test_the_raw_columns_are_not_the_models_inputs(shop: EmbeddedCloud) -> None:
 
 def test_the_cli_reads_and_rematerialises_the_online_store(shop: EmbeddedCloud,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from mlops.cli import main
+    from mlops.cli.main import main
 
     assert main(["features", "get", MODEL, "1000", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

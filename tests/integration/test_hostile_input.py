@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from project_configs import one_model_config
 
-from mlops import platform
-from mlops.config import load_config
+from mlops.aws import platform
+from mlops.core.config import load_config
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
 from mlops.local.gateway import proxy_event
 

@@ -176,7 +176,7 @@ def test_the_serving_path_imports_neither_sklearn_nor_pandas(tmp_path: Path) -> 
     code = (
         "import runpy, sys\n"
         f"runpy.run_path({str(handler)!r})\n"
-        "import mlops.onnx_model\n"
+        "import mlops.serving.onnx_model\n"
         "heavy = sorted(m for m in ('sklearn', 'pandas', 'skl2onnx', 'scipy') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
@@ -188,8 +188,8 @@ def test_the_serving_path_imports_neither_sklearn_nor_pandas(tmp_path: Path) -> 
 
 
 def test_artefacts_are_verified_against_the_registry_and_manifest_before_serving(served: Any, tmp_path: Path) -> None:
-    from mlops.errors import IntegrityError
-    from mlops.serving import ModelCache
+    from mlops.core.errors import IntegrityError
+    from mlops.serving.server import ModelCache
 
     cloud, _ = served
     version = cloud.registry.version("breast-cancer", 1)
@@ -220,7 +220,7 @@ def test_a_hostile_cache_directory_does_not_change_what_is_served(served: Any, t
     and under the sha256 names of this version's artefacts, with other bytes. Neither is served."""
     import hashlib
 
-    from mlops.serving import ModelCache, score, validate_row
+    from mlops.serving.server import ModelCache, score, validate_row
 
     cloud, _ = served
     version = cloud.registry.version("breast-cancer", 1)
@@ -258,7 +258,7 @@ def test_a_manifest_that_does_not_vouch_for_the_contract_is_refused(served: Any,
     import dataclasses
     import hashlib
 
-    from mlops.serving import ModelCache, UnverifiableModel
+    from mlops.serving.server import ModelCache, UnverifiableModel
 
     cloud, _ = served
     version = cloud.registry.version("breast-cancer", 1)

@@ -138,8 +138,8 @@ def test_bad_files_get_a_recorded_outcome_and_no_row_is_lost(
 
 
 def test_oversized_file_is_rejected_unread(cloud: EmbeddedCloud) -> None:
-    from mlops.config import load_config
-    from mlops.ingest import ingest_object
+    from mlops.core.config import load_config
+    from mlops.data.ingest import ingest_object
 
     config = load_config()
     cloud.client("s3").put_object(Bucket=cloud.deployment.data_bucket, Key="incoming/wine/big.csv", Body=b"a,b\n")

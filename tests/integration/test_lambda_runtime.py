@@ -100,7 +100,7 @@ def test_s3_notifications_reach_the_handler() -> None:
 def test_weighted_alias_splits_traffic_by_its_weights(lam: Any) -> None:
     import math
 
-    from mlops.deploy import ServingDeployer
+    from mlops.release.deploy import ServingDeployer
 
     deployer = ServingDeployer(lam)
     v1 = lam.publish_version(FunctionName="echo")["Version"]

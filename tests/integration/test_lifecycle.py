@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.deploy import ServingDeployer
-from mlops.lifecycle import Lifecycle, NothingToDo, RolloutInProgress
+from mlops.core.config import load_config
 from mlops.local.cloud import provision
 from mlops.local.embedded import EmbeddedCloud
-from mlops.pipeline import deploy
-from mlops.registry import CHALLENGER, CHAMPION, Registry
+from mlops.pipeline.steps import deploy
+from mlops.registry.store import CHALLENGER, CHAMPION, Registry
+from mlops.release.deploy import ServingDeployer
+from mlops.release.lifecycle import Lifecycle, NothingToDo, RolloutInProgress
 
 FUNCTION = "mlops-infer-breast-cancer"
 
@@ -123,7 +123,7 @@ def test_a_running_rollout_blocks_manual_changes(cloud: EmbeddedCloud, two_versi
 def test_concurrent_promote_and_rollback_have_one_winner(cloud: EmbeddedCloud, two_versions: Lifecycle) -> None:
     # A rollback based on a stale view (the challenger was promoted meanwhile) must not apply.
     two_versions.promote("breast-cancer", who="alice", why="won")
-    from mlops.errors import RegistryConflict
+    from mlops.core.errors import RegistryConflict
 
     with pytest.raises(RegistryConflict):
         cloud.registry.retire_challenger("breast-cancer", challenger=2, who="bob", why="stale view")
@@ -135,8 +135,8 @@ def test_a_rollout_deciding_and_a_manual_rollback_at_the_same_moment_have_one_wi
 ) -> None:
     import threading
 
-    from mlops.rollout import RolloutState, analyze
-    from mlops.storage import ObjectStore
+    from mlops.aws.storage import ObjectStore
+    from mlops.release.rollout import RolloutState, analyze
 
     # a look whose counts make the sequential test promote (100/100 right against 50/100)
     state = RolloutState(model="breast-cancer", champion=1, challenger=2, started_at="2026-11-27T10:00:00+00:00",

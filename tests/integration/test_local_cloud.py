@@ -17,9 +17,9 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from moto import mock_aws
 
 from mlops import aws
-from mlops.config import load_config
-from mlops.deploy import ServingDeployer
-from mlops.errors import ConfigError
+from mlops.aws.platform import ROOT
+from mlops.core.config import load_config
+from mlops.core.errors import ConfigError
 from mlops.local.cloud import Deployment, provision
 from mlops.local.embedded import EmbeddedCloud
 from mlops.local.firehose import BufferedFirehose
@@ -27,8 +27,8 @@ from mlops.local.gateway import ApiGateway, proxy_event
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Job, Scheduler, parse_rate
 from mlops.local.state import PERSISTED, GroupCommit, StateDir, StateError, is_mutating, request_service
-from mlops.platform import ROOT
-from mlops.registry import CHAMPION
+from mlops.registry.store import CHAMPION
+from mlops.release.deploy import ServingDeployer
 
 INFER = "mlops-infer-breast-cancer"
 

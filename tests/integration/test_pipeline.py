@@ -122,7 +122,7 @@ def test_transient_aws_error_is_retried_by_the_state_machine(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from mlops.storage import ObjectStore
+    from mlops.aws.storage import ObjectStore
 
     original = ObjectStore.get_parquet
     calls = {"n": 0}

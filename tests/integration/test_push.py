@@ -18,8 +18,9 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
-from mlops import aws, platform
-from mlops.config import load_config
+from mlops import aws
+from mlops.aws import platform
+from mlops.core.config import load_config
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"

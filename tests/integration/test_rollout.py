@@ -16,7 +16,7 @@ import pytest
 
 from mlops.local.embedded import EmbeddedCloud
 from mlops.local.iam import Target
-from mlops.rollout import EVENTS_PER_LOOK, MAX_LOOKS_VARIABLE, execution_name
+from mlops.release.rollout import EVENTS_PER_LOOK, MAX_LOOKS_VARIABLE, execution_name
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 FUNCTION = "mlops-infer-canary:live"
@@ -165,12 +165,12 @@ def captured_feedback(cloud: EmbeddedCloud, better: int, worse: int, n: int = 60
 def test_a_long_rollout_continues_in_new_executions_and_still_decides(
     cloud: EmbeddedCloud, breast_cancer_csv: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two looks per execution instead of 694 (the history's cap, mlops.rollout): the rollout hands its state to a
-    new execution of the same state machine, named after the model, the challenger and the generation, and the
+    """Two looks per execution instead of 694 (the history's cap, mlops.release.rollout): the rollout hands its state
+    to a new execution of the same state machine, named after the model, the challenger and the generation, and the
     sequential test goes on from where it was to its decision."""
     monkeypatch.setenv(MAX_LOOKS_VARIABLE, "2")
     arn = cloud.deployment.rollout_arn
-    # the deployed role lets the rollout start its own next execution (mlops.access)
+    # the deployed role lets the rollout start its own next execution (mlops.aws.access)
     assert cloud.guard is not None
     assert cloud.guard.policies["mlops-rollout"].allows(Target("states:StartExecution", arn))
     _champion_and_challenger(cloud, breast_cancer_csv)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from mlops.abtest import (
+from mlops.release.abtest import (
     Decision,
     SequentialTest,
     expected_duration,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.baseline import FORMAT, OTHER, bin_counts, build_baseline, categorical_summary, numeric_summary
-from mlops.contract import DataContract, infer_contract
+from mlops.data.baseline import FORMAT, OTHER, bin_counts, build_baseline, categorical_summary, numeric_summary
+from mlops.data.contract import DataContract, infer_contract
 
 
 @pytest.fixture(scope="module")

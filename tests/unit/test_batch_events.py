@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops.batch import BatchEvent, BatchRequest, ScoreStep, split_prefix
-from mlops.batch_run import skip_reason
-from mlops.serving import InvalidInput
+from mlops.batch.run import skip_reason
+from mlops.batch.start import BatchEvent, BatchRequest, ScoreStep, split_prefix
+from mlops.serving.server import InvalidInput
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops.batch_io import STREAM_BYTES, CsvReader, ParquetReader
+from mlops.batch.chunks import STREAM_BYTES, CsvReader, ParquetReader
 
 BUCKET = "batch-io-tests"
 

@@ -8,7 +8,7 @@ import json
 import boto3
 from botocore.stub import Stubber
 
-from mlops.serving import CaptureIncomplete, CaptureSink
+from mlops.serving.server import CaptureIncomplete, CaptureSink
 
 
 def _client() -> tuple[object, Stubber]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from mlops.charts import bar_chart_svg, line_chart_svg
+from mlops.core.charts import bar_chart_svg, line_chart_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -97,13 +97,13 @@ def test_train_without_a_family_trains_one_that_fits_the_task(request: pytest.Fi
 
 
 def test_help_states_how_the_family_is_chosen() -> None:
-    from mlops.config import Task
-    from mlops.families import DEFAULT_FAMILIES
+    from mlops.core.config import Task
+    from mlops.core.families import DEFAULT_FAMILIES
 
     done = _mlops("train", "--help")
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())  # argparse wraps the help to the terminal's width
-    # the help spells the rule out (see cli.py): it must say what mlops.families does
+    # the help spells the rule out (see cli.py): it must say what mlops.core.families does
     assert DEFAULT_FAMILIES[Task.MULTICLASS] == DEFAULT_FAMILIES[Task.BINARY]
     assert f"(default: chosen for the task: {DEFAULT_FAMILIES[Task.BINARY]} for a binary or multiclass target, " \
            f"{DEFAULT_FAMILIES[Task.REGRESSION]} for a regression target)" in text
@@ -188,6 +188,6 @@ def test_openapi_documents_every_route_and_its_errors(tmp_path: Path) -> None:
     document = json.loads(out.read_text())
     assert set(document["paths"]) == {"/health", "/models/{name}", "/models/{name}/predict",
                                       "/models/{name}/feedback",
-                                      "/models/{name}/batch", "/models/{name}/batch/{batch_id}"}  # mlops.batch
+                                      "/models/{name}/batch", "/models/{name}/batch/{batch_id}"}  # mlops.batch.start
     predict = document["paths"]["/models/{name}/predict"]["post"]
     assert {"400", "404", "413", "422", "503"} <= set(predict["responses"])

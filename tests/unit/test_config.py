@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops.config import Task, load_config
-from mlops.errors import ConfigError, UnknownModel
+from mlops.core.config import Task, load_config
+from mlops.core.errors import ConfigError, UnknownModel
 
 
 def _write(tmp_path: Path, text: str) -> Path:

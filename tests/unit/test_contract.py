@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.contract import (
+from mlops.core.errors import FileRejected
+from mlops.data.contract import (
     LINE,
     REASON,
     ColumnKind,
@@ -24,7 +25,6 @@ from mlops.contract import (
     read_csv,
     validate,
 )
-from mlops.errors import FileRejected
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_csvs"
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from mlops import demo
-from mlops.cli import main
+from mlops.cli import demo
+from mlops.cli.main import main
 
 REFUSED = {"error": "InvalidInput", "message": "features: missing feature(s) ['mean radius']",
            "field": "features.mean radius"}

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mlops.baseline import build_baseline
-from mlops.config import DriftConfig
-from mlops.contract import DataContract, infer_contract
-from mlops.drift import (
+from mlops.core.config import DriftConfig
+from mlops.data.baseline import build_baseline
+from mlops.data.contract import DataContract, infer_contract
+from mlops.drift.check import hour_prefixes, metric_points, retrain_decision
+from mlops.drift.statistics import (
     INSUFFICIENT,
     WindowDrift,
     benjamini_hochberg,
@@ -25,7 +26,6 @@ from mlops.drift import (
     ks_pvalue,
     wilson_interval,
 )
-from mlops.monitoring import hour_prefixes, metric_points, retrain_decision
 
 CFG = DriftConfig()
 CATS = np.array(["red", "green", "blue"])
@@ -155,7 +155,7 @@ def test_ks_statistic_exact_with_ties() -> None:
     ref = rng.integers(0, 5, 400).astype(float)
     cur = rng.integers(0, 6, 900).astype(float)
     summary = {"kind": "numeric", "edges": [0.0, 2.0, 4.0], "counts": [1, 1], "std": 1.0}
-    from mlops.drift import NumericAccumulator
+    from mlops.drift.statistics import NumericAccumulator
 
     acc = NumericAccumulator("x", summary, ref)
     acc.update(cur)
@@ -308,7 +308,7 @@ def test_metric_points_name_every_feature() -> None:
 
 
 def test_drift_config_is_per_model_with_defaults() -> None:
-    from mlops.config import ModelConfig
+    from mlops.core.config import ModelConfig
 
     model = ModelConfig(name="m1", target="y", drift={"alpha": 0.01, "js_threshold": 0.1})
     assert model.drift.alpha == 0.01
@@ -321,8 +321,8 @@ def test_drift_config_is_per_model_with_defaults() -> None:
 
 
 def test_bins_follow_the_baseline_convention() -> None:
-    from mlops.baseline import bin_counts
-    from mlops.drift import NumericAccumulator
+    from mlops.data.baseline import bin_counts
+    from mlops.drift.statistics import NumericAccumulator
 
     edges = [0.0, 1.0, 2.0, 3.0]
     values = np.array([-1.0, 0.0, 0.5, 1.0, 1.0000001, 2.0, np.nan, 2.5, 3.0, 4.0, 1.0])
@@ -337,8 +337,8 @@ def test_retraining_data_is_curated_rows_plus_labelled_rows_since_the_last_reque
     from moto import mock_aws
 
     from mlops import aws
-    from mlops.monitoring import retraining_csv
-    from mlops.storage import ObjectStore
+    from mlops.aws.storage import ObjectStore
+    from mlops.drift.check import retraining_csv
 
     contract = {"target": "y", "columns": [{"name": "x", "kind": "numeric"}, {"name": "flag", "kind": "boolean"},
                                            {"name": "y", "kind": "integer"}]}
@@ -366,9 +366,9 @@ def test_retraining_data_holds_each_distinct_row_once_so_ingest_keeps_it() -> No
     from moto import mock_aws
 
     from mlops import aws
-    from mlops.contract import DataContract, read_csv, validate
-    from mlops.monitoring import retraining_csv
-    from mlops.storage import ObjectStore
+    from mlops.aws.storage import ObjectStore
+    from mlops.data.contract import DataContract, read_csv, validate
+    from mlops.drift.check import retraining_csv
 
     contract = {"target": "y", "columns": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "integer"}]}
     with mock_aws():

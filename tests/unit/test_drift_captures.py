@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from mlops.monitoring import hour_prefixes, key_range
+from mlops.drift.check import hour_prefixes, key_range
 
 
 def test_a_window_starting_early_in_an_hour_reads_the_hour_before_it() -> None:

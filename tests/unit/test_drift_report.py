@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.cli import main
+from mlops.cli.main import main
 
 EVIL_FEATURE = '<b onmouseover="x">f</b>'
 EVIL_CATEGORY = "<script>alert(1)</script>"
@@ -114,9 +114,9 @@ def test_report_of_a_deployed_model_from_s3(files: dict[str, Path], config_file:
     from moto import mock_aws
 
     from mlops import aws
-    from mlops.drift_cli import compare_files
-    from mlops.drift_report import ReportStore
-    from mlops.storage import ObjectStore
+    from mlops.aws.storage import ObjectStore
+    from mlops.cli.drift import compare_files
+    from mlops.drift.report import ReportStore
 
     report = compare_files(files["reference"], files["current"])
     with mock_aws():
@@ -132,7 +132,7 @@ def test_report_of_a_deployed_model_from_s3(files: dict[str, Path], config_file:
         assert json.loads(capsys.readouterr().out)["drifted_features"] == report["drifted_features"]
         assert out.read_text().count("<svg") == 2
         opened: list[str] = []
-        monkeypatch.setattr("mlops.drift_cli.webbrowser.open", opened.append)
+        monkeypatch.setattr("mlops.cli.drift.webbrowser.open", opened.append)
         assert main(["drift", "report", "wine", "--open"]) == 0
         assert "wine: drifted" in capsys.readouterr().out
         [url] = opened

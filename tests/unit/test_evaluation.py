@@ -10,12 +10,12 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer
 
-from mlops.config import ModelConfig, Task
-from mlops.contract import infer_contract
-from mlops.evaluation import classification_metrics, evaluate, latency, records_of, regression_metrics
-from mlops.onnx_export import to_onnx
-from mlops.onnx_model import OnnxModel
-from mlops.training import train
+from mlops.core.config import ModelConfig, Task
+from mlops.data.contract import infer_contract
+from mlops.serving.onnx_model import OnnxModel
+from mlops.training.evaluation import classification_metrics, evaluate, latency, records_of, regression_metrics
+from mlops.training.onnx_export import to_onnx
+from mlops.training.train import train
 
 
 def test_binary_metrics_match_sklearn() -> None:

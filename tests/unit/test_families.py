@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mlops.config import ModelConfig, Task
-from mlops.families import FAMILIES, get_family
+from mlops.core.config import ModelConfig, Task
+from mlops.core.families import FAMILIES, get_family
 
 
 def test_the_four_families_and_their_tasks() -> None:
@@ -74,14 +74,14 @@ def test_config_validation_uses_the_registry() -> None:
 
 
 def test_importing_families_does_not_import_sklearn() -> None:
-    # mlops.config imports FAMILIES while validating mlops.toml, also in handlers that never train.
-    code = "import sys, mlops.families; print('sklearn' in sys.modules)"
+    # mlops.core.config imports FAMILIES while validating mlops.toml, also in handlers that never train.
+    code = "import sys, mlops.core.families; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_every_task_has_a_default_family_that_can_train_it() -> None:
-    from mlops.families import DEFAULT_FAMILIES, default_family, families_for
+    from mlops.core.families import DEFAULT_FAMILIES, default_family, families_for
 
     assert dict(DEFAULT_FAMILIES) == {
         Task.BINARY: "logistic_regression",

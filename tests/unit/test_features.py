@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.config import FeatureStoreConfig, ModelConfig
-from mlops.contract import ColumnKind, ColumnSpec, DataContract
-from mlops.errors import InvalidDataset
-from mlops.features import compute, definitions_sha256, entity_text, feature_contract, latest, training_set
+from mlops.core.config import FeatureStoreConfig, ModelConfig
+from mlops.core.errors import InvalidDataset
+from mlops.data.contract import ColumnKind, ColumnSpec, DataContract
+from mlops.features.store import compute, definitions_sha256, entity_text, feature_contract, latest, training_set
 
 
 def definitions(**overrides: Any) -> FeatureStoreConfig:
@@ -181,7 +181,7 @@ def test_entity_ids_have_one_spelling_and_definitions_one_hash() -> None:
 
 
 def test_the_cli_writes_a_files_training_set(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from mlops.cli import main
+    from mlops.cli.main import main
 
     config = tmp_path / "mlops.toml"
     config.write_text('[[model]]\nname = "shop"\ntarget = "label"\n[model.features]\nentity_key = "customer"\n'

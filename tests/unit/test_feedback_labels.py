@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlops.serving import CaptureSink, InvalidInput, LoadedModel, ModelServer
+from mlops.serving.server import CaptureSink, InvalidInput, LoadedModel, ModelServer
 
 
 class Captured(CaptureSink):

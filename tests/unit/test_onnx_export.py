@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from mlops.config import ModelConfig, Task
-from mlops.contract import infer_contract
-from mlops.errors import ParityError
-from mlops.onnx_export import TARGET_OPSET, check_parity, onnx_opset, to_onnx
-from mlops.onnx_model import FeedError, InputSpec, OnnxModel, Prediction, feeds_from_records
-from mlops.training import TrainResult, feature_frame, train
+from mlops.core.config import ModelConfig, Task
+from mlops.core.errors import ParityError
+from mlops.data.contract import infer_contract
+from mlops.serving.onnx_model import FeedError, InputSpec, OnnxModel, Prediction, feeds_from_records
+from mlops.training.onnx_export import TARGET_OPSET, check_parity, onnx_opset, to_onnx
+from mlops.training.train import TrainResult, feature_frame, train
 
 CLASSIFIERS = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
 REGRESSORS = ["linear_regression", "random_forest", "hist_gradient_boosting"]
@@ -208,7 +208,7 @@ def test_predict_accepts_records_a_record_columns_and_frames(classifiers: dict) 
 
 def test_serving_module_imports_neither_sklearn_nor_pandas() -> None:
     code = (
-        "import sys, mlops.onnx_model as m; "
+        "import sys, mlops.serving.onnx_model as m; "
         "print(sorted(k for k in ('sklearn', 'pandas', 'skl2onnx', 'onnx') if k in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,11 +14,11 @@ from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from moto import mock_aws
 
 from mlops import aws
-from mlops.errors import IntegrityError
+from mlops.aws.storage import ObjectStore
+from mlops.core.errors import IntegrityError
 from mlops.local.queues import reported_failures, sqs_event_record
-from mlops.push import BucketOutput, PushMessage, is_poison
-from mlops.serving import InvalidInput, MalformedRequest, NoModelDeployed, PayloadTooLarge
-from mlops.storage import ObjectStore
+from mlops.serving.push import BucketOutput, PushMessage, is_poison
+from mlops.serving.server import InvalidInput, MalformedRequest, NoModelDeployed, PayloadTooLarge
 
 EVENT = Path(__file__).resolve().parents[2] / "events" / "sqs_push.json"
 

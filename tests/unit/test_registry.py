@@ -7,7 +7,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from mlops.registry import CHALLENGER, CHAMPION, Registry
+from mlops.registry.store import CHALLENGER, CHAMPION, Registry
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The rollout's Step Functions history, counted from the ASL itself: a standard execution fails at 25,000 events (its
-Catch does not run), so the looks one execution makes (mlops.rollout.MAX_LOOKS_PER_EXECUTION) times the events of a
-look at its worst (every retry taken) must stay well under it, with the execution's start and hand-over."""
+Catch does not run), so the looks one execution makes (mlops.release.rollout.MAX_LOOKS_PER_EXECUTION) times the events
+of a look at its worst (every retry taken) must stay well under it, with the execution's start and hand-over."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from mlops import platform, rollout
-from mlops.errors import ConfigError
+from mlops.aws import platform
+from mlops.core.errors import ConfigError
+from mlops.release import rollout
 
 ASL: dict[str, Any] = json.loads(platform.ROLLOUT_ASL.read_text())
 STATES: dict[str, dict[str, Any]] = ASL["States"]

@@ -13,8 +13,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from mlops.abtest import SequentialTest
-from mlops.rollout import (
+from mlops.aws.storage import ObjectStore
+from mlops.release.abtest import SequentialTest
+from mlops.release.rollout import (
     MAX_ORPHANS,
     MAX_PENDING,
     MAX_RECENT,
@@ -27,7 +28,6 @@ from mlops.rollout import (
     _newest,
     join_new_captures,
 )
-from mlops.storage import ObjectStore
 
 STARTED = "2026-11-27T10:00:00+00:00"
 

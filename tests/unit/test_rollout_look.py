@@ -10,9 +10,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from mlops.config import ModelConfig
-from mlops.rollout import LOOK_SECONDS, RolloutExecutions, RolloutState, analyze
-from mlops.storage import ObjectStore
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import ModelConfig
+from mlops.release.rollout import LOOK_SECONDS, RolloutExecutions, RolloutState, analyze
 
 MODEL = ModelConfig(name="m1", target="y", rollout_interval_seconds=1)
 
@@ -74,7 +74,7 @@ def test_a_look_holds_the_lock_as_long_as_the_function_may_run(captures: ObjectS
     registry = Registry()
     _look(_state(), captures, registry)
     assert registry.locks == [("m1-v2-rollout", LOOK_SECONDS)]
-    assert LOOK_SECONDS == 300  # the rollout function's timeout (mlops.platform)
+    assert LOOK_SECONDS == 300  # the rollout function's timeout (mlops.aws.platform)
 
 
 def test_the_look_that_ends_an_executions_share_starts_the_next_execution(captures: ObjectStore) -> None:

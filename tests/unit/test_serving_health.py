@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from mlops.local.metrics import EmfBridge, emf_metric_data, percentiles_in_moto
-from mlops.serving_health import ServingMetrics
+from mlops.release.guardrails import ServingMetrics
 
 
 def _emf(version: int, latency_ms: float, error: bool) -> str:
@@ -69,8 +69,8 @@ def test_only_emf_documents_become_metrics() -> None:
 
 
 def test_a_slow_challenger_breaches_the_latency_guardrail(cloudwatch: Any) -> None:
-    from mlops.config import ModelConfig
-    from mlops.rollout import RolloutState, _guardrails
+    from mlops.core.config import ModelConfig
+    from mlops.release.rollout import RolloutState, _guardrails
 
     started = datetime.now(UTC) - timedelta(seconds=5)
     bridge = EmfBridge(lambda ns, entries: cloudwatch.put_metric_data(Namespace=ns, MetricData=entries), io.StringIO())

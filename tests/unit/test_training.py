@@ -1,5 +1,5 @@
 """Training: pipeline shape, split rules, dataset rejections, label handling; the offline runner
-(mlops.experiments) and the manifest it writes."""
+(mlops.training.offline) and the manifest it writes."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_wine
 
-from mlops import manifest as manifest_mod
-from mlops.config import ModelConfig, Task
-from mlops.contract import infer_contract
-from mlops.errors import ConfigError, FileRejected, InvalidDataset
-from mlops.experiments import compare_families, run_training
-from mlops.onnx_model import OnnxModel
-from mlops.training import (
+from mlops.core.config import ModelConfig, Task
+from mlops.core.errors import ConfigError, FileRejected, InvalidDataset
+from mlops.data.contract import infer_contract
+from mlops.registry import manifest as manifest_mod
+from mlops.serving.onnx_model import OnnxModel
+from mlops.training.offline import compare_families, run_training
+from mlops.training.train import (
     MIN_ROWS,
     build_pipeline,
     feature_frame,
@@ -187,7 +187,7 @@ def test_regression_target(mixed: pd.DataFrame) -> None:
     assert result.test_df["y"].dtype == np.float64
 
 
-# -- offline training (mlops.experiments) and the manifest it writes --------------------------------------
+# -- offline training (mlops.training.offline) and the manifest it writes --------------------------------------
 
 
 @pytest.fixture
@@ -346,7 +346,7 @@ def _airquality(n: int = 150, seed: int = 3) -> pd.DataFrame:
 def test_run_training_without_a_family_trains_the_tasks_default(
     request: pytest.FixtureRequest, tmp_path: Path, dataset: str, target: str, task: str, family: str
 ) -> None:
-    from mlops.families import DEFAULT_FAMILIES
+    from mlops.core.families import DEFAULT_FAMILIES
 
     frame = _airquality() if dataset == "airquality" else request.getfixturevalue(dataset)
     path = tmp_path / f"{dataset}.csv"

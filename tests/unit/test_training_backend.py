@@ -1,4 +1,4 @@
-"""The training backend as configured (mlops.config.ModelConfig) and as the pipeline input carries it to the state
+"""The training backend as configured (mlops.core.config.ModelConfig) and as the pipeline input carries it to the state
 machine's TrainingBackend choice."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops.config import load_config
-from mlops.errors import ConfigError
-from mlops.pipeline import Dataset, PipelineInput, TrainingJobResources
+from mlops.core.config import load_config
+from mlops.core.errors import ConfigError
+from mlops.pipeline.steps import Dataset, PipelineInput, TrainingJobResources
 
 MODEL = '[[model]]\nname = "m1"\ntarget = "y"\n'
 DATASET = Dataset(uri="s3://b/curated/m1/x/data.parquet", manifest_uri="s3://b/curated/m1/x/manifest.json",

@@ -1,4 +1,4 @@
-"""CloudWatch alarms in the local cloud: created from mlops.alarms like the CDK app does, and evaluated
+"""CloudWatch alarms in the local cloud: created from mlops.aws.alarms like the CDK app does, and evaluated
 here, because moto stores alarms but never moves one out of INSUFFICIENT_DATA.
 
 The evaluation follows CloudWatch's for these alarms: the statistic of the last `evaluation_periods`
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mlops import platform
-from mlops.alarms import PERIOD_SECONDS, model_alarms
-from mlops.config import ProjectConfig
+from mlops.aws import platform
+from mlops.aws.alarms import PERIOD_SECONDS, model_alarms
+from mlops.core.config import ProjectConfig
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {
     "GreaterThanOrEqualToThreshold": operator.ge, "GreaterThanThreshold": operator.gt,

@@ -1,4 +1,4 @@
-"""Provision the platform into moto from the declarative description in ``mlops.platform``.
+"""Provision the platform into moto from the declarative description in ``mlops.aws.platform``.
 
 Works against embedded moto (``mock_aws``) or a moto server (clients built with its endpoint). The
 functions are real zips of ``functions/<name>/`` plus the project's ``mlops.toml``, exactly what the CDK
@@ -18,13 +18,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops import platform, settings
-from mlops.config import CONFIG_FILE, load_config
-from mlops.deploy import LIVE_ALIAS, ServingDeployer
+from mlops.aws import environment, platform
+from mlops.core.config import CONFIG_FILE, load_config
 from mlops.local.alarms import create_alarms
 from mlops.local.gateway import execute_api_arn
 from mlops.local.iam import LocalNames
 from mlops.local.queues import provision_queues
+from mlops.release.deploy import LIVE_ALIAS, ServingDeployer
 
 ACCOUNT = "123456789012"
 
@@ -47,7 +47,7 @@ class Deployment:
     state_machine_arn: str = ""
     function_arns: dict[str, str] = field(default_factory=dict)
     models: tuple[str, ...] = ()
-    alarms: list[str] = field(default_factory=list)  # CloudWatch alarm names (mlops.alarms)
+    alarms: list[str] = field(default_factory=list)  # CloudWatch alarm names (mlops.aws.alarms)
     role_arn: str = ""
 
     @property
@@ -60,19 +60,19 @@ class Deployment:
 
     def env_value(self, variable: str) -> str:
         return {
-            settings.DATA_BUCKET: self.names["data"],
-            settings.MODELS_BUCKET: self.names["models"],
-            settings.REGISTRY_TABLE: self.names["registry"],
-            settings.IDEMPOTENCY_TABLE: self.names["idempotency"],
-            settings.FEATURES_TABLE: self.names["features"],
-            settings.NOTIFICATIONS_TOPIC_ARN: self.topic_arn,
-            settings.TRAINING_STATE_MACHINE_ARN: self.state_machine_arn,
-            settings.CAPTURE_STREAM: self.names["captures"],
-            settings.CAPTURES_BUCKET: self.names["captures"],
-            settings.ROLLOUT_STATE_MACHINE_ARN: self.rollout_arn,
-            settings.BATCH_STATE_MACHINE_ARN: self.batch_arn,
-            settings.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
-            settings.API_SOURCE_ARN: self.api_source_arn,
+            environment.DATA_BUCKET: self.names["data"],
+            environment.MODELS_BUCKET: self.names["models"],
+            environment.REGISTRY_TABLE: self.names["registry"],
+            environment.IDEMPOTENCY_TABLE: self.names["idempotency"],
+            environment.FEATURES_TABLE: self.names["features"],
+            environment.NOTIFICATIONS_TOPIC_ARN: self.topic_arn,
+            environment.TRAINING_STATE_MACHINE_ARN: self.state_machine_arn,
+            environment.CAPTURE_STREAM: self.names["captures"],
+            environment.CAPTURES_BUCKET: self.names["captures"],
+            environment.ROLLOUT_STATE_MACHINE_ARN: self.rollout_arn,
+            environment.BATCH_STATE_MACHINE_ARN: self.batch_arn,
+            environment.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
+            environment.API_SOURCE_ARN: self.api_source_arn,
         }[variable]
 
     @property
@@ -209,10 +209,10 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
             Description=platform.INFER.description, Timeout=platform.INFER.timeout_s,
             MemorySize=platform.INFER.memory_mb,
             Environment={"Variables": {**deployment.function_env(platform.INFER), "MODEL_NAME": model,
-                                       # infer starts batch runs (mlops.batch) with their inputs in the data bucket;
-                                       # push shares INFER.env, not these
-                                       settings.BATCH_STATE_MACHINE_ARN: deployment.batch_arn,
-                                       settings.DATA_BUCKET: deployment.data_bucket}},
+                                       # infer starts batch runs (mlops.batch.start) with their inputs in the data
+                                       # bucket; push shares INFER.env, not these
+                                       environment.BATCH_STATE_MACHINE_ARN: deployment.batch_arn,
+                                       environment.DATA_BUCKET: deployment.data_bucket}},
         )
         live_alias(lam, deployment.infer_function(model), deployment.api_source_arn)
     sm = client("stepfunctions").create_state_machine(
@@ -253,5 +253,5 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
                            SourceArn=rule_arn(region, rule.rule_name))
     # push mode: each model's queue, dead-letter queue, topic, push function and event source mapping
     provision_queues(client, config=config, region=region, role=role, code=function_zip(platform.PUSH, config_file),
-                     environment={v: deployment.env_value(v) for v in (*platform.PUSH.env, settings.DATA_BUCKET)})
+                     values={v: deployment.env_value(v) for v in (*platform.PUSH.env, environment.DATA_BUCKET)})
     return deployment

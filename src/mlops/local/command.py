@@ -25,8 +25,8 @@ See docs/local.md."""
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from mlops.config import config_path
-    from mlops.errors import ConfigError
+    from mlops.core.config import config_path
+    from mlops.core.errors import ConfigError
     from mlops.local.server import Options, run
 
     scale = args.schedule_scale

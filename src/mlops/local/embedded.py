@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops import aws
-from mlops.config import ProjectConfig, load_config
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import ProjectConfig, load_config
 from mlops.local import permissions
 from mlops.local.alarms import alarm_watcher
 from mlops.local.cloud import ACCOUNT, Deployment, provision
@@ -21,8 +22,7 @@ from mlops.local.iam import Guard, LocalNames, platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
-from mlops.registry import Registry
-from mlops.storage import ObjectStore
+from mlops.registry.store import Registry
 
 # Where a cloud's IAM policies come from: the platform's declaration by default; the tests pass the synthesized
 # template's (tests/template_iam.py), so that what is deployed is what the local cloud enforces.

@@ -25,15 +25,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from moto.core import DEFAULT_ACCOUNT_ID
 
-from mlops.access import API_PRINCIPAL
-from mlops.deploy import LIVE_ALIAS
+from mlops.aws.access import API_PRINCIPAL
 from mlops.local.permissions import may_invoke
+from mlops.release.deploy import LIVE_ALIAS
 
 API_ID = "local"
 STAGE = "local"
 # (path below /models/<name>, method): the infer handler's routes, as infra/constructs/serving.py MODEL_ROUTES
 MODEL_ROUTES = (("", "GET"), ("predict", "POST"), ("feedback", "POST"),
-                ("batch", "POST"), ("batch/{batch_id}", "GET"))  # batch inference (mlops.batch)
+                ("batch", "POST"), ("batch/{batch_id}", "GET"))  # batch inference (mlops.batch.start)
 
 
 def execute_api_arn(region: str, account: str, method: str = "*", path: str = "*") -> str:

@@ -12,7 +12,7 @@ loudly (:class:`UnmappedOperation`), so a new call cannot slip through unchecked
 
 Where the policies come from: in the tests, the synthesized CloudFormation template (:func:`template_policies`, the
 thing that is deployed); in ``mlops local up``, the platform's declaration (:func:`platform_policies`, from
-``mlops.access``); a parity test keeps the two equal.
+``mlops.aws.access``); a parity test keeps the two equal.
 
 What it does not evaluate (docs/local.md): resource policies other than Lambda's (mlops.local.permissions), KMS
 (S3, DynamoDB, SNS and SQS call KMS on the caller's behalf; locally nothing is encrypted), permission boundaries,
@@ -34,8 +34,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
-from mlops import access, platform
-from mlops.config import ProjectConfig
+from mlops.aws import access, platform
+from mlops.core.config import ProjectConfig
 
 _ORIGINAL_CALL = BaseClient._make_api_call
 FUNCTION_VARIABLE = "AWS_LAMBDA_FUNCTION_NAME"
@@ -415,7 +415,7 @@ def render(statements: Iterable[access.Statement], names: LocalNames, config: Pr
 
 
 def platform_policies(names: LocalNames, config: ProjectConfig) -> dict[str, list[dict[str, Any]]]:
-    """Each function's role policy as the platform declares it (mlops.access), on the local cloud's resources; plus
+    """Each function's role policy as the platform declares it (mlops.aws.access), on the local cloud's resources; plus
     what the Lambda service does with the role on the function's behalf and the local cloud plays too (a push
     function's event source mapping receives from its queue)."""
     declared = {**access.ACCESS, "batch": access.batch_access(config.models)}

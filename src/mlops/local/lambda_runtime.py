@@ -355,7 +355,7 @@ class InProcessRuntime:
             "LAMBDA_TASK_ROOT": str(root),
             "_HANDLER": str(fn.handler),
             **{k: str(v) for k, v in (fn.environment_vars or {}).items()},
-            # after the function's own variables: the model cache (mlops.serving.ModelCache) is in this
+            # after the function's own variables: the model cache (mlops.serving.server.ModelCache) is in this
             # environment's /tmp whatever the function declares, as it is on Lambda
             "MODEL_CACHE_DIR": str(tmp / "models"),
         }

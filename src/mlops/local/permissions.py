@@ -27,7 +27,7 @@ from moto.s3 import notifications
 from moto.s3.exceptions import InvalidArgumentError
 from moto.s3.models import FakeBucket
 
-from mlops.lambda_policy import allows_invoke, statements_of
+from mlops.aws.lambda_policy import allows_invoke, statements_of
 
 _ORIGINAL_ADD = LambdaBackend.add_permission
 _ORIGINAL_GET = LambdaBackend.get_policy

@@ -26,8 +26,9 @@ from typing import Any
 
 from moto.sqs.models import Queue
 
-from mlops import platform, settings
-from mlops.config import ProjectConfig
+from mlops.aws import environment as variables  # the resource variables' names
+from mlops.aws import platform
+from mlops.core.config import ProjectConfig
 
 # moto delivers to the mappings a queue holds under this attribute: while the poller runs it reads as empty
 _INLINE_DELIVERY = "lambda_event_source_mappings"
@@ -35,9 +36,9 @@ REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 
 def provision_queues(client: Callable[[str], Any], *, config: ProjectConfig, region: str, role: str, code: bytes,
-                     environment: dict[str, str]) -> list[platform.PushQueue]:
+                     values: dict[str, str]) -> list[platform.PushQueue]:
     """Each model's dead-letter queue, queue, topic (push_output = "sns"), push function and event source mapping.
-    ``environment`` holds the values of the resource variables of ``mlops.platform.PUSH.env`` and DATA_BUCKET."""
+    ``values`` holds the values of the resource variables of ``mlops.aws.platform.PUSH.env`` and DATA_BUCKET."""
     sqs, sns, lam = client("sqs"), client("sns"), client("lambda")
     queues = platform.push_queues(config)
     for queue in queues:
@@ -48,16 +49,16 @@ def provision_queues(client: Callable[[str], Any], *, config: ProjectConfig, reg
             "VisibilityTimeout": str(platform.PUSH_VISIBILITY_TIMEOUT_S), "RedrivePolicy": json.dumps(redrive)})[
             "QueueUrl"]
         output = (sns.create_topic(Name=queue.topic)["TopicArn"] if queue.topic
-                  else environment[settings.DATA_BUCKET])
-        variables = {**{v: environment[v] for v in platform.PUSH.env}, "MODEL_NAME": queue.model,
-                     settings.PUSH_OUTPUT: queue.output, settings.DEAD_LETTER_QUEUE_URL: dlq_url,
-                     queue.output_variable: output,
-                     "POWERTOOLS_SERVICE_NAME": platform.PUSH.name,
-                     "POWERTOOLS_METRICS_NAMESPACE": config.project, "POWERTOOLS_TRACE_DISABLED": "true"}
+                  else values[variables.DATA_BUCKET])
+        function_env = {**{v: values[v] for v in platform.PUSH.env}, "MODEL_NAME": queue.model,
+                        variables.PUSH_OUTPUT: queue.output, variables.DEAD_LETTER_QUEUE_URL: dlq_url,
+                        queue.output_variable: output,
+                        "POWERTOOLS_SERVICE_NAME": platform.PUSH.name,
+                        "POWERTOOLS_METRICS_NAMESPACE": config.project, "POWERTOOLS_TRACE_DISABLED": "true"}
         function = lam.create_function(
             FunctionName=queue.function, Runtime="python3.12", Role=role, Handler="handler.handler",
             Code={"ZipFile": code}, Description=platform.PUSH.description, Timeout=platform.PUSH.timeout_s,
-            MemorySize=platform.PUSH.memory_mb, Environment={"Variables": variables})
+            MemorySize=platform.PUSH.memory_mb, Environment={"Variables": function_env})
         lam.create_event_source_mapping(EventSourceArn=_queue_arn(sqs, queue_url),
                                         FunctionName=function["FunctionArn"], BatchSize=platform.PUSH_BATCH_SIZE,
                                         FunctionResponseTypes=[REPORT_BATCH_ITEM_FAILURES])

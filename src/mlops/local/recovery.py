@@ -24,14 +24,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from mlops.config import ProjectConfig
-from mlops.deploy import ServingDeployer
-from mlops.ingest import INCOMING
+from mlops.aws.storage import ObjectStore
+from mlops.core.config import ProjectConfig
+from mlops.data.ingest import INCOMING
 from mlops.local.cloud import Deployment
-from mlops.pipeline import deploy, execution_name, run_artefacts_prefix
-from mlops.registry import CHALLENGER, CHAMPION, Registry
-from mlops.rollout import start_rollout
-from mlops.storage import ObjectStore
+from mlops.pipeline.steps import deploy, execution_name, run_artefacts_prefix
+from mlops.registry.store import CHALLENGER, CHAMPION, Registry
+from mlops.release.deploy import ServingDeployer
+from mlops.release.rollout import start_rollout
 
 
 def s3_created_event(bucket: str, key: str, size: int, etag: str, version_id: str | None) -> dict[str, Any]:

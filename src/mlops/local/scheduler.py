@@ -1,6 +1,6 @@
 """Scheduled invocations for the local cloud: moto stores EventBridge rules but never fires them.
 
-The rules come from the platform's description (``mlops.platform.scheduled_rules``), the same list the
+The rules come from the platform's description (``mlops.aws.platform.scheduled_rules``), the same list the
 CDK app turns into EventBridge rules: a function, a model, an expression and the rule's constant input
 (the event the function receives). ``rate(...)`` expressions run here; ``cron(...)`` ones are reported and
 skipped. Time can run faster locally (``scale``): with ``scale=60`` a ``rate(1 hour)`` fires every minute.
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlops import platform
-from mlops.config import ProjectConfig
-from mlops.errors import ConfigError
+from mlops.aws import platform
+from mlops.core.config import ProjectConfig
+from mlops.core.errors import ConfigError
 from mlops.local.cloud import ACCOUNT, Deployment, rule_arn
 from mlops.local.permissions import may_invoke
 
@@ -49,7 +49,7 @@ class Job:
 
 def declared_jobs(deployment: Deployment, config: ProjectConfig, scale: float = 1.0,
                   log: Callable[[str], None] | None = None) -> list[Job]:
-    """The rules ``mlops.platform.scheduled_rules`` declares (the CDK app's EventBridge rules), as jobs."""
+    """The rules ``mlops.aws.platform.scheduled_rules`` declares (the CDK app's EventBridge rules), as jobs."""
     if scale <= 0:
         raise ConfigError(f"the schedule scale must be positive (it divides every interval), not {scale}")
     jobs = []

@@ -8,7 +8,7 @@ One process holds all of it:
 - the in-process Lambda runtime (``mlops.local.lambda_runtime``), so handlers run here, one environment
   per function version; S3 notifications delivered asynchronously (``mlops.local.dispatch``) and Firehose
   writing to S3 in buffers (``mlops.local.firehose``), as on AWS;
-- the resources provisioned from ``mlops.platform`` by ``mlops.local.cloud.provision``, as in the
+- the resources provisioned from ``mlops.aws.platform`` by ``mlops.local.cloud.provision``, as in the
   embedded cloud;
 - a local API gateway (``mlops.local.gateway``) in front of each model's ``live`` alias;
 - a scheduler for the platform's schedules (``mlops.local.scheduler``);
@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlops import aws, platform
-from mlops.config import load_config
-from mlops.errors import MlopsError
+from mlops import aws
+from mlops.aws import platform
+from mlops.core.config import load_config
+from mlops.core.errors import MlopsError
 from mlops.local import permissions
 from mlops.local.alarms import alarm_watcher
 from mlops.local.cloud import ACCOUNT, Deployment, provision

@@ -11,7 +11,7 @@ moto keeps everything in memory. What is kept, and how:
 - the deployment state the platform creates at run time: each function's published versions (their
   environment pins a model version) and its aliases with their weights. These are read and replayed
   through the Lambda API, so version numbers come back as the registry recorded them.
-- everything else is provisioned again from ``mlops.platform`` on every start, like a deploy: a restart
+- everything else is provisioned again from ``mlops.aws.platform`` on every start, like a deploy: a restart
   picks up changed handler code. Step Functions executions are not kept; ``mlops.local.recovery``
   re-drives the runs they were carrying.
 
@@ -37,8 +37,8 @@ from urllib.parse import parse_qs
 
 import moto
 
-from mlops import platform
-from mlops.errors import MlopsError
+from mlops.aws import platform
+from mlops.core.errors import MlopsError
 from mlops.local.cloud import ACCOUNT, Deployment
 
 # 2: registry versions record their manifest's sha256, which serving verifies (an older state serves nothing)

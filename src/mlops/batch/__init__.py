@@ -1,0 +1,1 @@
+"""Batch inference: starting a run, the run's steps, chunked reading and writing of objects."""

@@ -1,0 +1,1 @@
+"""Data: the data contract, reading and validating CSV files, ingest, the drift baseline."""

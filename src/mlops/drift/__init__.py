@@ -1,0 +1,1 @@
+"""Drift: the statistics, the scheduled check (drift_check), its reports."""

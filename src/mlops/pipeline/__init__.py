@@ -1,0 +1,1 @@
+"""The training pipeline's steps (train_trigger, train, evaluate, register, record_outcome)."""

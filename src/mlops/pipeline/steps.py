@@ -1,0 +1,362 @@
+"""The training pipeline's steps. Each is one core function called by one thin handler; Step Functions
+(``infra/training_pipeline.asl.json``) strings them together and owns retries and failure routing.
+
+State that flows between steps is small JSON (URIs, numbers, booleans shaped for Choice rules); the
+heavy artefacts live in the models bucket::
+
+    candidates/<model>/<run_id>/{model.onnx, test.parquet, contract.json, baseline.json, train.json}
+    models/<model>/runs/<run_id>/{model.onnx, manifest.json, baseline.json, contract.json}   (registered)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from mlops.aws.storage import ObjectStore, parse_s3_uri
+from mlops.core.config import ModelConfig, ProjectConfig
+from mlops.core.errors import IntegrityError, InvalidDataset
+from mlops.registry.store import CHALLENGER, CHAMPION, ModelVersion, Registry
+from mlops.release.deploy import ServingDeployer, Split
+
+if TYPE_CHECKING:
+    from mlops.data.contract import DataContract
+
+# The scientific stack (pandas via mlops.data.contract/mlops.data.ingest, sklearn, onnx) is imported inside the steps
+# that use it: train_trigger and record_outcome import this module too, and run without it (zip functions).
+
+
+class Dataset(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    uri: str
+    manifest_uri: str
+    sha256: str
+    rows: int
+    contract_version: int
+
+
+class TrainingJobResources(BaseModel):
+    """A SageMaker training job's ResourceConfig and StoppingCondition, as the state machine reads them."""
+
+    instance_type: str
+    volume_size_gb: int
+    max_runtime_seconds: int
+
+    @classmethod
+    def of(cls, model_cfg: ModelConfig) -> TrainingJobResources:
+        return cls(instance_type=model_cfg.sagemaker_instance_type, volume_size_gb=model_cfg.sagemaker_volume_size_gb,
+                   max_runtime_seconds=model_cfg.sagemaker_max_runtime_seconds)
+
+
+class PipelineInput(BaseModel):
+    """What ``train_trigger`` starts an execution with; every step receives it (plus earlier results)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    run_id: str
+    reason: str
+    dataset: Dataset
+    # the state machine's TrainingBackend choice; `sagemaker` comes with the training job's resources
+    training_backend: Literal["lambda", "sagemaker"] = "lambda"
+    sagemaker: TrainingJobResources | None = None
+
+
+def newest_manifest(store: ObjectStore, model: str) -> dict[str, Any] | None:
+    """The most recently curated dataset of a model (curated by mlops.data.ingest), to retrain on demand."""
+    manifests = [store.get_json(k) for k in store.keys(f"curated/{model}/") if k.endswith("/manifest.json")]
+    return max(manifests, key=lambda m: m["created_at"]) if manifests else None
+
+
+def execution_name(model: str, dataset_sha256: str) -> str:
+    # Step Functions names are at most 80 characters and unique per state machine: the same dataset maps to
+    # the same name, so a replayed trigger cannot start a second training of it.
+    return f"{model}-{dataset_sha256[:32]}"
+
+
+# -- train_trigger -------------------------------------------------------------------------------------------
+def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str, config: ProjectConfig,
+                     data: ObjectStore, registry: Registry, sfn: Any, state_machine_arn: str) -> dict[str, Any]:
+    """Start the pipeline for a curated dataset (the newest one when none is given), at most once per dataset."""
+    model_cfg = config.model(model)
+    manifest = manifest or newest_manifest(data, model)
+    if manifest is None:
+        return {"status": "skipped", "model": model, "reason": f"no curated data for {model} yet"}
+    run_id = execution_name(model, manifest["dataset_sha256"])
+    if not registry.claim_dataset(model, manifest["dataset_sha256"], run_id):
+        return {"status": "skipped", "model": model, "run_id": run_id,
+                "reason": f"dataset {manifest['dataset_sha256'][:12]} was already sent to training"}
+    payload = PipelineInput(
+        model=model, run_id=run_id, reason=reason,
+        dataset=Dataset(
+            uri=manifest["data_uri"],
+            manifest_uri=data.uri(f"curated/{model}/{manifest['dataset_sha256']}/manifest.json"),
+            sha256=manifest["dataset_sha256"],
+            rows=manifest["rows"]["curated"],
+            contract_version=manifest["contract_version"],
+        ),
+        training_backend=model_cfg.training_backend,
+        sagemaker=TrainingJobResources.of(model_cfg) if model_cfg.training_backend == "sagemaker" else None,
+    )
+    try:
+        execution = sfn.start_execution(stateMachineArn=state_machine_arn, name=run_id, input=payload.model_dump_json())
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ExecutionAlreadyExists":
+            return {"status": "skipped", "model": model, "run_id": run_id, "reason": "execution already exists"}
+        registry.release_dataset(model, manifest["dataset_sha256"])
+        raise
+    return {"status": "started", "model": model, "run_id": run_id, "execution_arn": execution["executionArn"]}
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+def _candidate_prefix(inp: PipelineInput) -> str:
+    return f"candidates/{inp.model}/{inp.run_id}/"
+
+
+def run_artefacts_prefix(model: str, run_id: str) -> str:
+    """Where register copies a run's artefacts (models bucket); a registry version points at it."""
+    return f"models/{model}/runs/{run_id}/"
+
+
+def _load_dataset(inp: PipelineInput, s3: Any) -> tuple[Any, DataContract]:
+    from mlops.data.ingest import ContractStore
+
+    bucket, key = parse_s3_uri(inp.dataset.uri)
+    data = ObjectStore(s3, bucket)
+    frame = data.get_parquet(key)
+    contract = ContractStore(data).get(inp.model, inp.dataset.contract_version)
+    return frame, contract
+
+
+def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: ObjectStore) -> dict[str, Any]:
+    from mlops.data.baseline import build_baseline
+    from mlops.serving.onnx_model import OnnxModel
+    from mlops.training.onnx_export import check_parity, to_onnx
+    from mlops.training.train import train
+
+    model_cfg = config.model(inp.model)
+    frame, contract = _load_dataset(inp, s3)
+    features = None
+    if model_cfg.features is not None:
+        # the model's inputs are its declared features, each row's as of its own time (mlops.features.store)
+        from mlops.features.store import definitions_sha256, training_set
+
+        frame, contract = training_set(frame, contract, model_cfg.features)
+        features = {"definitions_sha256": definitions_sha256(model_cfg.features),
+                    "entity_key": model_cfg.features.entity_key}
+    result = train(frame, contract, model_cfg)
+    started = time.perf_counter()
+    onnx_bytes = to_onnx(result.pipeline, contract, model_cfg.task)
+    export_seconds = time.perf_counter() - started
+    parity = check_parity(result.pipeline, onnx_bytes, result.test_df, contract, model_cfg.task)
+    onnx = OnnxModel(onnx_bytes)
+    predictions = onnx.predict(result.test_df).labels
+    baseline = build_baseline(result.train_df, contract, predictions=predictions, seed=model_cfg.seed)
+    prefix = _candidate_prefix(inp)
+    sha = hashlib.sha256(onnx_bytes).hexdigest()
+    models.put_bytes(prefix + "model.onnx", onnx_bytes)
+    models.put_parquet(prefix + "test.parquet", result.test_df)
+    models.put_bytes(prefix + "contract.json", contract.to_json().encode(), content_type="application/json")
+    models.put_json(prefix + "baseline.json", baseline)
+    summary = {
+        "candidate_prefix": models.uri(prefix),
+        "onnx_sha256": sha,
+        "onnx_bytes": len(onnx_bytes),
+        "family": model_cfg.family,
+        "params": result.params,
+        "seed": result.seed,
+        "classes": list(result.classes),
+        "rows": {"train": len(result.train_df), "test": len(result.test_df)},
+        "parity_max_abs_diff": parity.max_abs_diff,
+        "timings": {"fit_seconds": result.fit_seconds, "export_seconds": export_seconds},
+        "features": features,
+    }
+    models.put_json(prefix + "train.json", summary)
+    return summary
+
+
+# -- evaluate ------------------------------------------------------------------------------------------------
+def _verified_onnx(store: ObjectStore, key: str, sha256: str) -> bytes:
+    data = store.get_bytes(key)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise IntegrityError(f"{store.uri(key)} has sha256 {actual[:12]}, its record says {sha256[:12]}")
+    return data
+
+
+def gate(model_cfg: ModelConfig, candidate: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
+    """The two verdicts the Choice state reads, and the reasons a person reads."""
+    reasons = []
+    for metric, minimum in sorted(model_cfg.thresholds.items()):
+        value = candidate.get(metric)
+        if value is None or value < minimum:
+            reasons.append(f"{metric} {value} is below the threshold {minimum}")
+    meets = not reasons
+    beats = True
+    if champion is not None:
+        metric = model_cfg.primary_metric
+        floor = champion["metrics"][metric] - model_cfg.champion_margin
+        if candidate[metric] < floor:
+            beats = False
+            reasons.append(
+                f"{metric} {candidate[metric]:.4f} is worse than champion v{champion['version']} "
+                f"({champion['metrics'][metric]:.4f}) by more than the margin {model_cfg.champion_margin}"
+            )
+    return {"meets_thresholds": meets, "beats_champion": beats, "reasons": reasons}
+
+
+def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectConfig, models: ObjectStore,
+                  registry: Registry) -> dict[str, Any]:
+    from mlops.data.contract import DataContract
+    from mlops.serving.onnx_model import OnnxModel
+    from mlops.training.evaluation import evaluate
+
+    model_cfg = config.model(inp.model)
+    _bucket, prefix = parse_s3_uri(train["candidate_prefix"])
+    test_df = models.get_parquet(prefix + "test.parquet")
+    contract = DataContract.from_json(models.get_bytes(prefix + "contract.json").decode())
+    candidate_model = OnnxModel(_verified_onnx(models, prefix + "model.onnx", train["onnx_sha256"]))
+    candidate = evaluate(candidate_model, test_df, contract, model_cfg.task)
+
+    champion_eval: dict[str, Any] | None = None
+    champion = registry.alias(inp.model, CHAMPION)
+    if champion is not None:
+        _b, key = parse_s3_uri(champion.model_uri)
+        champion_model = OnnxModel(_verified_onnx(models, key, champion.onnx_sha256))
+        missing = sorted(set(champion_model.input_names) - set(test_df.columns))
+        if missing:
+            # The schema changed: the champion cannot score these rows, so the comparison falls back to
+            # the champion's own recorded metrics, which is said in the result.
+            champion_eval = {"version": champion.version, "metrics": champion.metrics.get("metrics", {}),
+                             "note": f"champion needs columns {missing} absent from this dataset"}
+        else:
+            champion_eval = {"version": champion.version,
+                             **evaluate(champion_model, test_df, contract, model_cfg.task)}
+    verdict = gate(model_cfg, candidate["metrics"], champion_eval)
+    return {"candidate": candidate, "champion": champion_eval, **verdict}
+
+
+# -- register ------------------------------------------------------------------------------------------------
+def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[str, Any], *,
+                  config: ProjectConfig, models: ObjectStore, registry: Registry, execution_arn: str | None,
+                  deployer: ServingDeployer | None = None, infer_function: str | None = None,
+                  start_rollout: Callable[[int, int], str] | None = None) -> dict[str, Any]:
+    from mlops.registry.manifest import build_manifest
+
+    model_cfg = config.model(inp.model)
+    if not (evaluation["meets_thresholds"] and evaluation["beats_champion"]):
+        raise InvalidDataset("register was called for a candidate the gate rejected")
+    _bucket, cand = parse_s3_uri(train["candidate_prefix"])
+    onnx_bytes = _verified_onnx(models, cand + "model.onnx", train["onnx_sha256"])
+    final = run_artefacts_prefix(inp.model, inp.run_id)
+    dataset_manifest_bucket, dataset_manifest_key = parse_s3_uri(inp.dataset.manifest_uri)
+    # what serving and drift_check read besides the model: each verified against these before use
+    sidecars = {name: models.get_bytes(cand + name) for name in ("baseline.json", "contract.json")}
+    manifest = build_manifest(
+        model=inp.model,
+        run_id=inp.run_id,
+        dataset={"sha256": inp.dataset.sha256, "uri": inp.dataset.uri, "manifest_uri": inp.dataset.manifest_uri,
+                 "rows": inp.dataset.rows, "contract_version": inp.dataset.contract_version},
+        family=train["family"],
+        task=str(model_cfg.task),
+        params=train["params"],
+        seed=train["seed"],
+        onnx_bytes=onnx_bytes,
+        classes=train["classes"],
+        features=json.loads(models.get_bytes(cand + "contract.json"))["columns"],
+        metrics=evaluation["candidate"]["metrics"],
+        latency=evaluation["candidate"].get("latency", {}),
+        timings=train["timings"],
+        extra={"parity_max_abs_diff": train["parity_max_abs_diff"], "execution_arn": execution_arn,
+               "feature_store": train.get("features"),
+               "champion_at_evaluation": evaluation.get("champion"), "reason": inp.reason,
+               "dataset_manifest": {"bucket": dataset_manifest_bucket, "key": dataset_manifest_key},
+               **{name.removesuffix(".json"): {"uri": models.uri(final + name),
+                                               "sha256": hashlib.sha256(body).hexdigest()}
+                  for name, body in sidecars.items()}},
+    )
+    # Artefacts first, under the run's own prefix; the registry record that makes them a version comes last.
+    if not models.exists(final + "model.onnx"):
+        models.put_bytes(final + "model.onnx", onnx_bytes)
+    for name, body in sidecars.items():
+        if not models.exists(final + name):
+            models.put_bytes(final + name, body, content_type="application/json")
+    if not models.exists(final + "manifest.json"):
+        models.put_json(final + "manifest.json", manifest, create_only=True)
+    # The sha256 of the manifest as stored (a retried run keeps the one its first attempt wrote): the registry
+    # record vouches for the manifest, the manifest for the contract and the baseline.
+    manifest_sha256 = hashlib.sha256(models.get_bytes(final + "manifest.json")).hexdigest()
+    alias = CHALLENGER if registry.alias(inp.model, CHAMPION) else CHAMPION
+    version = registry.register(
+        model=inp.model, run_id=inp.run_id, artefacts_prefix=models.uri(final),
+        onnx_sha256=train["onnx_sha256"], dataset_sha256=inp.dataset.sha256,
+        metrics={"metrics": evaluation["candidate"]["metrics"], "latency": evaluation["candidate"].get("latency", {})},
+        alias=alias, manifest_sha256=manifest_sha256,
+    )
+    split, rollout = None, None
+    if deployer is not None and infer_function:
+        version, split = deploy(version, model_cfg, registry=registry, deployer=deployer, function=infer_function)
+        champion = registry.alias(inp.model, CHAMPION)
+        if start_rollout is not None and CHALLENGER in version.aliases and champion is not None:
+            rollout = start_rollout(champion.version, version.version)
+    return {**_registered(version), "split": split.to_dict() if split else None, "rollout": rollout}
+
+
+def deploy(version: ModelVersion, model_cfg: ModelConfig, *, registry: Registry, deployer: ServingDeployer,
+           function: str) -> tuple[ModelVersion, Split]:
+    """Publish the version's infer function version and put it on the live alias: the first champion at
+    100%, a challenger at the model's canary weight next to the champion. The registry record exists
+    before the alias points at it, so the alias never serves an unregistered version."""
+    lambda_version = version.lambda_version or deployer.publish(function, version.version)
+    if version.lambda_version is None:
+        registry.set_lambda_version(version.model, version.version, lambda_version)
+    champion = registry.alias(version.model, CHAMPION)
+    if champion is None or champion.version == version.version or champion.lambda_version is None:
+        split = deployer.route(function, lambda_version)
+    else:
+        split = deployer.route(function, champion.lambda_version, lambda_version, model_cfg.canary_weight)
+    updated = registry.version(version.model, version.version)
+    assert updated is not None
+    return updated, split
+
+
+def _registered(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "aliases": list(version.aliases),
+        "manifest_uri": version.manifest_uri,
+        "model_uri": version.model_uri,
+        "message": f"{version.model} v{version.version} registered as {', '.join(version.aliases) or 'a version'}",
+    }
+
+
+# -- record_outcome ------------------------------------------------------------------------------------------
+def record_outcome(inp: PipelineInput, *, outcome: str, registry: Registry, evaluation: dict[str, Any] | None,
+                   error: dict[str, Any] | None) -> dict[str, Any]:
+    """A rejected candidate or a failed run: recorded in the registry (no version is created) for people."""
+    if outcome == "rejected":
+        reasons = (evaluation or {}).get("reasons") or ["rejected by the gate"]
+        reason = "; ".join(reasons)
+        details: dict[str, Any] = {"metrics": (evaluation or {}).get("candidate", {}).get("metrics"),
+                                   "champion": (evaluation or {}).get("champion")}
+    else:
+        error = error or {}
+        cause = error.get("Cause", "")
+        try:
+            parsed = json.loads(cause)
+            cause = f"{parsed.get('errorType', '')}: {parsed.get('errorMessage', cause)}"
+        except (TypeError, ValueError):
+            pass
+        reason = f"{error.get('Error', 'Error')}: {cause}".strip()
+        details = {"error": error.get("Error"), "cause": cause}
+    registry.record_run(inp.model, inp.run_id, outcome, reason, {**details, "dataset_sha256": inp.dataset.sha256})
+    return {"outcome": outcome, "reason": reason,
+            "subject": f"[mlops] {inp.model}: training run {outcome}"[:100],
+            "message": f"Model {inp.model}, run {inp.run_id} ({inp.reason}) was {outcome}: {reason}"}

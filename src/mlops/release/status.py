@@ -1,0 +1,103 @@
+"""``mlops ab status``: where a model's canary stands, from the rollout's looks recorded in the registry.
+
+Each look carries its statistics (n and metric per arm, the always-valid p-value, the confidence sequence
+of challenger - champion, the mSPRT statistic and its boundary) and the action taken; the report is the
+same data as a table, JSON, or a self-contained HTML page with two charts: the metric per arm over time,
+and the test statistic against its decision boundary.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html import escape
+from typing import Any
+
+from mlops.core.charts import line_chart_svg
+from mlops.core.errors import MlopsError
+from mlops.registry.store import Registry
+from mlops.release.deploy import Split
+
+
+class NoRollout(MlopsError):
+    """The model has no recorded rollout to show."""
+
+
+def ab_status(registry: Registry, split: Split, model: str, challenger: int | None = None) -> dict[str, Any]:
+    """The looks of one rollout (the given challenger's, else the newest one's) with the current split."""
+    looks = registry.looks(model, challenger)
+    if not looks:
+        which = f"challenger v{challenger}" if challenger is not None else "any challenger"
+        raise NoRollout(f"{model} has no rollout on record for {which}: a rollout starts when a second "
+                        "version is registered")
+    challenger = challenger if challenger is not None else max(int(look["challenger"]) for look in looks)
+    looks = [look for look in looks if int(look["challenger"]) == challenger]
+    last = looks[-1]
+    aliases = registry.aliases(model)
+    return {"model": model, "challenger": challenger, "champion": last.get("champion"),
+            "metric": last.get("metric", "accuracy"), "state": "running" if last["action"] == "continue"
+            else last["action"], "decision_reason": last.get("reason"), "aliases": aliases,
+            "split": split.to_dict(), "looks": looks}
+
+
+def _num(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_table(status: dict[str, Any]) -> str:
+    head = (f"{status['model']}: challenger v{status['challenger']} vs champion v{status['champion']} on "
+            f"{status['metric']} - {status['state']}"
+            + (f" ({status['decision_reason']})" if status["state"] != "running" else ""))
+    weights = status["split"]["weights"]
+    lines = [head, f"live split now: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}",
+             "", f"{'at':<25} {'n champ':>8} {'n chall':>8} {'champ':>8} {'chall':>8} {'p-value':>8} "
+             f"{'diff interval':>19} {'stat':>7} {'bound':>6}  action"]
+    for look in status["looks"]:
+        interval = (f"[{_num(look.get('lower'), '+.3f')}, {_num(look.get('upper'), '+.3f')}]"
+                    if look.get("lower") is not None else "-")
+        lines.append(f"{look['at']:<25} {look['n_control']:>8} {look['n_treatment']:>8} "
+                     f"{_num(look['rate_control']):>8} {_num(look['rate_treatment']):>8} "
+                     f"{_num(look['p_value'], '.3g'):>8} {interval:>19} {_num(look['statistic'], '.2f'):>7} "
+                     f"{_num(look['boundary'], '.2f'):>6}  {look['action']}")
+    return "\n".join(lines)
+
+
+def _minutes(looks: list[dict[str, Any]]) -> list[float]:
+    start = datetime.fromisoformat(looks[0]["at"])
+    return [(datetime.fromisoformat(look["at"]) - start).total_seconds() / 60 for look in looks]
+
+
+def render_html(status: dict[str, Any]) -> str:
+    looks = status["looks"]
+    xs = _minutes(looks)
+    champion, challenger = f"champion v{status['champion']}", f"challenger v{status['challenger']}"
+    started = [(x, look) for x, look in zip(xs, looks, strict=True) if look["n_control"] and look["n_treatment"]]
+    metric_chart = line_chart_svg(
+        {champion: [(x, look["rate_control"]) for x, look in started],
+         challenger: [(x, look["rate_treatment"]) for x, look in started]},
+        title=f"{status['metric']} per arm", x_label="minutes since the first look", y_label=status["metric"])
+    statistic_chart = line_chart_svg(
+        {"log likelihood ratio (mSPRT)": [(x, look["statistic"]) for x, look in zip(xs, looks, strict=True)]},
+        title="test statistic and its decision boundary", x_label="minutes since the first look",
+        y_label="log LR", hlines={"boundary log(1/alpha)": float(looks[-1]["boundary"])})
+    rows = "".join(
+        f"<tr><td>{escape(str(look['at']))}</td><td>{look['n_control']}</td><td>{look['n_treatment']}</td>"
+        f"<td>{_num(look['rate_control'])}</td><td>{_num(look['rate_treatment'])}</td>"
+        f"<td>{_num(look['p_value'], '.3g')}</td><td>{_num(look.get('lower'), '+.4f')} .. "
+        f"{_num(look.get('upper'), '+.4f')}</td><td>{escape(str(look['action']))}</td>"
+        f"<td>{escape(str(look.get('reason', '')))}</td></tr>" for look in looks)
+    title = f"A/B status - {status['model']}"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.25em .5em;font-size:.9em}}</style></head><body>
+<h1>{escape(title)}</h1>
+<p>{escape(challenger)} against {escape(champion)} on <b>{escape(status['metric'])}</b>:
+<b>{escape(str(status['state']))}</b>{(' - ' + escape(str(status['decision_reason']))) if status['state'] != 'running'
+                                      else ''}</p>
+{metric_chart}
+{statistic_chart}
+<table><tr><th>at</th><th>n champion</th><th>n challenger</th><th>champion</th><th>challenger</th><th>p-value</th>
+<th>challenger - champion</th><th>action</th><th>reason</th></tr>{rows}</table>
+</body></html>
+"""
+
