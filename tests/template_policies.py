@@ -20,7 +20,7 @@ from typing import Any
 
 from mlops.aws import platform
 from mlops.core.config import ProjectConfig
-from mlops.local.iam import LocalNames, role_of, template_policies
+from mlops.local.iam.operations import LocalNames, role_of, template_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

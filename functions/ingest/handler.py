@@ -21,7 +21,7 @@ from mlops.aws.observability import instrumented, powertools
 from mlops.aws.storage import ObjectStore
 from mlops.core.config import load_config
 from mlops.data.ingest import ingest_object, materialize_curated
-from mlops.features.store import OnlineStore
+from mlops.features.offline import OnlineStore
 
 logger, tracer, metrics = powertools()
 # One S3 event redelivered (same object, version and etag) is processed once.

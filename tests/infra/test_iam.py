@@ -15,7 +15,7 @@ from mlops.aws import platform
 from mlops.aws.access import RUNS_PREFIX
 from mlops.batch.start import MAP_RESULTS, WORK_PREFIX
 from mlops.core.config import load_config
-from mlops.local.iam import (
+from mlops.local.iam.operations import (
     GUARDED_SERVICES,
     LocalNames,
     RolePolicy,
@@ -27,7 +27,7 @@ from mlops.local.iam import (
     role_of,
     targets,
 )
-from mlops.local.iam import (
+from mlops.local.iam.operations import (
     template_policies as policies_of_template,
 )
 
@@ -214,7 +214,7 @@ def test_operations_map_to_the_actions_and_resources_aws_authorises() -> None:
 
 
 def test_an_operation_without_a_mapping_fails_loudly() -> None:
-    with pytest.raises(UnmappedOperation, match=r"s3:PutBucketPolicy.*mlops.local.iam.OPERATIONS"):
+    with pytest.raises(UnmappedOperation, match=r"s3:PutBucketPolicy.*mlops.local.iam.operations.OPERATIONS"):
         targets("s3", "PutBucketPolicy", {"Bucket": "b"}, region=REGION, account=ACCOUNT)
 
 

@@ -174,7 +174,7 @@ def test_image_entrypoint_runs_the_training_job_for_sagemaker_and_the_handler_fo
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
 
     sagemaker = subprocess.run([str(script), "train"], env=env, capture_output=True, text=True, check=True)
-    assert sagemaker.stdout.strip() == "python3 -m mlops.training.sagemaker"
+    assert sagemaker.stdout.strip() == "python3 -m mlops.pipeline.sagemaker"
 
     # Lambda passes the handler (CMD) on to the base image's entrypoint, absent here
     handler = "functions.evaluate.handler.handler"

@@ -16,7 +16,7 @@ from mlops.cli.demo import FEATURE_MODEL as MODEL
 from mlops.cli.demo import FEATURE_MODEL_TOML
 from mlops.cli.demo import purchases_dataset as purchases
 from mlops.core.config import load_config
-from mlops.features.store import OnlineStore, definitions_sha256, latest, materialize
+from mlops.features.offline import OnlineStore, definitions_sha256, latest, materialize
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
 from mlops.pipeline.steps import newest_manifest
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mlops.local.embedded import EmbeddedCloud
-from mlops.local.iam import Target
+from mlops.local.iam.operations import Target
 from mlops.release.rollout import EVENTS_PER_LOOK, MAX_LOOKS_VARIABLE, execution_name
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"

@@ -1,5 +1,5 @@
 """The training pipeline's SageMaker path on moto: the TrainingBackend choice, and the training job's entrypoint
-(mlops.training.sagemaker) run in process on a curated dataset. moto cannot run a training job, so the job itself is
+(mlops.pipeline.sagemaker) run in process on a curated dataset. moto cannot run a training job, so the job itself is
 played by calling the entrypoint the image runs, with the hyperparameters the ASL hands it."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mlops.aws import platform
 from mlops.core.config import load_config
 from mlops.local.embedded import EmbeddedCloud as Cloud
 from mlops.pipeline.steps import Dataset, PipelineInput, TrainingJobResources, evaluate_step
-from mlops.training import sagemaker as sagemaker_train
+from mlops.pipeline import sagemaker as sagemaker_train
 
 ASL = json.loads(platform.TRAINING_ASL.read_text())
 RESOURCES = TrainingJobResources(instance_type="ml.m5.xlarge", volume_size_gb=30, max_runtime_seconds=3600)
@@ -130,7 +130,7 @@ sagemaker_max_runtime_seconds = 7200
 @dataclass
 class PlayedTrainingJobs:
     """moto forwards createTrainingJob to its SageMaker (which records the job) but cannot wait for it (.sync):
-    here the wait runs the job as SageMaker would run the image, `python -m mlops.training.sagemaker`, with the
+    here the wait runs the job as SageMaker would run the image, `python -m mlops.pipeline.sagemaker`, with the
     request's hyperparameters in /opt/ml/input/config/hyperparameters.json and its environment."""
 
     workdir: Path

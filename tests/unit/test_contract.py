@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from mlops.core.errors import FileRejected
-from mlops.data.contract import (
+from mlops.data.reading import (
     LINE,
     REASON,
     ColumnKind,

@@ -14,7 +14,7 @@ from scipy import stats
 
 from mlops.core.config import DriftConfig
 from mlops.data.baseline import build_baseline
-from mlops.data.contract import DataContract, infer_contract
+from mlops.data.reading import DataContract, infer_contract
 from mlops.drift.check import hour_prefixes, metric_points, retrain_decision
 from mlops.drift.statistics import (
     INSUFFICIENT,
@@ -367,7 +367,7 @@ def test_retraining_data_holds_each_distinct_row_once_so_ingest_keeps_it() -> No
 
     from mlops import aws
     from mlops.aws.storage import ObjectStore
-    from mlops.data.contract import DataContract, read_csv, validate
+    from mlops.data.reading import DataContract, read_csv, validate
     from mlops.drift.check import retraining_csv
 
     contract = {"target": "y", "columns": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "integer"}]}

@@ -12,8 +12,8 @@ import pytest
 
 from mlops.core.config import FeatureStoreConfig, ModelConfig
 from mlops.core.errors import InvalidDataset
-from mlops.data.contract import ColumnKind, ColumnSpec, DataContract
-from mlops.features.store import compute, definitions_sha256, entity_text, feature_contract, latest, training_set
+from mlops.data.reading import ColumnKind, ColumnSpec, DataContract
+from mlops.features.offline import compute, definitions_sha256, entity_text, feature_contract, latest, training_set
 
 
 def definitions(**overrides: Any) -> FeatureStoreConfig:

@@ -15,7 +15,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from mlops.core.config import ModelConfig, Task
 from mlops.core.errors import ParityError
-from mlops.data.contract import infer_contract
+from mlops.data.reading import infer_contract
 from mlops.serving.onnx_model import FeedError, InputSpec, OnnxModel, Prediction, feeds_from_records
 from mlops.training.onnx_export import TARGET_OPSET, check_parity, onnx_opset, to_onnx
 from mlops.training.train import TrainResult, feature_frame, train

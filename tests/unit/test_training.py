@@ -15,7 +15,7 @@ from sklearn.datasets import load_breast_cancer, load_wine
 
 from mlops.core.config import ModelConfig, Task
 from mlops.core.errors import ConfigError, FileRejected, InvalidDataset
-from mlops.data.contract import infer_contract
+from mlops.data.reading import infer_contract
 from mlops.registry import manifest as manifest_mod
 from mlops.serving.onnx_model import OnnxModel
 from mlops.training.offline import compare_families, run_training

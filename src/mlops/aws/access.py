@@ -1,6 +1,6 @@
 """What each function's role may do, declared once: the CDK app turns it into IAM statements on the deployed
 resources (``infra/stack.py``), and the local cloud into the policies its IAM guard evaluates every AWS call of a
-handler against (``mlops.local.iam``). A parity test compares those with the statements of the synthesized
+handler against (``mlops.local.iam.operations``). A parity test compares those with the statements of the synthesized
 template, so the two cannot allow different things.
 
 Resources are named by their platform names (``mlops.aws.platform``): each consumer resolves a :class:`Resource` to
@@ -106,7 +106,7 @@ def dead_letters(model: str) -> str:
 
 ACCESS: dict[str, Access] = {
     # reads the exact version an S3 event names; the data contract is read and versioned under contracts/; reads back
-    # the manifest it curated to fill the online feature store (mlops.features.store)
+    # the manifest it curated to fill the online feature store (mlops.features.offline)
     "ingest": Access(read={"data": ("incoming/", "contracts/", "curated/")},
                      write={"data": ("curated/", "quarantine/", "contracts/")},
                      read_versions=True, tables={"idempotency": WRITE, "features": WRITE}),

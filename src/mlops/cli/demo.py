@@ -349,7 +349,7 @@ columns = [
 
 
 def _feature_store(cloud: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    from mlops.features.store import OnlineStore
+    from mlops.features.offline import OnlineStore
 
     frame = purchases_dataset()
     say(f"-> the feature store: model '{FEATURE_MODEL}' learns from each customer's purchase history "

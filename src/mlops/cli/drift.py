@@ -71,7 +71,7 @@ def compare_files(reference: Path, current: Path, *, target: str | None = None) 
 
     from mlops.core.config import DriftConfig
     from mlops.data.baseline import build_baseline
-    from mlops.data.contract import infer_contract
+    from mlops.data.reading import infer_contract
     from mlops.drift.report import build_report
     from mlops.drift.statistics import WindowDrift
 

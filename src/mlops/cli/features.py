@@ -58,7 +58,7 @@ def _names(project: str) -> tuple[str, str]:
 
 def run_features(args: argparse.Namespace) -> int:
     from mlops import aws
-    from mlops.features.store import OnlineStore, entity_text, materialize
+    from mlops.features.offline import OnlineStore, entity_text, materialize
 
     config, model = _model(args)
     if args.features_command == "training-set":
@@ -92,8 +92,8 @@ def run_features(args: argparse.Namespace) -> int:
 def _training_set(model: Any, source: Path, out: Path) -> int:
     import pandas as pd
 
-    from mlops.data.contract import infer_contract
-    from mlops.features.store import training_set
+    from mlops.data.reading import infer_contract
+    from mlops.features.offline import training_set
 
     if not source.is_file():
         raise MlopsError(f"--data {source}: no such file")

@@ -93,7 +93,7 @@ class FeatureDefinition(BaseModel):
 
 
 class FeatureStoreConfig(BaseModel):
-    """A model's features, declared once (``[model.features]``): ``mlops.features.store`` builds the training set from
+    """A model's features, declared once (``[model.features]``): ``mlops.features.offline`` builds the training set from
     them (point in time on ``timestamp``, else in file order) and materialises the online store after each ingest, so
     the API can predict from ``{"entity_id": ...}`` with exactly the values the model was trained on."""
 
@@ -162,7 +162,7 @@ class ModelConfig(BaseModel):
     guardrail_max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
     guardrail_max_p95_ratio: float = Field(default=1.5, gt=1.0)
     guardrail_min_requests: int = Field(default=200, ge=1)
-    # a declared data contract (see mlops.data.contract.DataContract); inferred from the first file when absent
+    # a declared data contract (see mlops.data.reading.DataContract); inferred from the first file when absent
     contract: dict[str, Any] | None = None
     # files larger than this are rejected whole by ingest (one Lambda holds the file in memory)
     max_file_mb: int = Field(default=256, gt=0)

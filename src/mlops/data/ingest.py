@@ -26,8 +26,8 @@ from typing import Any
 from mlops.aws.storage import ObjectStore, parse_s3_uri
 from mlops.core.config import ModelConfig, ProjectConfig
 from mlops.core.errors import FileRejected, RegistryConflict, UnknownModel
-from mlops.data.contract import DataContract, infer_contract, read_csv, validate
-from mlops.features.store import OnlineStore, materialize
+from mlops.data.reading import DataContract, infer_contract, read_csv, validate
+from mlops.features.offline import OnlineStore, materialize
 from mlops.registry.store import now_iso
 
 INCOMING = "incoming/"
@@ -154,7 +154,7 @@ def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | 
 
 def materialize_curated(model: ModelConfig, outcome: IngestOutcome, *, data: ObjectStore,
                         online: OnlineStore) -> dict[str, Any]:
-    """After a file is curated: the online feature store gets its entities' newest features (mlops.features.store)."""
+    """After a file is curated: the online feature store gets its entities' newest features (mlops.features.offline)."""
     assert outcome.manifest_uri is not None
     return materialize(model, data.get_json(parse_s3_uri(outcome.manifest_uri)[1]), data=data, online=online)
 

@@ -18,7 +18,7 @@ from mlops.local import permissions
 from mlops.local.alarms import alarm_watcher
 from mlops.local.cloud import ACCOUNT, Deployment, provision
 from mlops.local.firehose import BufferedFirehose
-from mlops.local.iam import Guard, LocalNames, platform_policies
+from mlops.local.iam.operations import Guard, LocalNames, platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
@@ -39,7 +39,7 @@ class EmbeddedCloud:
     runtime: InProcessRuntime
     firehose: BufferedFirehose | None = None
     queues: QueuePoller | None = None  # delivers the push queues to the push functions (mlops.local.queues)
-    guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam)
+    guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam.operations)
 
     def flush_captures(self) -> None:
         """Deliver what Firehose holds in its buffer now (it would within its interval)."""

@@ -26,9 +26,9 @@ from mlops.registry.store import CHALLENGER, CHAMPION, ModelVersion, Registry
 from mlops.release.deploy import ServingDeployer, Split
 
 if TYPE_CHECKING:
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
 
-# The scientific stack (pandas via mlops.data.contract/mlops.data.ingest, sklearn, onnx) is imported inside the steps
+# The scientific stack (pandas via mlops.data.reading/mlops.data.ingest, sklearn, onnx) is imported inside the steps
 # that use it: train_trigger and record_outcome import this module too, and run without it (zip functions).
 
 
@@ -145,8 +145,8 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
     frame, contract = _load_dataset(inp, s3)
     features = None
     if model_cfg.features is not None:
-        # the model's inputs are its declared features, each row's as of its own time (mlops.features.store)
-        from mlops.features.store import definitions_sha256, training_set
+        # the model's inputs are its declared features, each row's as of its own time (mlops.features.offline)
+        from mlops.features.offline import definitions_sha256, training_set
 
         frame, contract = training_set(frame, contract, model_cfg.features)
         features = {"definitions_sha256": definitions_sha256(model_cfg.features),
@@ -214,7 +214,7 @@ def gate(model_cfg: ModelConfig, candidate: dict[str, Any], champion: dict[str, 
 
 def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectConfig, models: ObjectStore,
                   registry: Registry) -> dict[str, Any]:
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
     from mlops.serving.onnx_model import OnnxModel
     from mlops.training.evaluation import evaluate
 

@@ -4,7 +4,7 @@ onnxruntime, capture it, answer.
 Imports stay light on purpose (numpy, onnxruntime, pydantic, boto3 through injected clients): this is
 the cold-start path, and onnxruntime is imported with the module so that its cost falls in Lambda's init
 phase rather than on the first request. The data contract is read as plain JSON here, never through
-``mlops.data.contract`` (which needs pandas).
+``mlops.data.reading`` (which needs pandas).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from mlops.aws.storage import parse_s3_uri
 from mlops.core.errors import IntegrityError, MlopsError
-from mlops.features.store import OnlineFeatures, OnlineStore, entity_text
+from mlops.features.offline import OnlineFeatures, OnlineStore, entity_text
 from mlops.registry.store import CHALLENGER, CHAMPION, ModelVersion, Registry
 from mlops.serving.onnx_model import OnnxModel
 
@@ -281,7 +281,7 @@ class LoadedModel:
     model: OnnxModel
     schema: list[FeatureSpec]
     loaded_seconds: float
-    # the sha256 of the feature definitions it was trained from (mlops.features.store); None: trained on raw columns
+    # the sha256 of the feature definitions it was trained from (mlops.features.offline); None: trained on raw columns
     features_sha256: str | None = None
 
 

@@ -21,7 +21,7 @@ from mlops.serving.onnx_model import OnnxModel
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
 
 WARMUP_RUNS = 20
 BATCH_RUNS = 3

@@ -21,7 +21,7 @@ from mlops.core.families import FAMILIES, Family, default_family, families_for
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
     from mlops.training.train import TrainResult
 
 Progress = Callable[[str], None]
@@ -92,7 +92,7 @@ def load_dataset(
     data_path: Path | str, target: str, task: Task | str | None = None, progress: Progress | None = None
 ) -> LoadedDataset:
     """Read, infer the contract, validate: bad rows are dropped and counted, never trained on."""
-    from mlops.data.contract import infer_contract, read_csv, validate
+    from mlops.data.reading import infer_contract, read_csv, validate
     from mlops.registry.manifest import sha256_bytes
     from mlops.training.train import infer_task
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
 
 # Opset 17 / ai.onnx.ml 3: the lowest pair that has the double tree-ensemble attributes, supported by
 # every onnxruntime since 1.13, so an older infer layer still loads a newer model.

@@ -37,7 +37,7 @@ from mlops.core.families import Family, get_family
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
 
 MIN_ROWS = 20
 MIN_ROWS_PER_CLASS = 2

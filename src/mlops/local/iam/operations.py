@@ -268,7 +268,7 @@ def targets(endpoint_prefix: str, operation: str, params: Mapping[str, Any], *, 
     except KeyError:
         raise UnmappedOperation(
             f"the local IAM guard has no mapping for {endpoint_prefix}:{operation}: add the IAM actions and resource "
-            "ARNs AWS authorises it with to mlops.local.iam.OPERATIONS (see AWS's Service Authorization "
+            "ARNs AWS authorises it with to mlops.local.iam.operations.OPERATIONS (see AWS's Service Authorization "
             "Reference)") from None
     return rule(Call(region, account, params))
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from mlops.aws.storage import ObjectStore
     from mlops.core.config import FeatureDefinition, FeatureStoreConfig, ModelConfig
-    from mlops.data.contract import DataContract
+    from mlops.data.reading import DataContract
 
 MARKER = "#materialized"  # the sk of a model's item that records which dataset the online store holds
 
@@ -129,7 +129,7 @@ def compute(frame: pd.DataFrame, definitions: FeatureStoreConfig) -> pd.DataFram
 
 def feature_contract(contract: DataContract, definitions: FeatureStoreConfig) -> DataContract:
     """The contract of the model's inputs: what serving validates requests against and drift compares."""
-    from mlops.data.contract import ColumnKind, ColumnSpec, DataContract
+    from mlops.data.reading import ColumnKind, ColumnSpec, DataContract
 
     specs = []
     for feature in definitions.columns:

@@ -1,4 +1,4 @@
-"""The train step as a SageMaker training job: ``python -m mlops.training.sagemaker``, which the image's entrypoint runs
+"""The train step as a SageMaker training job: ``python -m mlops.pipeline.sagemaker``, which the image's entrypoint runs
 when SageMaker starts it as ``docker run <image> train`` (infra/Dockerfile).
 
 The state machine's TrainOnSageMaker state hands over the pipeline input as the hyperparameter ``pipeline_input``
@@ -28,7 +28,7 @@ HYPERPARAMETERS = Path("/opt/ml/input/config/hyperparameters.json")
 FAILURE = Path("/opt/ml/output/failure")
 PIPELINE_INPUT = "pipeline_input"
 
-logger = logging.getLogger("mlops.training.sagemaker")
+logger = logging.getLogger("mlops.pipeline.sagemaker")
 
 
 def read_input(hyperparameters: Path = HYPERPARAMETERS) -> PipelineInput:
