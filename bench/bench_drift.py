@@ -65,7 +65,7 @@ def run(quick: bool) -> list[Result]:
     import pandas as pd
 
     from mlops.data.baseline import build_baseline
-    from mlops.data.reading import infer_contract
+    from mlops.data.inference import infer_contract
 
     rows = 100_000 if quick else 1_000_000
     names = [f"f{i:02d}" for i in range(FEATURES)]

@@ -31,7 +31,7 @@ def _served(workdir: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
 
     from mlops.aws.platform import infer_function_name
     from mlops.cli.demo import purchases_dataset
-    from mlops.features.offline import OnlineStore
+    from mlops.features.online import OnlineStore
     from mlops.local.embedded import embedded_cloud
 
     config_file = workdir / "mlops.toml"

@@ -169,7 +169,8 @@ import time, json, sys
 t0 = time.perf_counter()
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from mlops.serving.server import validate_row, schema_from_contract
+import mlops.serving.server  # what the handler imports
+from mlops.serving.requests import validate_row, schema_from_contract
 from mlops.serving.onnx_model import OnnxModel
 model = OnnxModel(open(sys.argv[1], "rb").read())
 schema = schema_from_contract(json.load(open(sys.argv[2])))

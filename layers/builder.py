@@ -14,6 +14,8 @@ Powertools layer, pinned to the same version): it is built only so that the size
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -24,7 +26,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -233,12 +235,28 @@ def installed_distributions(site: Path) -> dict[str, str]:
     return found
 
 
+@contextlib.contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """One builder of a layer at a time on this machine: the test suite's workers (pytest -n) synthesize at once."""
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with (BUILD_DIR / f".{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(name: str, *, force: bool = False) -> Built:
     """Build one layer into layers/build/<name>/python/, unless it is already built from the same inputs."""
-    spec = LAYERS[name]
     if not force and (built := current(name)) is not None:
         return built
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with _exclusive(name):
+        # another builder may have finished while this one waited
+        if not force and (built := current(name)) is not None:
+            return built
+        return _build(name)
+
+
+def _build(name: str) -> Built:
+    spec = LAYERS[name]
     # built aside, then swapped in: an interrupted build never looks like a built layer
     with tempfile.TemporaryDirectory(dir=BUILD_DIR, prefix=f".{name}-") as tmp:
         staging = Path(tmp) / name

@@ -28,7 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 LIVE_ALIAS = "live"  # mlops.release.deploy.LIVE_ALIAS (kept literal: this script runs without the package installed)
-# the handler's 503 before a model's first version (mlops.serving.server.NoModelDeployed)
+# the handler's 503 before a model's first version (mlops.serving.errors.NoModelDeployed)
 NOT_DEPLOYED = "NoModelDeployed"
 FRESH = "no model version registered yet (expected on a fresh stack: upload data to train one)"
 

@@ -91,13 +91,17 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _clouds_enforce_the_synthesized_policies() -> Iterator[None]:
+def _clouds_enforce_the_synthesized_policies(tmp_path_factory: pytest.TempPathFactory,
+                                             worker_id: str) -> Iterator[None]:
     """Every embedded cloud of the tests evaluates its handlers' AWS calls against the role policies of the
     synthesized template (tests/template_policies.py), not against a second description of them."""
     import template_policies
 
     from mlops.local import embedded
 
+    # the workers of one session (pytest -n) share the session's base directory: a configuration is synthesized once
+    base = tmp_path_factory.getbasetemp()
+    template_policies.shared_dir = base if worker_id == "master" else base.parent
     previous = embedded.default_policies
     embedded.default_policies = template_policies.guard_policies
     yield

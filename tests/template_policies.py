@@ -8,7 +8,9 @@ stack's constructs (their platform names)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -20,7 +22,7 @@ from typing import Any
 
 from mlops.aws import platform
 from mlops.core.config import ProjectConfig
-from mlops.local.iam.operations import LocalNames, role_of, template_policies
+from mlops.local.iam.policies import LocalNames, role_of, template_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -125,9 +127,31 @@ def local_resources(stack: Any, names: LocalNames, config: ProjectConfig) -> tup
     return functions, resources
 
 
+# Where the test session's workers (pytest -n) share what they synthesized: set by tests/conftest.py
+shared_dir: Path | None = None
+
+
 def guard_policies(names: LocalNames, config: ProjectConfig,
                    config_file: Path) -> Mapping[str, Sequence[Mapping[str, Any]]]:
-    """mlops.local.embedded's policy source for the tests: each function's role policy from the template."""
+    """mlops.local.embedded's policy source for the tests: each function's role policy from the template. A session
+    synthesizes each configuration once, whichever worker needs it first: the others read its policies."""
+    if shared_dir is None:
+        return _from_template(names, config, config_file)
+    key = hashlib.sha256(config_file.read_bytes() + json.dumps(names.names, sort_keys=True).encode()).hexdigest()
+    found = shared_dir / f"policies-{key[:24]}.json"
+    with (shared_dir / f".policies-{key[:24]}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not found.exists():
+            policies = _from_template(names, config, config_file)
+            partial = found.with_suffix(f".{os.getpid()}.part")
+            partial.write_text(json.dumps(policies))
+            partial.replace(found)
+    loaded: dict[str, list[dict[str, Any]]] = json.loads(found.read_text())
+    return loaded
+
+
+def _from_template(names: LocalNames, config: ProjectConfig,
+                   config_file: Path) -> dict[str, list[dict[str, Any]]]:
     stack, template = synthesized(config_file)
     functions, resources = local_resources(stack, names, config)
     roles = {role_of(template["Resources"][lid]): name for lid, name in functions.items()}

@@ -15,7 +15,7 @@ from mlops.aws.observability import instrumented, powertools
 from mlops.batch.run import CHUNK_ROWS, run_step
 from mlops.batch.start import BatchEvent
 from mlops.registry.store import Registry
-from mlops.serving.server import ModelCache
+from mlops.serving.cache import ModelCache
 
 logger, tracer, metrics = powertools()
 # one model per run, loaded once per execution environment and reused by the objects it scores next

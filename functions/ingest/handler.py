@@ -20,8 +20,9 @@ from mlops.aws.environment import resources
 from mlops.aws.observability import instrumented, powertools
 from mlops.aws.storage import ObjectStore
 from mlops.core.config import load_config
-from mlops.data.ingest import ingest_object, materialize_curated
-from mlops.features.offline import OnlineStore
+from mlops.data.ingest import ingest_object
+from mlops.features.offline import materialize_curated
+from mlops.features.online import OnlineStore
 
 logger, tracer, metrics = powertools()
 # One S3 event redelivered (same object, version and etag) is processed once.

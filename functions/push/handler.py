@@ -12,10 +12,11 @@ from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
-from mlops.aws import environment, platform
+from mlops.aws import environment
 from mlops.aws.environment import require, resources
 from mlops.aws.observability import instrumented, powertools
 from mlops.aws.storage import ObjectStore
+from mlops.core import layout
 from mlops.serving.push import BucketOutput, DeadLetters, Output, PushConsumer, PushMessage, TopicOutput
 from mlops.serving.server import ModelServer
 
@@ -32,7 +33,7 @@ def _capture_failed(exc: Exception) -> None:
 
 def _output() -> Output:
     if require(environment.PUSH_OUTPUT) == "s3":
-        return BucketOutput(ObjectStore(aws.client("s3"), resources.data_bucket), platform.PREDICTIONS_PREFIX)
+        return BucketOutput(ObjectStore(aws.client("s3"), resources.data_bucket), layout.PREDICTIONS)
     return TopicOutput(aws.client("sns"), require(environment.PREDICTIONS_TOPIC_ARN))
 
 

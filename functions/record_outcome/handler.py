@@ -10,7 +10,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mlops import aws
 from mlops.aws.environment import resources
 from mlops.aws.observability import instrumented, powertools
-from mlops.pipeline.steps import PipelineInput, record_outcome
+from mlops.pipeline.inputs import PipelineInput
+from mlops.pipeline.outcomes import record_outcome
 from mlops.registry.store import Registry
 
 logger, tracer, metrics = powertools()

@@ -12,7 +12,8 @@ from mlops.aws.environment import resources
 from mlops.aws.observability import instrumented, powertools
 from mlops.aws.storage import ObjectStore
 from mlops.core.config import load_config
-from mlops.pipeline.steps import PipelineInput, register_step
+from mlops.pipeline.inputs import PipelineInput
+from mlops.pipeline.steps import register_step
 from mlops.registry.store import Registry
 from mlops.release.deploy import ServingDeployer
 from mlops.release.rollout import start_rollout

@@ -16,7 +16,7 @@ from mlops.aws.environment import resources
 from mlops.aws.observability import instrumented, powertools
 from mlops.aws.storage import ObjectStore
 from mlops.core.config import load_config
-from mlops.pipeline.steps import request_training
+from mlops.pipeline.trigger import request_training
 from mlops.registry.store import Registry
 
 logger, tracer, metrics = powertools()

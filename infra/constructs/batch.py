@@ -26,15 +26,16 @@ from infra.constructs.pipeline import _nag_arn, vended_log_group_name
 from infra.constructs.serving import live_invocation_uri
 from infra.constructs.storage import Storage
 from mlops.aws import environment, platform
-from mlops.aws.access import RUNS_PREFIX, Access, Resource, batch_access, statements
+from mlops.aws.access import Access, Resource, batch_access, statements
 from mlops.batch.start import MAP_RESULTS, WORK_PREFIX
+from mlops.core import layout
 from mlops.core.config import ModelConfig
 
 # The state machine's own S3 access, in the data bucket: its ItemReader reads a run's object list and its ResultWriter
 # writes the map's results, both among the run's working files (batch-runs/<model>/<batch id>/_batch/,
 # mlops.batch.start)
-ITEMS_PATTERN = f"{RUNS_PREFIX}*/{WORK_PREFIX}items.json"
-RESULTS_PATTERN = f"{RUNS_PREFIX}*/{WORK_PREFIX}{MAP_RESULTS}*"
+ITEMS_PATTERN = f"{layout.BATCH_RUNS}*/{WORK_PREFIX}items.json"
+RESULTS_PATTERN = f"{layout.BATCH_RUNS}*/{WORK_PREFIX}{MAP_RESULTS}*"
 # What AWS documents for a ResultWriter ("IAM policies for using Distributed Map state"): it writes in parts
 RESULT_WRITER_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"]
 # Lambda keeps at least this many of an account's concurrent executions unreserved, and refuses a reservation that
@@ -125,7 +126,7 @@ class Batch(Construct):
         for pattern, what in ((ITEMS_PATTERN, "reads the object list"), (RESULTS_PATTERN, "writes the results")):
             acknowledge(machine, f"AwsSolutions-IAM5[Resource::<{data_id}.Arn>/{pattern}]",
                         f"the Distributed Map {what} of a run, among its working files, whose prefix (model, batch id) "
-                        f"is only known at run time, under {RUNS_PREFIX} in the data bucket")
+                        f"is only known at run time, under {layout.BATCH_RUNS} in the data bucket")
         acknowledge(machine, "AwsSolutions-IAM5[Resource::*]",
                     "CloudWatch Logs delivery and X-Ray have no resource-level permissions; aws-cdk-lib adds them "
                     "for logging and tracing")

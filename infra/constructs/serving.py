@@ -35,6 +35,7 @@ from infra.constructs.nag import acknowledge
 from infra.constructs.storage import Storage
 from mlops.aws import environment as variables  # the resource variables' names
 from mlops.aws import platform
+from mlops.core import layout
 from mlops.release.deploy import LIVE_ALIAS
 
 # The tag naming the model an infer function serves (next to mlops:function=infer).
@@ -44,7 +45,6 @@ MODEL_TAG: Final = "mlops:model"
 MODEL_NAME: Final = "MODEL_NAME"
 # Where Firehose writes in the captures bucket, and how long it buffers: the same as the local cloud's stream
 # (mlops.local.cloud.provision). Rollout reads feedback from there, so a short interval keeps the A/B test current.
-CAPTURE_PREFIX: Final = "captures/"
 CAPTURE_BUFFER_MB: Final = 1
 CAPTURE_BUFFER_SECONDS: Final = 60
 API_STAGE: Final = "v1"
@@ -54,7 +54,7 @@ THROTTLE_BURST: Final = 200
 # API Gateway checks that POST bodies are JSON objects; the handler validates their fields against the model's
 # data contract (it knows the model's features, API Gateway does not).
 JSON_OBJECT_SCHEMA = apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4, type=apigw.JsonSchemaType.OBJECT)
-# The handler's error shape (mlops.serving.server.ServingError.body) for a body API Gateway refuses.
+# The handler's error shape (mlops.serving.errors.ServingError.body) for a body API Gateway refuses.
 BAD_BODY_TEMPLATE = json.dumps({"error": "MalformedRequest", "message": "$context.error.validationErrorString",
                                 "field": "body"})
 # Routes of functions/infer/handler.py under /models/<model>: (path below it, HTTP method, has a body)
@@ -216,14 +216,14 @@ class Serving(Construct):
             iam.PolicyStatement(actions=["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
                                 resources=[bucket.bucket_arn]),
             iam.PolicyStatement(actions=["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
-                                resources=[bucket.arn_for_objects(f"{CAPTURE_PREFIX}*")]),
+                                resources=[bucket.arn_for_objects(f"{layout.CAPTURES}*")]),
             iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn],
                                 conditions={"StringEquals": {"kms:ViaService": f"s3.{Aws.REGION}.amazonaws.com"}}),
             iam.PolicyStatement(actions=["logs:PutLogEvents"], resources=[log_group.log_group_arn]),
         ]
         policy = iam.Policy(self, "CapturePolicy", statements=statements, roles=[role])
         bucket_id = Stack.of(self).resolve(bucket.node.default_child.logical_id)  # type: ignore[union-attr]
-        acknowledge(policy, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{CAPTURE_PREFIX}*]",
+        acknowledge(policy, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{layout.CAPTURES}*]",
                     "Firehose writes objects whose keys it derives from the arrival time under captures/ in the "
                     "captures bucket, and nothing outside it")
         stream = firehose.CfnDeliveryStream(
@@ -235,7 +235,7 @@ class Serving(Construct):
             extended_s3_destination_configuration=firehose.CfnDeliveryStream.ExtendedS3DestinationConfigurationProperty(
                 bucket_arn=bucket.bucket_arn,
                 role_arn=role.role_arn,
-                prefix=CAPTURE_PREFIX,
+                prefix=layout.CAPTURES,
                 buffering_hints=firehose.CfnDeliveryStream.BufferingHintsProperty(
                     size_in_m_bs=CAPTURE_BUFFER_MB, interval_in_seconds=CAPTURE_BUFFER_SECONDS),
                 compression_format="UNCOMPRESSED",

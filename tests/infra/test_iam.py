@@ -12,24 +12,13 @@ import pytest
 import template_policies
 
 from mlops.aws import platform
-from mlops.aws.access import RUNS_PREFIX
 from mlops.batch.start import MAP_RESULTS, WORK_PREFIX
+from mlops.core import layout
 from mlops.core.config import load_config
-from mlops.local.iam.operations import (
-    GUARDED_SERVICES,
-    LocalNames,
-    RolePolicy,
-    Target,
-    UnmappedOperation,
-    evaluate,
-    pairs,
-    platform_policies,
-    role_of,
-    targets,
-)
-from mlops.local.iam.operations import (
-    template_policies as policies_of_template,
-)
+from mlops.local.iam.guard import RolePolicy
+from mlops.local.iam.operations import GUARDED_SERVICES, Target, UnmappedOperation, targets
+from mlops.local.iam.policies import LocalNames, evaluate, pairs, platform_policies, role_of
+from mlops.local.iam.policies import template_policies as policies_of_template
 
 Synthesized = Any  # conftest.Synthesized
 REGION, ACCOUNT = "us-east-1", "123456789012"
@@ -74,9 +63,9 @@ def test_the_guard_enforces_what_the_template_grants(synthesized: Synthesized, l
 def _dynamic(names: LocalNames) -> dict[str, str]:
     return {
         "$.plan.items_bucket": names.names["data"],
-        "$.plan.items_key": f"{RUNS_PREFIX}breast-cancer/run-1/{WORK_PREFIX}items.json",
+        "$.plan.items_key": f"{layout.BATCH_RUNS}breast-cancer/run-1/{WORK_PREFIX}items.json",
         "$$.Execution.Input.results.bucket": names.names["data"],
-        "$$.Execution.Input.results.prefix": f"{RUNS_PREFIX}breast-cancer/run-1/{WORK_PREFIX}{MAP_RESULTS}",
+        "$$.Execution.Input.results.prefix": f"{layout.BATCH_RUNS}breast-cancer/run-1/{WORK_PREFIX}{MAP_RESULTS}",
         "States.Format('candidates/{}/{}/train.json', $.model, $.run_id)": "candidates/breast-cancer/run-1/train.json",
         "States.Format('mlops-train-{}', States.Hash($$.Execution.Id, 'MD5'))": "mlops-train-0123456789abcdef",
     }

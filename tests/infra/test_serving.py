@@ -12,7 +12,6 @@ from infra.app import CONFIG_CONTEXT, STAGE_CONTEXT, cdk_json_context
 from infra.constructs.serving import (
     ALIAS_EXISTS,
     API_STAGE,
-    CAPTURE_PREFIX,
     LIVE_ALIAS_RESOURCE_TYPE,
     MODEL_NAME,
     THROTTLE_BURST,
@@ -21,6 +20,7 @@ from infra.constructs.serving import (
 from mlops.aws import environment, platform
 from mlops.aws.access import DEPLOY, ROUTE
 from mlops.aws.environment import API_SOURCE_ARN
+from mlops.core import layout
 from mlops.core.config import load_config
 from mlops.release.deploy import LIVE_ALIAS
 
@@ -150,7 +150,7 @@ def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: 
     assert props["DeliveryStreamEncryptionConfigurationInput"] == {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key}
     destination = props["ExtendedS3DestinationConfiguration"]
     assert destination["BucketARN"] == {"Fn::GetAtt": [synthesized.logical_id(storage.buckets["captures"]), "Arn"]}
-    assert destination["Prefix"] == CAPTURE_PREFIX
+    assert destination["Prefix"] == layout.CAPTURES
     assert destination["EncryptionConfiguration"] == {"KMSEncryptionConfig": {"AWSKMSKeyARN": key}}
     assert destination["CloudWatchLoggingOptions"]["Enabled"] is True
     # its own role, which writes under captures/ and nowhere else
@@ -163,7 +163,7 @@ def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: 
                for statement in policy["Properties"]["PolicyDocument"]["Statement"]
                if "s3:PutObject" in as_list(statement["Action"])
                for resource in as_list(statement["Resource"])]
-    assert written == [f"{synthesized.logical_id(storage.buckets['captures'])}.Arn/{CAPTURE_PREFIX}*"]
+    assert written == [f"{synthesized.logical_id(storage.buckets['captures'])}.Arn/{layout.CAPTURES}*"]
 
 
 def test_only_the_infer_functions_put_records_and_only_into_the_capture_stream(synthesized: Synthesized) -> None:

@@ -17,10 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.awsrequest import AWSResponse
+from clouds import served_cloud
 from moto.core.botocore_stubber import MockRawResponse
 
 from mlops import aws
-from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+from mlops.aws import platform
+from mlops.local.embedded import EmbeddedCloud
 
 MODEL = "breast-cancer"
 OTHER = "wine"
@@ -55,21 +57,15 @@ primary_metric = "accuracy"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, breast_cancer_csv: bytes) -> Iterator[EmbeddedCloud]:
-    config_file = tmp_path_factory.mktemp("batch") / "mlops.toml"
-    config_file.write_text(CONFIG)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_CONFIG", str(config_file))
-        with embedded_cloud(config_file) as cloud:
-            cloud.upload(MODEL, "data.csv", breast_cancer_csv)
-            [execution] = cloud.wait_for_executions(1)
-            assert execution["status"] == "SUCCEEDED"
-            lam = cloud.client("lambda")
-            name = cloud.deployment.function_arns["batch"]
-            variables = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
-            lam.update_function_configuration(FunctionName=name, Environment={"Variables": {
-                **variables, "BATCH_CHUNK_ROWS": str(CHUNK_ROWS)}})
-            cloud.client("s3").create_bucket(Bucket=PARTNER)
-            yield cloud
+    with served_cloud(tmp_path_factory.mktemp("batch") / "mlops.toml", {MODEL: breast_cancer_csv},
+                      config_text=CONFIG) as cloud:
+        lam = cloud.client("lambda")
+        name = cloud.deployment.function_arns["batch"]
+        variables = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
+        lam.update_function_configuration(FunctionName=name, Environment={"Variables": {
+            **variables, "BATCH_CHUNK_ROWS": str(CHUNK_ROWS)}})
+        cloud.client("s3").create_bucket(Bucket=PARTNER)
+        yield cloud
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +164,7 @@ def test_three_objects_of_10k_rows_are_scored_as_the_api_scores_them(served: Emb
         for i in rows:
             row = scored[i]
             request = {n: float(row[n]) for n in names}
-            status, answer = cloud.api("POST", f"/models/{MODEL}/predict", {"features": request})
+            status, answer = cloud.predict(MODEL, request)
             assert status == 200, answer
             assert str(row["prediction"]) == answer["prediction"], (name, i)
             assert {c: float(row[f"probability_{c}"]) for c in ("0", "1")} == answer["probabilities"], (name, i)
@@ -359,7 +355,7 @@ def test_a_runs_outputs_never_overwrite_an_existing_object(served: EmbeddedCloud
     from mlops.batch.start import BatchObject, BatchSpec
     from mlops.core.errors import RegistryConflict
     from mlops.registry.store import Registry
-    from mlops.serving.server import ModelCache
+    from mlops.serving.cache import ModelCache
 
     s3 = served.client("s3")
     registry = Registry(served.client("dynamodb"), served.deployment.names["registry"])
@@ -437,7 +433,7 @@ def test_the_cli_runs_the_same_batch_and_its_exit_code_tells_the_outcome(
 def test_the_local_gateway_routes_the_batch_routes_as_the_api_declares_them() -> None:
     from mlops.local.gateway import ApiGateway
 
-    gateway = ApiGateway(None, {MODEL: f"mlops-infer-{MODEL}"}, log=lambda line: None)
+    gateway = ApiGateway(None, {MODEL: platform.infer_function_name("mlops", MODEL)}, log=lambda line: None)
     assert gateway.route("POST", f"/models/{MODEL}/batch") == (MODEL, f"/models/{MODEL}/batch")
     assert gateway.route("GET", f"/models/{MODEL}/batch/b-1") == (MODEL, f"/models/{MODEL}/batch/b-1")
     assert gateway.route("GET", f"/models/{MODEL}/batch") is None

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from clouds import served_cloud
 
-from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+from mlops.local.embedded import EmbeddedCloud
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-FUNCTION = "mlops-drift-check"
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 SHIFTED = ("mean radius", "mean texture")
 
@@ -52,15 +52,10 @@ retrain_cooldown_hours = 24
 @pytest.fixture(scope="module")
 def drift_cloud(tmp_path_factory: pytest.TempPathFactory,
                 breast_cancer_csv: bytes) -> Iterator[tuple[EmbeddedCloud, io.StringIO]]:
-    config = tmp_path_factory.mktemp("drift-config") / "mlops.toml"
-    config.write_text(CONFIG)
     output = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_CONFIG", str(config))
-        with embedded_cloud(config, handler_output=output) as cloud:
-            cloud.upload("drifty", "train.csv", breast_cancer_csv)
-            assert cloud.wait_for_executions(1)[0]["status"] == "SUCCEEDED"
-            yield cloud, output
+    with served_cloud(tmp_path_factory.mktemp("drift-config") / "mlops.toml", {"drifty": breast_cancer_csv},
+                      config_text=CONFIG, handler_output=output) as cloud:
+        yield cloud, output
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,8 @@ def put_window(cloud: EmbeddedCloud, frame: pd.DataFrame, hour: datetime, *, dri
 
 
 def invoke(cloud: EmbeddedCloud, event: dict[str, Any]) -> dict[str, Any]:
-    response = cloud.client("lambda").invoke(FunctionName=FUNCTION, Payload=json.dumps(event).encode())
+    response = cloud.client("lambda").invoke(FunctionName=cloud.function("drift_check"),
+                                             Payload=json.dumps(event).encode())
     payload: dict[str, Any] = json.loads(response["Payload"].read())
     assert "FunctionError" not in response, payload
     return payload
@@ -122,7 +118,7 @@ def emf_metrics(output: io.StringIO) -> list[tuple[str, dict[str, str], float]]:
 
 def test_drift_check_is_provisioned_from_the_platform(drift_cloud: tuple[EmbeddedCloud, io.StringIO]) -> None:
     cloud, _ = drift_cloud
-    config = cloud.client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]
+    config = cloud.client("lambda").get_function(FunctionName=cloud.function("drift_check"))["Configuration"]
     env = config["Environment"]["Variables"]
     assert {"DATA_BUCKET", "MODELS_BUCKET", "CAPTURES_BUCKET", "REGISTRY_TABLE", "NOTIFICATIONS_TOPIC_ARN"} <= set(env)
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from mlops.aws.platform import scheduled_rules
 from mlops.core.config import ProjectConfig
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
-from mlops.local.iam.operations import LocalNames
+from mlops.local.iam.policies import LocalNames
 from mlops.local.scheduler import Job, lambda_invoker
 from mlops.release.deploy import LIVE_ALIAS, ServingDeployer
 from mlops.release.lifecycle import Lifecycle
@@ -25,7 +25,7 @@ ROW_FIELD = "mean radius"
 
 
 def _predict(cloud: EmbeddedCloud, rows: Any) -> tuple[int, Any]:
-    return cloud.api("POST", f"/models/{MODEL}/predict", {"features": rows})
+    return cloud.predict(MODEL, rows)
 
 
 def _first_row(csv: bytes) -> dict[str, float]:

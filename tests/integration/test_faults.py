@@ -131,7 +131,7 @@ def refused(operation: str, *where: str) -> Decide:
 def _predict(cloud: EmbeddedCloud, row: dict[str, Any]) -> dict[str, Any]:
     event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
     event["body"] = json.dumps({"features": row})
-    response = cloud.client("lambda").invoke(FunctionName="mlops-infer-breast-cancer:live",
+    response = cloud.client("lambda").invoke(FunctionName=f"{cloud.function('infer:breast-cancer')}:live",
                                               Payload=json.dumps(event).encode())
     payload: dict[str, Any] = json.loads(response["Payload"].read())
     return payload
@@ -167,7 +167,7 @@ def test_every_call_failing_once_is_recovered_end_to_end(cloud: EmbeddedCloud, b
     # ...and the result is exactly what a fault-free run gives: one version, the alias on it, captures kept
     [version] = cloud.registry.versions("breast-cancer")
     assert version.aliases == ("champion",)
-    alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    alias = cloud.live_alias("breast-cancer")
     assert alias["FunctionVersion"] == version.lambda_version
     assert [r.outcome for r in cloud.registry.runs("breast-cancer")] == ["registered"]
     # every answered prediction captured, once (a lost answer to an Invoke runs the function again: that
@@ -194,7 +194,7 @@ def test_writes_whose_answer_is_lost_are_not_done_twice(cloud: EmbeddedCloud, br
     [version] = cloud.registry.versions("breast-cancer")
     assert version.aliases == ("champion",)
     assert cloud.registry.latest_version("breast-cancer") == 1
-    alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    alias = cloud.live_alias("breast-cancer")
     assert alias["FunctionVersion"] == version.lambda_version
 
 
@@ -213,7 +213,6 @@ def test_a_permanent_refusal_ends_in_a_failure_record_and_no_version(
     assert run.outcome == "failed"
     assert "AccessDenied" in run.reason
     # nothing was deployed: `live` is where the deploy put it, and the API says no version is deployed
-    assert cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer",
-                                            Name="live")["FunctionVersion"] == "$LATEST"
+    assert cloud.live_alias("breast-cancer")["FunctionVersion"] == "$LATEST"
     status, answer = cloud.api("POST", "/models/breast-cancer/predict", {"features": {}})
     assert (status, answer["error"]) == (503, "NoModelDeployed")

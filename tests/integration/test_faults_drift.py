@@ -16,10 +16,11 @@ from botocore.exceptions import ClientError
 from test_drift_check import T0, drift_cloud, frame, invoke, put_window
 from test_faults import Fault, answers_lost, every_other_attempt_fails, refused, wire_faults
 
+from mlops.core.clock import iso, stamp
 from mlops.core.config import ModelConfig
-from mlops.drift.check import DriftCheckRefused, iso, maybe_retrain, stamp
+from mlops.drift.retraining import DriftCheckRefused, maybe_retrain
 from mlops.local.embedded import EmbeddedCloud
-from mlops.registry.store import CHAMPION
+from mlops.registry.versions import CHAMPION
 
 __all__ = ["drift_cloud", "frame"]  # the fixtures of test_drift_check, used here by name
 
@@ -112,7 +113,7 @@ def test_a_refused_retraining_file_fails_the_check_and_holds_nothing_back(
     before = cloud.registry.last_retrain_request("drifty")
     assert [_check(cloud, epoch, n)["retrain"]["requested"] for n in range(2)] == [False, False]
     with wire_faults(refused("s3.PutObject", cloud.deployment.data_bucket, "/incoming/")) as faults:
-        response = cloud.client("lambda").invoke(FunctionName="mlops-drift-check", Payload=json.dumps(
+        response = cloud.client("lambda").invoke(FunctionName=cloud.function("drift_check"), Payload=json.dumps(
             {"model": "drifty", "window_end": _window_end(epoch, 2).isoformat()}).encode())
     error = json.loads(response["Payload"].read())
     assert faults.injected["s3.PutObject"] > 0

@@ -9,14 +9,17 @@ import json
 from pathlib import Path
 
 from mlops import aws
+from mlops.aws import platform
 from mlops.core.config import load_config
 from mlops.local.embedded import EmbeddedCloud
 from mlops.local.recovery import Recovery, s3_created_event
-from mlops.pipeline.steps import execution_name, run_artefacts_prefix
-from mlops.registry.store import CHALLENGER, CHAMPION
+from mlops.pipeline.steps import run_artefacts_prefix
+from mlops.pipeline.trigger import execution_name
+from mlops.registry.versions import CHALLENGER, CHAMPION
 from mlops.release.deploy import ServingDeployer
 
-MODEL, INFER = "breast-cancer", "mlops-infer-breast-cancer"
+MODEL = "breast-cancer"
+INFER = platform.infer_function_name("mlops", MODEL)  # the test project's
 
 
 def _restart(cloud: EmbeddedCloud, config_file: Path) -> list[str]:

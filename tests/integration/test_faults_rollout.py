@@ -18,7 +18,7 @@ LOOK_CALLS = ("dynamodb.Query", "dynamodb.GetItem", "dynamodb.PutItem", "dynamod
 
 def _live_versions(cloud: EmbeddedCloud) -> dict[str, float]:
     """The function versions the live alias sends traffic to, with their shares."""
-    alias = cloud.client("lambda").get_alias(FunctionName=f"mlops-infer-{MODEL}", Name="live")
+    alias = cloud.live_alias(MODEL)
     weights = {v: float(w) for v, w in ((alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
                                         or {}).items()}
     return {alias["FunctionVersion"]: 1 - sum(weights.values()), **weights}

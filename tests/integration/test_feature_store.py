@@ -11,14 +11,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from clouds import served_cloud
 
 from mlops.cli.demo import FEATURE_MODEL as MODEL
 from mlops.cli.demo import FEATURE_MODEL_TOML
 from mlops.cli.demo import purchases_dataset as purchases
 from mlops.core.config import load_config
-from mlops.features.offline import OnlineStore, definitions_sha256, latest, materialize
-from mlops.local.embedded import EmbeddedCloud, embedded_cloud
-from mlops.pipeline.steps import newest_manifest
+from mlops.data.curated import newest_manifest
+from mlops.data.frames import get_parquet
+from mlops.features.offline import latest, materialize
+from mlops.features.online import OnlineStore, definitions_sha256
+from mlops.local.embedded import EmbeddedCloud
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 CONFIG = f"""
@@ -30,15 +33,9 @@ FEATURES = ["amount", "mean_amount", "purchases", "spent_7d", "channel"]
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCloud]:
-    config = tmp_path_factory.mktemp("features-config") / "mlops.toml"
-    config.write_text(CONFIG)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_CONFIG", str(config))
-        with embedded_cloud(config) as cloud:
-            cloud.upload(MODEL, "purchases.csv", purchases().to_csv(index=False).encode())
-            [execution] = cloud.wait_for_executions(1)
-            assert execution["status"] == "SUCCEEDED", cloud.history(execution["executionArn"])[-3:]
-            yield cloud
+    with served_cloud(tmp_path_factory.mktemp("features-config") / "mlops.toml",
+                      {MODEL: purchases().to_csv(index=False).encode()}, config_text=CONFIG) as cloud:
+        yield cloud
 
 
 def online(cloud: EmbeddedCloud) -> OnlineStore:
@@ -48,7 +45,7 @@ def online(cloud: EmbeddedCloud) -> OnlineStore:
 def curated(cloud: EmbeddedCloud) -> tuple[dict[str, Any], pd.DataFrame]:
     manifest = newest_manifest(cloud.data, MODEL)
     assert manifest is not None
-    return manifest, cloud.data.get_parquet(manifest["data_uri"].split("/", 3)[3])
+    return manifest, get_parquet(cloud.data, manifest["data_uri"].split("/", 3)[3])
 
 
 def test_ingest_materialises_every_entitys_newest_features(shop: EmbeddedCloud) -> None:
@@ -83,7 +80,7 @@ def test_predict_by_entity_id_answers_as_for_its_features(shop: EmbeddedCloud) -
         assert status == 200, by_entity
         item = store.get(MODEL, str(entity))
         assert item is not None
-        status, by_features = shop.api("POST", f"/models/{MODEL}/predict", {"features": item.values})
+        status, by_features = shop.predict(MODEL, item.values)
         assert status == 200, by_features
         assert by_entity["entity_id"] == str(entity)
         assert by_entity["features_as_of"] == item.as_of

@@ -6,20 +6,20 @@ success; every push message is answered or dead-lettered, never failed."""
 from __future__ import annotations
 
 import copy
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clouds import served_cloud
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from project_configs import one_model_config
 
 from mlops.aws import platform
 from mlops.core.config import load_config
-from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+from mlops.local.embedded import EmbeddedCloud
 from mlops.local.gateway import proxy_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -50,17 +50,9 @@ FEATURES = list(ROW)
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedCloud, platform.PushQueue]]:
     """The model trained by the real pipeline and served behind its `live` alias; its push queue."""
     config_file = tmp_path_factory.mktemp("hostile") / "mlops.toml"
-    config_file.write_text(CONFIG)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_CONFIG", str(config_file))
-        with embedded_cloud(config_file) as cloud:
-            data = io.StringIO()
-            _frame().to_csv(data, index=False)
-            cloud.upload(MODEL, "data.csv", data.getvalue().encode())
-            [execution] = cloud.wait_for_executions(1)
-            assert execution["status"] == "SUCCEEDED"
-            [queue] = [q for q in platform.push_queues(load_config(config_file)) if q.model == MODEL]
-            yield cloud, queue
+    with served_cloud(config_file, {MODEL: _frame().to_csv(index=False).encode()}, config_text=CONFIG) as cloud:
+        [queue] = [q for q in platform.push_queues(load_config(config_file)) if q.model == MODEL]
+        yield cloud, queue
 
 
 @pytest.fixture

@@ -10,23 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clouds import served_cloud
 
 from mlops import aws
-from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+from mlops.aws import platform
+from mlops.local.embedded import EmbeddedCloud
 
+INFER = platform.infer_function_name("mlops", "breast-cancer")  # the test project's
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
 @pytest.fixture(scope="module")
 def served(config_file: Path, breast_cancer_csv: bytes) -> Iterator[tuple[EmbeddedCloud, Any]]:
     """breast-cancer trained by the real pipeline, and deployed by register behind the `live` alias."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_CONFIG", str(config_file))
-        with embedded_cloud(config_file) as cloud:
-            cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
-            [execution] = cloud.wait_for_executions(1)
-            assert execution["status"] == "SUCCEEDED"
-            yield cloud, cloud.client("lambda")
+    with served_cloud(config_file, {"breast-cancer": breast_cancer_csv}) as cloud:
+        yield cloud, cloud.client("lambda")
 
 
 def _call(lam: Any, method: str, path: str, body: Any = None, raw: str | None = None) -> tuple[int, Any]:
@@ -34,7 +32,7 @@ def _call(lam: Any, method: str, path: str, body: Any = None, raw: str | None = 
     event["httpMethod"] = event["requestContext"]["httpMethod"] = method
     event["path"] = path
     event["body"] = raw if raw is not None else (json.dumps(body) if body is not None else None)
-    response = lam.invoke(FunctionName="mlops-infer-breast-cancer:live", Payload=json.dumps(event).encode())
+    response = lam.invoke(FunctionName=f"{INFER}:live", Payload=json.dumps(event).encode())
     payload = json.loads(response["Payload"].read())
     assert "FunctionError" not in response, payload
     return payload["statusCode"], json.loads(payload["body"])
@@ -152,7 +150,8 @@ def test_no_model_deployed_yet_is_503(served: Any) -> None:
     _, lam = served
     event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
     event["path"], event["body"] = "/models/wine/predict", json.dumps({"features": {"alcohol": 13.0}})
-    payload = json.loads(lam.invoke(FunctionName="mlops-infer-wine", Payload=json.dumps(event).encode())["Payload"]
+    payload = json.loads(lam.invoke(FunctionName=platform.infer_function_name("mlops", "wine"),
+                                    Payload=json.dumps(event).encode())["Payload"]
                          .read())
     assert payload["statusCode"] == 503
     assert "no version of 'wine' is deployed yet" in json.loads(payload["body"])["message"]
@@ -160,11 +159,11 @@ def test_no_model_deployed_yet_is_503(served: Any) -> None:
 
 def test_register_deployed_the_champion_at_full_weight(served: Any) -> None:
     cloud, lam = served
-    alias = lam.get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    alias = lam.get_alias(FunctionName=INFER, Name="live")
     [v1] = cloud.registry.versions("breast-cancer")
     assert alias["FunctionVersion"] == v1.lambda_version
     assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
-    config = lam.get_function_configuration(FunctionName="mlops-infer-breast-cancer", Qualifier=v1.lambda_version)
+    config = lam.get_function_configuration(FunctionName=INFER, Qualifier=v1.lambda_version)
     assert config["Environment"]["Variables"]["MODEL_VERSION"] == "1"
 
 
@@ -189,7 +188,7 @@ def test_the_serving_path_imports_neither_sklearn_nor_pandas(tmp_path: Path) -> 
 
 def test_artefacts_are_verified_against_the_registry_and_manifest_before_serving(served: Any, tmp_path: Path) -> None:
     from mlops.core.errors import IntegrityError
-    from mlops.serving.server import ModelCache
+    from mlops.serving.cache import ModelCache
 
     cloud, _ = served
     version = cloud.registry.version("breast-cancer", 1)
@@ -220,7 +219,9 @@ def test_a_hostile_cache_directory_does_not_change_what_is_served(served: Any, t
     and under the sha256 names of this version's artefacts, with other bytes. Neither is served."""
     import hashlib
 
-    from mlops.serving.server import ModelCache, score, validate_row
+    from mlops.serving.cache import ModelCache
+    from mlops.serving.requests import validate_row
+    from mlops.serving.scoring import score
 
     cloud, _ = served
     version = cloud.registry.version("breast-cancer", 1)
@@ -258,7 +259,8 @@ def test_a_manifest_that_does_not_vouch_for_the_contract_is_refused(served: Any,
     import dataclasses
     import hashlib
 
-    from mlops.serving.server import ModelCache, UnverifiableModel
+    from mlops.serving.cache import ModelCache
+    from mlops.serving.errors import UnverifiableModel
 
     cloud, _ = served
     version = cloud.registry.version("breast-cancer", 1)

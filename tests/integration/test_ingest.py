@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -83,58 +81,6 @@ def test_unknown_model_prefix_gets_a_report_and_nothing_is_curated(cloud: Embedd
     assert report["what_to_do"]
     assert list(cloud.data.keys("curated/")) == []
     assert cloud.data.exists("incoming/no-such-model/x.csv")
-
-
-def _ingest_only(cloud: EmbeddedCloud) -> None:
-    """Keep the ingest trigger, drop the curated -> training one: these tests are about ingest's outcome."""
-    s3 = cloud.client("s3")
-    bucket = cloud.deployment.data_bucket
-    config = s3.get_bucket_notification_configuration(Bucket=bucket)
-    kept = [c for c in config["LambdaFunctionConfigurations"]
-            if c["LambdaFunctionArn"] == cloud.deployment.function_arns["ingest"]]
-    s3.put_bucket_notification_configuration(Bucket=bucket,
-                                             NotificationConfiguration={"LambdaFunctionConfigurations": kept})
-
-
-def _declare_corpus_contract(cloud: EmbeddedCloud, model: str) -> None:
-    cloud.data.put_bytes(f"contracts/{model}/v000001.json", (CORPUS / "contract.json").read_bytes())
-
-
-# the size limit is a per-model setting in MB: test_oversized_file_is_rejected_unread covers it
-CASES = sorted((name, case) for name, case in json.loads((CORPUS / "expected.json").read_text()).items()
-               if "max_bytes" not in case)
-
-
-@pytest.mark.parametrize(("name", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_bad_files_get_a_recorded_outcome_and_no_row_is_lost(
-    cloud: EmbeddedCloud, name: str, expected: dict[str, Any]
-) -> None:
-    model = "strict"  # a model whose contract we declare: the corpus's
-    _declare_corpus_contract(cloud, model)
-    _ingest_only(cloud)
-    cloud.upload(model, name, (CORPUS / name).read_bytes())
-    [ingest] = [i for i in cloud.runtime.invocations if i.function.endswith("ingest")]
-    assert not ingest.errored, ingest.result
-    [outcome] = ingest.result["results"]
-    assert cloud.data.exists(f"incoming/{model}/{name}")  # the original is never lost
-    report = cloud.data.get_json(outcome["report_uri"].split("/", 3)[3]) if outcome["report_uri"] else None
-    if "rejected" in expected:
-        assert outcome["status"] == "rejected"
-        assert outcome["code"] == expected["rejected"]
-        assert report is not None
-        assert report["reason"]
-        assert list(cloud.data.keys(f"curated/{model}/")) == []  # nothing to train on
-    else:
-        assert outcome["status"] == "curated"
-        assert outcome["rows_curated"] == expected["good_rows"]
-        assert outcome["rows_quarantined"] == len(expected["bad_rows"])
-        assert outcome["rows_in"] == outcome["rows_curated"] + outcome["rows_quarantined"]
-        if expected["bad_rows"]:
-            text = cloud.data.get_bytes(outcome["quarantine_uri"].split("/", 3)[3]).decode()
-            rows = {row["_line"]: row["_reason"] for row in csv.DictReader(io.StringIO(text))}
-            assert set(rows) == set(expected["bad_rows"])
-            for line, reason in expected["bad_rows"].items():
-                assert reason in rows[line]
 
 
 def test_oversized_file_is_rejected_unread(cloud: EmbeddedCloud) -> None:

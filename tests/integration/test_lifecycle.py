@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 
 from mlops import aws
+from mlops.aws import platform
 from mlops.core.config import load_config
 from mlops.local.cloud import provision
 from mlops.local.embedded import EmbeddedCloud
 from mlops.pipeline.steps import deploy
-from mlops.registry.store import CHALLENGER, CHAMPION, Registry
+from mlops.registry.store import Registry
+from mlops.registry.versions import CHALLENGER, CHAMPION
 from mlops.release.deploy import ServingDeployer
 from mlops.release.lifecycle import Lifecycle, NothingToDo, RolloutInProgress
 
-FUNCTION = "mlops-infer-breast-cancer"
+FUNCTION = platform.infer_function_name("mlops", "breast-cancer")  # the test project's
 
 
 def _register_two(registry: Registry, config_file: Path) -> None:

@@ -17,6 +17,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from moto import mock_aws
 
 from mlops import aws
+from mlops.aws import platform
 from mlops.aws.platform import ROOT
 from mlops.core.config import load_config
 from mlops.core.errors import ConfigError
@@ -27,10 +28,10 @@ from mlops.local.gateway import ApiGateway, proxy_event
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Job, Scheduler, parse_rate
 from mlops.local.state import PERSISTED, GroupCommit, StateDir, StateError, is_mutating, request_service
-from mlops.registry.store import CHAMPION
+from mlops.registry.versions import CHAMPION
 from mlops.release.deploy import ServingDeployer
 
-INFER = "mlops-infer-breast-cancer"
+INFER = platform.infer_function_name("mlops", "breast-cancer")  # the test project's
 
 
 # -- gateway -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clouds import served_cloud
 from moto import mock_aws
 from project_configs import one_model_config
 
@@ -36,18 +37,15 @@ def _serve(config_file: Path, prefix: str, other: str) -> None:
     """A fresh local cloud trains the model on the data with this schema, and must serve that model."""
     frame = _frame(prefix)
     row = {k: float(v) for k, v in frame.drop(columns="target").iloc[0].items()}
-    with embedded_cloud(config_file) as cloud:
-        cloud.upload(MODEL, "data.csv", frame.to_csv(index=False).encode())
-        [execution] = cloud.wait_for_executions(1)
-        assert execution["status"] == "SUCCEEDED"
-        status, answer = cloud.api("POST", f"/models/{MODEL}/predict", {"features": row})
+    with served_cloud(config_file, {MODEL: frame.to_csv(index=False).encode()}) as cloud:
+        status, answer = cloud.predict(MODEL, row)
         assert status == 200, answer
         assert (answer["model_version"], answer["prediction"]) == (1, "0")  # the first row is malignant
         status, described = cloud.api("GET", f"/models/{MODEL}")
         assert status == 200, described
         assert {f["name"] for f in described["features"]} == set(row)
         stale = {f"{other}{k.removeprefix(prefix)}": v for k, v in row.items()}
-        status, answer = cloud.api("POST", f"/models/{MODEL}/predict", {"features": stale})
+        status, answer = cloud.predict(MODEL, stale)
         assert (status, answer["error"]) == (422, "InvalidInput"), "the other cloud's schema is not this model's"
         # the cache of this cloud's functions is in this cloud's runtime, nowhere else
         lam = cloud.client("lambda")
@@ -117,7 +115,7 @@ def test_a_version_the_registry_cannot_vouch_for_is_refused_as_a_server_error(
     with embedded_cloud(config_file) as cloud:
         cloud.upload(MODEL, "data.csv", breast_cancer_csv)
         cloud.wait_for_executions(1)
-        assert cloud.api("POST", f"/models/{MODEL}/predict", {"features": row})[0] == 200
+        assert cloud.predict(MODEL, row)[0] == 200
         # a record from before manifests were vouched for: nothing says which manifest (so which schema) is its
         cloud.client("dynamodb").update_item(
             TableName=cloud.deployment.names["registry"],

@@ -94,7 +94,7 @@ def test_second_better_or_equal_dataset_becomes_challenger(cloud: Cloud, breast_
     assert aliases == {1: ("champion",), 2: ("challenger",)}
     # deployed as the canary next to the champion: the live alias carries the configured weight
     versions = {v.version: v for v in cloud.registry.versions("breast-cancer")}
-    alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-breast-cancer", Name="live")
+    alias = cloud.live_alias("breast-cancer")
     assert alias["FunctionVersion"] == versions[1].lambda_version
     assert alias["RoutingConfig"]["AdditionalVersionWeights"] == {versions[2].lambda_version: 0.1}
     champion_eval = _manifest(cloud, "breast-cancer", 2)["champion_at_evaluation"]
@@ -123,18 +123,19 @@ def test_transient_aws_error_is_retried_by_the_state_machine(
     from botocore.exceptions import ClientError
 
     from mlops.aws.storage import ObjectStore
+    from mlops.data import frames
 
-    original = ObjectStore.get_parquet
+    original = frames.get_parquet
     calls = {"n": 0}
 
-    def throttled_once(self: ObjectStore, key: str) -> Any:
+    def throttled_once(store: ObjectStore, key: str) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
                                "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
-        return original(self, key)
+        return original(store, key)
 
-    monkeypatch.setattr(ObjectStore, "get_parquet", throttled_once)
+    monkeypatch.setattr(frames, "get_parquet", throttled_once)
     cloud.upload("breast-cancer", "data.csv", breast_cancer_csv)
     [execution] = cloud.wait_for_executions(1)
     assert execution["status"] == "SUCCEEDED"

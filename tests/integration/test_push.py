@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from clouds import served_cloud
 from moto import mock_aws
 
 from mlops import aws
 from mlops.aws import platform
+from mlops.core import layout
 from mlops.core.config import load_config
-from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+from mlops.local.embedded import EmbeddedCloud
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 CONFIG = """
@@ -75,28 +77,20 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushed]:
     """Both models trained and deployed; the queues' URLs by name, including a subscriber's inbox on the topic."""
     config_file = tmp_path_factory.mktemp("push") / "mlops.toml"
     config_file.write_text(CONFIG)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_CONFIG", str(config_file))
-        with embedded_cloud(config_file, buffered_captures=True) as cloud:
-            queues = {q.model: q for q in platform.push_queues(load_config(config_file))}
-            sqs, sns = cloud.client("sqs"), cloud.client("sns")
-            urls = {name: sqs.get_queue_url(QueueName=name)["QueueUrl"]
-                    for q in queues.values() for name in (q.queue, q.dead_letter_queue)}
-            # what a subscriber sees: the topic's answers, delivered raw to a queue of its own
-            urls[INBOX] = sqs.create_queue(QueueName=INBOX)["QueueUrl"]
-            inbox_arn = sqs.get_queue_attributes(QueueUrl=urls[INBOX], AttributeNames=["QueueArn"])["Attributes"][
-                "QueueArn"]
-            topic = next(t["TopicArn"] for t in sns.list_topics()["Topics"]
-                         if t["TopicArn"].endswith(f":{queues['tumours'].topic}"))
-            sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn,
-                          Attributes={"RawMessageDelivery": "true"})
-            data = io.StringIO()
-            _frame().to_csv(data, index=False)
-            for model in queues:
-                cloud.upload(model, "data.csv", data.getvalue().encode())
-            executions = cloud.wait_for_executions(2)
-            assert {e["status"] for e in executions} == {"SUCCEEDED"}
-            yield cloud, urls, queues
+    queues = {q.model: q for q in platform.push_queues(load_config(config_file))}
+    data = _frame().to_csv(index=False).encode()
+    with served_cloud(config_file, dict.fromkeys(queues, data), buffered_captures=True) as cloud:
+        sqs, sns = cloud.client("sqs"), cloud.client("sns")
+        urls = {name: sqs.get_queue_url(QueueName=name)["QueueUrl"]
+                for q in queues.values() for name in (q.queue, q.dead_letter_queue)}
+        # what a subscriber sees: the topic's answers, delivered raw to a queue of its own
+        urls[INBOX] = sqs.create_queue(QueueName=INBOX)["QueueUrl"]
+        inbox_arn = sqs.get_queue_attributes(QueueUrl=urls[INBOX], AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"]
+        topic = next(t["TopicArn"] for t in sns.list_topics()["Topics"]
+                     if t["TopicArn"].endswith(f":{queues['tumours'].topic}"))
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"})
+        yield cloud, urls, queues
 
 
 def _answered(invocation: Any, request_id: str) -> bool | None:
@@ -135,7 +129,7 @@ def _api(cloud: EmbeddedCloud, model: str, rows: list[dict[str, Any]]) -> list[d
     answers: list[dict[str, Any]] = []
     for start in range(0, len(rows), 100):
         event["body"] = json.dumps({"instances": rows[start:start + 100]})
-        response = cloud.client("lambda").invoke(FunctionName=f"mlops-infer-{model}:live",
+        response = cloud.client("lambda").invoke(FunctionName=f"{cloud.function(f'infer:{model}')}:live",
                                                   Payload=json.dumps(event).encode())
         payload = json.loads(response["Payload"].read())
         assert payload["statusCode"] == 200, payload
@@ -239,7 +233,7 @@ def test_s3_output_and_capture(pushed: Pushed) -> None:
     sent = _send(sqs, urls[queues["tumours-s3"].queue], [json.dumps({"instances": rows, "request_id": "batch-7"})])
     cloud.queues.drain()  # type: ignore[union-attr]
     [message_id] = sent
-    keys = list(cloud.data.keys(f"{platform.PREDICTIONS_PREFIX}tumours-s3/"))
+    keys = list(cloud.data.keys(f"{layout.PREDICTIONS}tumours-s3/"))
     assert len(keys) == 1
     assert keys[0].endswith(f"/{message_id}.jsonl")
     lines = [json.loads(line) for line in cloud.data.get_bytes(keys[0]).decode().splitlines()]

@@ -19,13 +19,13 @@ from mlops.local.iam.operations import Target
 from mlops.release.rollout import EVENTS_PER_LOOK, MAX_LOOKS_VARIABLE, execution_name
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-FUNCTION = "mlops-infer-canary:live"
 
 
 def _call(cloud: EmbeddedCloud, path: str, body: Any) -> dict[str, Any]:
     event = copy.deepcopy(json.loads((EVENTS / "apigw_predict.json").read_text()))
     event["path"], event["body"] = path, json.dumps(body)
-    response = cloud.client("lambda").invoke(FunctionName=FUNCTION, Payload=json.dumps(event).encode())
+    response = cloud.client("lambda").invoke(FunctionName=f"{cloud.function('infer:canary')}:live",
+                                             Payload=json.dumps(event).encode())
     payload = json.loads(response["Payload"].read())
     assert payload["statusCode"] == 200, payload
     answer: dict[str, Any] = json.loads(payload["body"])
@@ -77,7 +77,7 @@ def _decided(cloud: EmbeddedCloud, action: str, champion: int) -> dict[str, Any]
     assert cloud.registry.aliases("canary") == {"champion": champion}
     version = cloud.registry.version("canary", champion)
     assert version is not None
-    alias = cloud.client("lambda").get_alias(FunctionName="mlops-infer-canary", Name="live")
+    alias = cloud.live_alias("canary")
     assert alias["FunctionVersion"] == version.lambda_version
     assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")  # 100% on the champion
     [event] = cloud.registry.events("canary")
@@ -121,7 +121,8 @@ def test_a_challenger_that_fails_to_serve_is_rolled_back_by_the_guardrail(
     event = json.loads((EVENTS / "apigw_predict.json").read_text())
     for i in range(400):
         event["path"], event["body"] = "/models/canary/predict", json.dumps({"features": rows[i % len(rows)]})
-        response = cloud.client("lambda").invoke(FunctionName=FUNCTION, Payload=json.dumps(event).encode())
+        response = cloud.client("lambda").invoke(FunctionName=f"{cloud.function('infer:canary')}:live",
+                                             Payload=json.dumps(event).encode())
         payload = json.loads(response["Payload"].read())
         statuses["challenger" if payload["statusCode"] == 500 else "champion"].append(payload["statusCode"])
         if i % 50 == 49 and all(e["status"] != "RUNNING" for e in cloud.executions(cloud.deployment.rollout_arn)):
@@ -172,7 +173,7 @@ def test_a_long_rollout_continues_in_new_executions_and_still_decides(
     arn = cloud.deployment.rollout_arn
     # the deployed role lets the rollout start its own next execution (mlops.aws.access)
     assert cloud.guard is not None
-    assert cloud.guard.policies["mlops-rollout"].allows(Target("states:StartExecution", arn))
+    assert cloud.guard.policies[cloud.function("rollout")].allows(Target("states:StartExecution", arn))
     _champion_and_challenger(cloud, breast_cancer_csv)
     deadline = time.monotonic() + 60
     while len(cloud.executions(arn)) < 3 and time.monotonic() < deadline:  # two hand-overs without any feedback

@@ -18,8 +18,9 @@ import pytest
 from mlops.aws import platform
 from mlops.core.config import load_config
 from mlops.local.embedded import EmbeddedCloud as Cloud
-from mlops.pipeline.steps import Dataset, PipelineInput, TrainingJobResources, evaluate_step
 from mlops.pipeline import sagemaker as sagemaker_train
+from mlops.pipeline.inputs import Dataset, PipelineInput, TrainingJobResources
+from mlops.pipeline.steps import evaluate_step
 
 ASL = json.loads(platform.TRAINING_ASL.read_text())
 RESOURCES = TrainingJobResources(instance_type="ml.m5.xlarge", volume_size_gb=30, max_runtime_seconds=3600)

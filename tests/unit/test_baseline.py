@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from mlops.data.baseline import FORMAT, OTHER, bin_counts, build_baseline, categorical_summary, numeric_summary
-from mlops.data.reading import DataContract, infer_contract
+from mlops.data.inference import infer_contract
+from mlops.data.schema import DataContract
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from mlops.batch.run import skip_reason
 from mlops.batch.start import BatchEvent, BatchRequest, ScoreStep, split_prefix
-from mlops.serving.server import InvalidInput
+from mlops.serving.errors import InvalidInput
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 

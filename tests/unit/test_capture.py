@@ -8,7 +8,7 @@ import json
 import boto3
 from botocore.stub import Stubber
 
-from mlops.serving.server import CaptureIncomplete, CaptureSink
+from mlops.serving.capture import CaptureIncomplete, CaptureSink
 
 
 def _client() -> tuple[object, Stubber]:

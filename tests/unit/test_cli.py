@@ -97,13 +97,13 @@ def test_train_without_a_family_trains_one_that_fits_the_task(request: pytest.Fi
 
 
 def test_help_states_how_the_family_is_chosen() -> None:
-    from mlops.core.config import Task
     from mlops.core.families import DEFAULT_FAMILIES
+    from mlops.core.tasks import Task
 
     done = _mlops("train", "--help")
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())  # argparse wraps the help to the terminal's width
-    # the help spells the rule out (see cli.py): it must say what mlops.core.families does
+    # the help spells the rule out (see mlops.cli.train): it must say what mlops.core.families does
     assert DEFAULT_FAMILIES[Task.MULTICLASS] == DEFAULT_FAMILIES[Task.BINARY]
     assert f"(default: chosen for the task: {DEFAULT_FAMILIES[Task.BINARY]} for a binary or multiclass target, " \
            f"{DEFAULT_FAMILIES[Task.REGRESSION]} for a regression target)" in text

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops.core.config import Task, load_config
+from mlops.core.config import load_config
 from mlops.core.errors import ConfigError, UnknownModel
+from mlops.core.tasks import Task
 
 
 def _write(tmp_path: Path, text: str) -> Path:

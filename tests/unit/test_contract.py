@@ -15,16 +15,10 @@ import pandas as pd
 import pytest
 
 from mlops.core.errors import FileRejected
-from mlops.data.reading import (
-    LINE,
-    REASON,
-    ColumnKind,
-    ColumnSpec,
-    DataContract,
-    infer_contract,
-    read_csv,
-    validate,
-)
+from mlops.data.inference import infer_contract
+from mlops.data.reading import read_csv
+from mlops.data.schema import LINE, REASON, ColumnKind, ColumnSpec, DataContract
+from mlops.data.validation import validate
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_csvs"
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))

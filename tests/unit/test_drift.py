@@ -14,8 +14,10 @@ from scipy import stats
 
 from mlops.core.config import DriftConfig
 from mlops.data.baseline import build_baseline
-from mlops.data.reading import DataContract, infer_contract
-from mlops.drift.check import hour_prefixes, metric_points, retrain_decision
+from mlops.data.inference import infer_contract
+from mlops.data.schema import DataContract
+from mlops.drift.check import hour_prefixes, metric_points
+from mlops.drift.retraining import retrain_decision
 from mlops.drift.statistics import (
     INSUFFICIENT,
     WindowDrift,
@@ -338,7 +340,8 @@ def test_retraining_data_is_curated_rows_plus_labelled_rows_since_the_last_reque
 
     from mlops import aws
     from mlops.aws.storage import ObjectStore
-    from mlops.drift.check import retraining_csv
+    from mlops.data.frames import put_parquet
+    from mlops.drift.retraining import retraining_csv
 
     contract = {"target": "y", "columns": [{"name": "x", "kind": "numeric"}, {"name": "flag", "kind": "boolean"},
                                            {"name": "y", "kind": "integer"}]}
@@ -346,7 +349,8 @@ def test_retraining_data_is_curated_rows_plus_labelled_rows_since_the_last_reque
         aws.client.cache_clear()
         aws.client("s3").create_bucket(Bucket="data")
         data = ObjectStore(aws.client("s3"), "data")
-        data.put_parquet("curated/m/abc/data.parquet", pd.DataFrame({"x": [1.5, 2.5], "flag": [1.0, 0.0], "y": [0, 1]}))
+        put_parquet(data, "curated/m/abc/data.parquet",
+                    pd.DataFrame({"x": [1.5, 2.5], "flag": [1.0, 0.0], "y": [0, 1]}))
         data.put_json("curated/m/abc/manifest.json", {"created_at": "2026-01-01T00:00:00+00:00",
                                                       "data_uri": "s3://data/curated/m/abc/data.parquet"})
         for stamp, x in (("20260105T010000Z", 10.0), ("20260105T020000Z", 20.0), ("20260105T030000Z", 30.0)):
@@ -367,15 +371,18 @@ def test_retraining_data_holds_each_distinct_row_once_so_ingest_keeps_it() -> No
 
     from mlops import aws
     from mlops.aws.storage import ObjectStore
-    from mlops.data.reading import DataContract, read_csv, validate
-    from mlops.drift.check import retraining_csv
+    from mlops.data.frames import put_parquet
+    from mlops.data.reading import read_csv
+    from mlops.data.schema import DataContract
+    from mlops.data.validation import validate
+    from mlops.drift.retraining import retraining_csv
 
     contract = {"target": "y", "columns": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "integer"}]}
     with mock_aws():
         aws.client.cache_clear()
         aws.client("s3").create_bucket(Bucket="data")
         data = ObjectStore(aws.client("s3"), "data")
-        data.put_parquet("curated/m/abc/data.parquet", pd.DataFrame({"x": [1.5, 2.5, 3.5], "y": [0, 1, 1]}))
+        put_parquet(data, "curated/m/abc/data.parquet", pd.DataFrame({"x": [1.5, 2.5, 3.5], "y": [0, 1, 1]}))
         data.put_json("curated/m/abc/manifest.json", {"created_at": "2026-01-01T00:00:00+00:00",
                                                       "data_uri": "s3://data/curated/m/abc/data.parquet"})
         seen = [{"x": 1.5, "y": "0"}, {"x": 2.5, "y": "1"}, {"x": 2.5, "y": "1"}, {"x": 9.5, "y": "0"}] * 3

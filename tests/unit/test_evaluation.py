@@ -10,8 +10,9 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer
 
-from mlops.core.config import ModelConfig, Task
-from mlops.data.reading import infer_contract
+from mlops.core.config import ModelConfig
+from mlops.core.tasks import Task
+from mlops.data.inference import infer_contract
 from mlops.serving.onnx_model import OnnxModel
 from mlops.training.evaluation import classification_metrics, evaluate, latency, records_of, regression_metrics
 from mlops.training.onnx_export import to_onnx

@@ -12,8 +12,9 @@ import pytest
 
 from mlops.core.config import FeatureStoreConfig, ModelConfig
 from mlops.core.errors import InvalidDataset
-from mlops.data.reading import ColumnKind, ColumnSpec, DataContract
-from mlops.features.offline import compute, definitions_sha256, entity_text, feature_contract, latest, training_set
+from mlops.data.schema import ColumnKind, ColumnSpec, DataContract
+from mlops.features.offline import compute, feature_contract, latest, training_set
+from mlops.features.online import definitions_sha256, entity_text
 
 
 def definitions(**overrides: Any) -> FeatureStoreConfig:

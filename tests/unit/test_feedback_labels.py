@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from mlops.serving.server import CaptureSink, InvalidInput, LoadedModel, ModelServer
+from mlops.serving.cache import LoadedModel
+from mlops.serving.capture import CaptureSink
+from mlops.serving.errors import InvalidInput
+from mlops.serving.server import ModelServer
 
 
 class Captured(CaptureSink):

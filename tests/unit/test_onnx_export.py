@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from mlops.core.config import ModelConfig, Task
+from mlops.core.config import ModelConfig
 from mlops.core.errors import ParityError
-from mlops.data.reading import infer_contract
+from mlops.core.tasks import Task
+from mlops.data.inference import infer_contract
 from mlops.serving.onnx_model import FeedError, InputSpec, OnnxModel, Prediction, feeds_from_records
 from mlops.training.onnx_export import TARGET_OPSET, check_parity, onnx_opset, to_onnx
 from mlops.training.train import TrainResult, feature_frame, train

@@ -17,8 +17,8 @@ from mlops import aws
 from mlops.aws.storage import ObjectStore
 from mlops.core.errors import IntegrityError
 from mlops.local.queues import reported_failures, sqs_event_record
+from mlops.serving.errors import InvalidInput, MalformedRequest, NoModelDeployed, PayloadTooLarge
 from mlops.serving.push import BucketOutput, PushMessage, is_poison
-from mlops.serving.server import InvalidInput, MalformedRequest, NoModelDeployed, PayloadTooLarge
 
 EVENT = Path(__file__).resolve().parents[2] / "events" / "sqs_push.json"
 

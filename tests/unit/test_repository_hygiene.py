@@ -84,3 +84,20 @@ def test_no_file_refers_to_the_design_note_outside_the_repository() -> None:
                   for number, line in enumerate(text.splitlines(), 1) if DESIGN_NOTE in line]
     assert not found, (f"{DESIGN_NOTE} is not in the repository (a clone does not have it); point these at "
                        "docs/architecture.md instead:\n" + "\n".join(found))
+
+
+def test_no_module_of_the_package_is_long_without_a_reason() -> None:
+    """One room per concern, and rooms of short modules: a module over about 400 lines says in its docstring why it is
+    one module (issue 16). A new long module fails here until it is split or says why."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "src" / "mlops"
+    long_and_silent = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") <= 420:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if "Why one module of this length" not in docstring:
+            long_and_silent.append(f"{path.relative_to(package)} ({text.count(chr(10))} lines)")
+    assert not long_and_silent, long_and_silent

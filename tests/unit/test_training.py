@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_wine
 
-from mlops.core.config import ModelConfig, Task
+from mlops.core.config import ModelConfig
 from mlops.core.errors import ConfigError, FileRejected, InvalidDataset
-from mlops.data.reading import infer_contract
+from mlops.core.tasks import Task
+from mlops.data.inference import infer_contract
 from mlops.registry import manifest as manifest_mod
 from mlops.serving.onnx_model import OnnxModel
 from mlops.training.offline import compare_families, run_training

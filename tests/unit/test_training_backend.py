@@ -9,7 +9,7 @@ import pytest
 
 from mlops.core.config import load_config
 from mlops.core.errors import ConfigError
-from mlops.pipeline.steps import Dataset, PipelineInput, TrainingJobResources
+from mlops.pipeline.inputs import Dataset, PipelineInput, TrainingJobResources
 
 MODEL = '[[model]]\nname = "m1"\ntarget = "y"\n'
 DATASET = Dataset(uri="s3://b/curated/m1/x/data.parquet", manifest_uri="s3://b/curated/m1/x/manifest.json",

@@ -1,6 +1,6 @@
 """What each function's role may do, declared once: the CDK app turns it into IAM statements on the deployed
 resources (``infra/stack.py``), and the local cloud into the policies its IAM guard evaluates every AWS call of a
-handler against (``mlops.local.iam.operations``). A parity test compares those with the statements of the synthesized
+handler against (``mlops.local.iam``). A parity test compares those with the statements of the synthesized
 template, so the two cannot allow different things.
 
 Resources are named by their platform names (``mlops.aws.platform``): each consumer resolves a :class:`Resource` to
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
 from mlops.aws import platform
+from mlops.core import layout
 
 if TYPE_CHECKING:
     from mlops.core.config import ModelConfig
@@ -91,8 +92,6 @@ QUEUE_CONSUMER = ("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQu
 # Where batch runs read their inputs in the data bucket (batch/<model>/, mlops.batch.start) and where each run writes
 # its predictions, manifest and working files (batch-runs/<model>/<batch id>/): never incoming/ (a write there starts
 # ingest, then training) nor the curated data, contracts and quarantine; and a run writes nowhere runs read inputs.
-BATCH_PREFIX: Final = "batch/"
-RUNS_PREFIX: Final = "batch-runs/"
 NOTIFICATIONS: Final = platform.TOPIC
 
 
@@ -136,8 +135,8 @@ ACCESS: dict[str, Access] = {
                           tables={"registry": WRITE}, publishes=(NOTIFICATIONS,)),
     # mlops.batch.run: a run's input objects under batch/ in the data bucket (and under the prefixes models declare,
     # see batch_access), its predictions, manifest and working files under batch-runs/; the model version's artefacts
-    "batch": Access(read={"data": (BATCH_PREFIX, RUNS_PREFIX), "models": ("models/",)},
-                    write={"data": (RUNS_PREFIX,)}, tables={"registry": READ}),
+    "batch": Access(read={"data": (layout.BATCH, layout.BATCH_RUNS), "models": (layout.MODELS,)},
+                    write={"data": (layout.BATCH_RUNS,)}, tables={"registry": READ}),
 }
 
 
@@ -156,7 +155,7 @@ def push_access(queue: platform.PushQueue) -> Access:
     infer = infer_access(queue.model)
     if queue.output == "s3":
         return Access(read=infer.read, tables=infer.tables, puts=infer.puts, sends=(dead_letters(queue.model),),
-                      write={"data": (f"{platform.PREDICTIONS_PREFIX}{queue.model}/",)})
+                      write={"data": (f"{layout.PREDICTIONS}{queue.model}/",)})
     return Access(read=infer.read, tables=infer.tables, puts=infer.puts, sends=(dead_letters(queue.model),),
                   publishes=(predictions_topic(queue.model),))
 
@@ -167,15 +166,6 @@ def batch_access(models: Iterable[ModelConfig]) -> Access:
     starts (mlops.batch.start); one batch function serves every model, so its role holds them all."""
     declared = tuple(sorted({uri for model in models for uri in model.batch_inputs}))
     return replace(ACCESS["batch"], reads_outside=declared)
-
-
-def reserved_prefixes() -> tuple[str, ...]:
-    """The top-level key prefixes the platform keeps in its own buckets: every prefix a function reads or writes
-    there, and push's predictions/. A declared batch input may not start with one, whatever its bucket: CloudFormation
-    names the platform's buckets, so mlops.toml cannot know their names, only the shape of their keys."""
-    prefixes = {prefix.split("/", 1)[0] + "/" for access in ACCESS.values() for side in (access.read, access.write)
-                for bucket_prefixes in side.values() for prefix in bucket_prefixes}
-    return tuple(sorted(prefixes | {platform.PREDICTIONS_PREFIX}))
 
 
 def statements(access: Access) -> list[Statement]:

@@ -101,7 +101,6 @@ PUSH = FunctionSpec("push", "Answers a model's queued prediction requests (ONNX 
 PUSH_BATCH_SIZE = 10  # messages per invocation (Lambda's default for SQS)
 PUSH_VISIBILITY_TIMEOUT_S = 6 * PUSH.timeout_s  # what AWS advises for a queue behind a function
 PUSH_DLQ_RETENTION_S = 14 * 24 * 3600  # SQS's longest: time to read, fix and redrive
-PREDICTIONS_PREFIX = "predictions/"  # push_output = "s3": predictions/<model>/... in the data bucket
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from mlops.core.errors import RegistryConflict
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 # put_file: a bigger file goes up in parts of this size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts), so that a
 # failed request resends one part; the file's sha256 is kept in its metadata to recognise an earlier attempt's upload
@@ -120,18 +116,6 @@ class ObjectStore:
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
-
-    def put_parquet(self, key: str, frame: pd.DataFrame) -> bytes:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        data = buffer.getvalue()
-        self.put_bytes(key, data, content_type="application/vnd.apache.parquet")
-        return data
-
-    def get_parquet(self, key: str) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.read_parquet(io.BytesIO(self.get_bytes(key)))
 
     def json_lines(self, key: str) -> Iterator[Any]:
         """The JSON values of an object of JSON lines (Firehose's captures), streamed; blank lines skipped."""

@@ -5,7 +5,8 @@ plan      lists the objects under the input prefix: CSV and Parquet ones become 
           says how many the map scores at once (its MaxConcurrencyPath): the model's batch_max_concurrency in the
           function's own mlops.toml, the one the CDK app checked, not a number whoever starts a run could choose
 score     one object, chunk by chunk (``mlops.batch.chunks``): each row is validated against the served schema and
-          scored exactly as the API does (``mlops.serving.server.validate_row`` and ``score``); a chunk that fails is
+          scored exactly as the API does (``mlops.serving.requests.validate_row``
+          and ``mlops.serving.scoring.score``); a chunk that fails is
           read and scored again, up to ``ATTEMPTS`` times, then reported. Rows in = rows out + rows failed.
 finish    gathers the objects' reports into the manifest.
 
@@ -13,6 +14,9 @@ Every report is an S3 object under the run's work prefix, so nothing large trave
 object a run writes is created, never overwritten (conditional writes, ``ObjectStore`` ``create_only``): a step that
 runs again (the state machine's retries) finds its own report or manifest and answers with it; an output object that
 is already there with other content fails the object's step instead of replacing it.
+
+Why one module of this length: the three steps (plan, score, finish) share the run's layout and its counting
+(rows in = rows out + rows failed, per object and in total), which must agree across them.
 """
 
 from __future__ import annotations
@@ -44,15 +48,10 @@ from mlops.batch.start import (
 from mlops.core.config import ModelConfig, ProjectConfig, load_config
 from mlops.core.errors import MlopsError
 from mlops.registry.store import Registry
-from mlops.serving.server import (
-    FeatureSpec,
-    InvalidInput,
-    LoadedModel,
-    ModelCache,
-    NoModelDeployed,
-    score,
-    validate_row,
-)
+from mlops.serving.cache import LoadedModel, ModelCache
+from mlops.serving.errors import InvalidInput, NoModelDeployed
+from mlops.serving.requests import FeatureSpec, validate_row
+from mlops.serving.scoring import score
 
 ATTEMPTS = 3  # reads and scorings of one chunk before it is reported as failed
 CHUNK_ROWS = 10_000

@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlops.aws.access import BATCH_PREFIX, RUNS_PREFIX
+from mlops.core import layout
 from mlops.core.config import ModelConfig, ProjectConfig
 from mlops.core.errors import UnknownModel
-from mlops.registry.store import CHAMPION, Registry
-from mlops.serving.server import InvalidInput, MalformedRequest, ModelNotFound, NoModelDeployed, ServingError, shown
+from mlops.registry.store import Registry
+from mlops.registry.versions import CHAMPION
+from mlops.serving.errors import InvalidInput, MalformedRequest, ModelNotFound, NoModelDeployed, ServingError, shown
 
 MANIFEST = "manifest.json"
 WORK_PREFIX = "_batch/"  # under the run's prefix; Hadoop's convention: a leading underscore is not data
@@ -144,11 +145,11 @@ def new_batch_id(model: str, now: datetime) -> str:
 
 def input_prefixes(config: ModelConfig, data_bucket: str) -> list[str]:
     """Where a model's runs may read: its own folder under batch/ in the data bucket, and what it declares."""
-    return [f"s3://{data_bucket}/{BATCH_PREFIX}{config.name}/", *config.batch_inputs]
+    return [f"s3://{data_bucket}/{layout.BATCH}{config.name}/", *config.batch_inputs]
 
 
 def runs_prefix(model: str, data_bucket: str) -> str:
-    return f"s3://{data_bucket}/{RUNS_PREFIX}{model}/"
+    return f"s3://{data_bucket}/{layout.BATCH_RUNS}{model}/"
 
 
 def plan_run(config: ModelConfig, body: Any, registry: Registry, *, data_bucket: str,

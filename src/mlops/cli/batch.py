@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from typing import Any
+
+from mlops.cli.common import add_config_option, batch_state_machine_arn, load_project, progress, resource_name
 
 POLL_SECONDS = 1.0
 EXIT_ROWS_FAILED, EXIT_RUN_FAILED, EXIT_NOTHING_SCORED = 1, 3, 4
@@ -39,24 +39,8 @@ def add_batch_command(sub: Any) -> None:
     batch.add_argument("--version", type=int, help="the model version (default: the champion)")
     batch.add_argument("--wait", action="store_true", help="follow the run and end with its manifest's summary")
     batch.add_argument("--json", action="store_true", help="print the run (and its summary) as one JSON object")
-    batch.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
+    add_config_option(batch)
     batch.set_defaults(func=run_batch)
-
-
-def _say(line: str) -> None:
-    print(f"  .. {line}", file=sys.stderr, flush=True)
-
-
-def _state_machine_arn(project: str) -> str:
-    from mlops import aws
-    from mlops.aws import environment, platform
-
-    arn = os.environ.get(environment.BATCH_STATE_MACHINE_ARN)
-    if arn:
-        return arn
-    account = aws.client("sts").get_caller_identity()["Account"]
-    name = platform.resource_names(project)[platform.BATCH_STATE_MACHINE]
-    return f"arn:aws:states:{aws.region()}:{account}:stateMachine:{name}"
 
 
 def _current_state(sfn: Any, execution_arn: str) -> str | None:
@@ -78,7 +62,7 @@ def _follow(sfn: Any, started: dict[str, Any], machine: str) -> dict[str, Any]:
             return answer
         state = _current_state(sfn, started["execution_arn"])
         if state != shown:
-            _say(f"{state or 'starting'} ({time.monotonic() - began:.0f} s)")
+            progress(f"{state or 'starting'} ({time.monotonic() - began:.0f} s)")
             shown = state
         time.sleep(POLL_SECONDS)
 
@@ -110,22 +94,20 @@ def exit_code(done: dict[str, Any]) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     from mlops import aws
-    from mlops.aws import environment, platform
     from mlops.batch import start as batch
-    from mlops.core.config import load_config
     from mlops.registry.store import Registry
 
-    config = load_config(args.config) if args.config else load_config()
+    config = load_project(args)
     config.model(args.name)
-    table = os.environ.get(environment.REGISTRY_TABLE) or platform.resource_names(config.project)["registry"]
-    data_bucket = os.environ.get(environment.DATA_BUCKET) or platform.resource_names(config.project)["data"]
-    machine = _state_machine_arn(config.project)
+    table = resource_name("registry", config.project)
+    data_bucket = resource_name("data", config.project)
+    machine = batch_state_machine_arn(config.project)
     body = {"input": args.input, **({"version": args.version} if args.version is not None else {})}
     sfn = aws.client("stepfunctions")
     started = batch.start(args.name, body, registry=Registry(aws.client("dynamodb"), table), sfn=sfn,
                           state_machine_arn=machine, config=config, data_bucket=data_bucket)
-    _say(f"started batch {started['batch_id']}: {args.name} v{started['model_version']}, {started['input']} -> "
-         f"{started['output']}")
+    progress(f"started batch {started['batch_id']}: {args.name} v{started['model_version']}, {started['input']} -> "
+             f"{started['output']}")
     if not args.wait:
         print(json.dumps(started, indent=2) if args.json else
               f"batch {started['batch_id']} started; its manifest will be {started['manifest']}")

@@ -4,6 +4,9 @@ Uploads scikit-learn's breast-cancer data (with a few broken rows added, to show
 ``incoming/<model>/``, lets ingest, train_trigger and the Step Functions pipeline run exactly as they
 would on AWS, then prints the run's steps, the registered version, its metrics and lineage, and copies
 the artefacts out of the in-memory cloud to a local folder so they can be inspected afterwards.
+
+Why one module of this length: it is one story, told in order (train, serve, canary, drift, batch, features);
+every chapter is a short function and the order of the file is the order of the story.
 """
 
 from __future__ import annotations
@@ -349,7 +352,7 @@ columns = [
 
 
 def _feature_store(cloud: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    from mlops.features.offline import OnlineStore
+    from mlops.features.online import OnlineStore
 
     frame = purchases_dataset()
     say(f"-> the feature store: model '{FEATURE_MODEL}' learns from each customer's purchase history "

@@ -9,13 +9,13 @@ Exit codes follow ``mlops.cli.main``: 0 no drift, 1 drift found (or not enough d
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import webbrowser
 from pathlib import Path
 from typing import Any
 
+from mlops.cli.common import add_config_option, load_project, resource_name
 from mlops.core.errors import MlopsError
 
 CHUNK_ROWS = 200_000
@@ -37,7 +37,7 @@ def add_drift_commands(sub: Any) -> None:
     drift.add_argument("--target", help="a column to leave out (the label), if present")
     drift.add_argument("--html", help="also write the HTML report to this file")
     drift.add_argument("--open", action="store_true", help="report: open the HTML report in a browser")
-    drift.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
+    add_config_option(drift)
     drift.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
     drift.set_defaults(func=run_drift)
 
@@ -71,7 +71,7 @@ def compare_files(reference: Path, current: Path, *, target: str | None = None) 
 
     from mlops.core.config import DriftConfig
     from mlops.data.baseline import build_baseline
-    from mlops.data.reading import infer_contract
+    from mlops.data.inference import infer_contract
     from mlops.drift.report import build_report
     from mlops.drift.statistics import WindowDrift
 
@@ -146,14 +146,12 @@ def _cmd_files(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from mlops import aws
-    from mlops.aws import environment, platform
     from mlops.aws.storage import ObjectStore
-    from mlops.core.config import load_config
     from mlops.drift.report import ReportStore, to_json
 
-    config = load_config(args.config) if args.config else load_config()
+    config = load_project(args)
     config.model(args.name)
-    bucket = os.environ.get(environment.MODELS_BUCKET) or platform.resource_names(config.project)["models"]
+    bucket = resource_name("models", config.project)
     found = ReportStore(ObjectStore(aws.client("s3"), bucket)).latest(args.name)
     if found is None:
         raise MlopsError(f"{args.name} has no drift report yet in s3://{bucket}; drift_check writes one per window")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from mlops.cli.common import add_config_option, load_project, resource_name
 from mlops.core.errors import MlopsError
 
 
@@ -33,14 +33,12 @@ def add_feature_commands(sub: Any) -> None:
     again = actions.add_parser("materialize", help="write the online store from the model's newest curated dataset")
     again.add_argument("name")
     for parser in (offline, get, again):
-        parser.add_argument("--config", help="project configuration (default: $MLOPS_CONFIG or ./mlops.toml)")
+        add_config_option(parser)
         parser.set_defaults(func=run_features)
 
 
 def _model(args: argparse.Namespace) -> Any:
-    from mlops.core.config import load_config
-
-    config = load_config(args.config) if args.config else load_config()
+    config = load_project(args)
     model = config.model(args.name)
     if model.features is None:
         raise MlopsError(f"{args.name} declares no features; add a [model.features] table to mlops.toml "
@@ -48,22 +46,15 @@ def _model(args: argparse.Namespace) -> Any:
     return config, model
 
 
-def _names(project: str) -> tuple[str, str]:
-    from mlops.aws import environment, platform
-
-    names = platform.resource_names(project)
-    return (os.environ.get(environment.DATA_BUCKET) or names["data"],
-            os.environ.get(environment.FEATURES_TABLE) or names["features"])
-
-
 def run_features(args: argparse.Namespace) -> int:
     from mlops import aws
-    from mlops.features.offline import OnlineStore, entity_text, materialize
+    from mlops.features.offline import materialize
+    from mlops.features.online import OnlineStore, entity_text
 
     config, model = _model(args)
     if args.features_command == "training-set":
         return _training_set(model, Path(args.data), Path(args.out))
-    bucket, table = _names(config.project)
+    bucket, table = resource_name("data", config.project), resource_name("features", config.project)
     online = OnlineStore(aws.client("dynamodb"), table)
     if args.features_command == "get":
         found = online.get(model.name, entity_text(args.entity))
@@ -78,7 +69,7 @@ def run_features(args: argparse.Namespace) -> int:
                 print(f"  {name:<30} {value}")
         return 0
     from mlops.aws.storage import ObjectStore
-    from mlops.pipeline.steps import newest_manifest
+    from mlops.data.curated import newest_manifest
 
     data = ObjectStore(aws.client("s3"), bucket)
     manifest = newest_manifest(data, model.name)
@@ -92,7 +83,7 @@ def run_features(args: argparse.Namespace) -> int:
 def _training_set(model: Any, source: Path, out: Path) -> int:
     import pandas as pd
 
-    from mlops.data.reading import infer_contract
+    from mlops.data.inference import infer_contract
     from mlops.features.offline import training_set
 
     if not source.is_file():

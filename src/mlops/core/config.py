@@ -9,35 +9,25 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlops.core import layout
 from mlops.core.errors import ConfigError, UnknownModel
+from mlops.core.families import DEFAULT_FAMILIES, FAMILIES, families_for
+from mlops.core.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
 
 CONFIG_ENV = "MLOPS_CONFIG"
 CONFIG_FILE = "mlops.toml"
 
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
-REGRESSION_METRICS = ("r2", "neg_rmse", "neg_mae")
 # A receive that Lambda's poller makes while the function is throttled counts towards the queue's maxReceiveCount: AWS
 # advises at least 5 on a queue that is a Lambda event source, or messages that never failed reach the dead-letter queue
 PUSH_MIN_RECEIVES = 5
 # A Step Functions execution times out after a year, Catch or not: a rollout execution's waits take at most half of that
 # (mlops.release.rollout hands over to a new execution sooner), so one wait may not be longer
 ROLLOUT_MAX_INTERVAL_SECONDS = 365 * 24 * 3600 // 2
-
-
-class Task(StrEnum):
-    BINARY = "binary"
-    MULTICLASS = "multiclass"
-    REGRESSION = "regression"
-
-    @property
-    def is_classification(self) -> bool:
-        return self is not Task.REGRESSION
 
 
 class DriftConfig(BaseModel):
@@ -162,7 +152,7 @@ class ModelConfig(BaseModel):
     guardrail_max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
     guardrail_max_p95_ratio: float = Field(default=1.5, gt=1.0)
     guardrail_min_requests: int = Field(default=200, ge=1)
-    # a declared data contract (see mlops.data.reading.DataContract); inferred from the first file when absent
+    # a declared data contract (see mlops.data.schema.DataContract); inferred from the first file when absent
     contract: dict[str, Any] | None = None
     # files larger than this are rejected whole by ingest (one Lambda holds the file in memory)
     max_file_mb: int = Field(default=256, gt=0)
@@ -196,8 +186,6 @@ class ModelConfig(BaseModel):
     @classmethod
     def _default_family(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("family") is None:
-            from mlops.core.families import DEFAULT_FAMILIES
-
             # an unknown task is reported by the task field: any family here keeps that the only error
             task = data.get("task", Task.BINARY)
             data = {**data, "family": DEFAULT_FAMILIES.get(task, DEFAULT_FAMILIES[Task.BINARY])}
@@ -205,8 +193,6 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _family_fits_task(self) -> ModelConfig:
-        from mlops.core.families import DEFAULT_FAMILIES, FAMILIES, families_for
-
         if not FAMILIES[self.family].supports(self.task):
             raise ValueError(f"family {self.family!r} cannot be trained for a {self.task} model; use one of "
                              f"{families_for(self.task)}, or leave family out to get {DEFAULT_FAMILIES[self.task]}")
@@ -215,8 +201,6 @@ class ModelConfig(BaseModel):
     @field_validator("family")
     @classmethod
     def _known_family(cls, value: str) -> str:
-        from mlops.core.families import FAMILIES
-
         if value not in FAMILIES:
             raise ValueError(f"unknown model family {value!r}; choose one of {sorted(FAMILIES)}")
         return value
@@ -226,9 +210,7 @@ class ModelConfig(BaseModel):
     def _batch_inputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         """Each declared prefix becomes an IAM grant of the batch function (mlops.aws.access.batch_access): it names a
         folder of one bucket, literally, and nothing the platform keeps in its own buckets."""
-        from mlops.aws.access import reserved_prefixes
-
-        reserved = reserved_prefixes()
+        reserved = layout.RESERVED
         for uri in value:
             match = _S3_FOLDER.match(uri)
             segments = match.group(2).split("/")[:-1] if match else []

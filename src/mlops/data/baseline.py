@@ -53,7 +53,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops.data.reading import DataContract
+    from mlops.data.schema import DataContract
 
 FORMAT = "mlops.data.baseline/1"
 OTHER = "__other__"

@@ -23,14 +23,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from mlops.aws.storage import ObjectStore, parse_s3_uri
+from mlops.aws.storage import ObjectStore
+from mlops.core import layout
+from mlops.core.clock import now_iso
 from mlops.core.config import ModelConfig, ProjectConfig
 from mlops.core.errors import FileRejected, RegistryConflict, UnknownModel
-from mlops.data.reading import DataContract, infer_contract, read_csv, validate
-from mlops.features.offline import OnlineStore, materialize
-from mlops.registry.store import now_iso
+from mlops.data.frames import put_parquet
+from mlops.data.inference import infer_contract
+from mlops.data.reading import read_csv
+from mlops.data.schema import DataContract
+from mlops.data.validation import validate
 
-INCOMING = "incoming/"
 _CONTRACT_KEY = re.compile(r"v(\d{6})\.json$")
 
 
@@ -88,7 +91,7 @@ def model_of_key(key: str) -> tuple[str, str]:
     """``incoming/<model>/<name>`` -> (model, name); path tricks are rejected, not normalised."""
     path = PurePosixPath(key)
     parts = path.parts
-    if len(parts) < 3 or parts[0] != INCOMING.rstrip("/") or any(p in ("..", ".", "") for p in parts):
+    if len(parts) < 3 or parts[0] != layout.INCOMING.rstrip("/") or any(p in ("..", ".", "") for p in parts):
         raise FileRejected("bad_key", f"object key {key!r} is not of the form incoming/<model>/<file>.csv")
     return parts[1], "/".join(parts[2:])
 
@@ -152,13 +155,6 @@ def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | 
         return _reject(outcome, store, exc, key, etag)
 
 
-def materialize_curated(model: ModelConfig, outcome: IngestOutcome, *, data: ObjectStore,
-                        online: OnlineStore) -> dict[str, Any]:
-    """After a file is curated: the online feature store gets its entities' newest features (mlops.features.offline)."""
-    assert outcome.manifest_uri is not None
-    return materialize(model, data.get_json(parse_s3_uri(outcome.manifest_uri)[1]), data=data, online=online)
-
-
 def _curate(outcome: IngestOutcome, model: ModelConfig, data: bytes, max_bytes: int,
             store: ObjectStore) -> IngestOutcome:
     assert outcome.dataset_sha256 is not None
@@ -185,7 +181,7 @@ def _curate(outcome: IngestOutcome, model: ModelConfig, data: bytes, max_bytes: 
                                                            "top_reasons": top, "at": now_iso()})
     if result.good.empty:
         raise FileRejected("no_valid_rows", f"none of the {result.rows_in} rows is valid; see {outcome.quarantine_uri}")
-    parquet = store.put_parquet(f"curated/{prefix}data.parquet", result.good)
+    parquet = put_parquet(store, f"curated/{prefix}data.parquet", result.good)
     manifest = {
         "model": model.name,
         "dataset_sha256": outcome.dataset_sha256,

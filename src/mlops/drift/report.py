@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from mlops.aws.storage import ObjectStore
+from mlops.core import layout
 from mlops.core.charts import bar_chart_svg
 from mlops.drift.statistics import DriftResult
 
@@ -97,7 +98,6 @@ def to_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, default=str, allow_nan=False)
 
 
-REPORTS_PREFIX = "reports/"
 
 
 class ReportStore:
@@ -111,18 +111,18 @@ class ReportStore:
         self.store = store
 
     def put(self, model: str, stamp: str, report: dict[str, Any]) -> dict[str, str]:
-        prefix = f"{REPORTS_PREFIX}{model}/{stamp}/"
+        prefix = f"{layout.REPORTS}{model}/{stamp}/"
         keys = {"json": prefix + "report.json", "html": prefix + "report.html"}
         self.store.put_bytes(keys["json"], to_json(report).encode(), content_type="application/json")
         self.store.put_bytes(keys["html"], render_html(report).encode(), content_type="text/html; charset=utf-8")
         # the pointer last: a reader never finds it pointing at a report not yet written
-        self.store.put_json(f"{REPORTS_PREFIX}{model}/latest.json",
+        self.store.put_json(f"{layout.REPORTS}{model}/latest.json",
                             {**keys, "status": report.get("status"), "generated_at": report.get("generated_at")})
         return {k: self.store.uri(v) for k, v in keys.items()}
 
     def latest(self, model: str) -> tuple[dict[str, Any], str] | None:
         """The newest report of a model and its HTML, or None when it has none yet."""
-        if not self.store.exists(f"{REPORTS_PREFIX}{model}/latest.json"):
+        if not self.store.exists(f"{layout.REPORTS}{model}/latest.json"):
             return None
-        pointer = self.store.get_json(f"{REPORTS_PREFIX}{model}/latest.json")
+        pointer = self.store.get_json(f"{layout.REPORTS}{model}/latest.json")
         return self.store.get_json(pointer["json"]), self.store.get_bytes(pointer["html"]).decode()

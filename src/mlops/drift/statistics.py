@@ -21,6 +21,10 @@ flags noise at small n. Fewer rows than ``min_samples`` give ``insufficient_data
 The p-values are computed here with numpy and the standard library (no scipy at run time): the KS p-value is
 the asymptotic Kolmogorov distribution with Stephens' small-sample correction (within a few percent of
 ``scipy.stats.ks_2samp(method="asymp")``), the chi-square one the regularized incomplete gamma function.
+
+Why one module of this length: every statistic of a window is fed by the same streamed accumulators and judged
+by the same rule (effect size and Benjamini-Hochberg adjusted p-value across all the window's tests), so they
+change together.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The feature store: a model's inputs computed from its curated data by the definitions it declares once
-(``[model.features]`` in mlops.toml, ``mlops.core.config.FeatureStoreConfig``).
+"""The feature store's offline side: a model's inputs computed from its curated data by the definitions it declares
+once (``[model.features]`` in mlops.toml, ``mlops.core.config.FeatureStoreConfig``), with pandas.
 
-- Offline: the curated Parquet in S3. ``training_set`` gives every row the features *as of its own time*: an
-  aggregate over the entity's rows up to that time (inclusive), never after it, so a training row cannot see
-  the future (a point-in-time join). Without a ``timestamp`` column, file order is time order.
-- Online: DynamoDB (the ``features`` table; pk = model, sk = entity id), materialised after each ingest with
-  each entity's features as of its newest row, computed by the same function.
+- Training: ``training_set`` gives every curated row the features *as of its own time*: an aggregate over the
+  entity's rows up to that time (inclusive), never after it, so a training row cannot see the future (a
+  point-in-time join). Without a ``timestamp`` column, file order is time order.
+- Materialisation: after each ingest, ``materialize`` writes each entity's features as of its newest row, computed
+  by the same function, to the online store (``mlops.features.online``).
 
 Training and serving therefore cannot skew: one computation, and every online item carries the sha256 of the
 definitions that produced it, which serving compares with the one the model was trained with.
@@ -13,41 +13,22 @@ definitions that produced it, which serving compares with the one the model was 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from mlops.core.errors import InvalidDataset
+from mlops.features.online import OnlineStore, definitions_sha256, entity_text
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mlops.aws.storage import ObjectStore
     from mlops.core.config import FeatureDefinition, FeatureStoreConfig, ModelConfig
-    from mlops.data.reading import DataContract
-
-MARKER = "#materialized"  # the sk of a model's item that records which dataset the online store holds
-
-
-def definitions_sha256(definitions: FeatureStoreConfig) -> str:
-    return hashlib.sha256(json.dumps(definitions.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    from mlops.data.ingest import IngestOutcome
+    from mlops.data.schema import DataContract
 
 
-def entity_text(value: Any) -> str:
-    """One spelling per entity id, whether it came from a Parquet float, a CSV integer or a JSON string."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-# -- offline ---------------------------------------------------------------------------------------------------
 def _timeline(frame: pd.DataFrame, definitions: FeatureStoreConfig) -> pd.DataFrame:
     """entity, time and file position of every row, sorted by entity then time (ties in file order)."""
     import numpy as np
@@ -129,7 +110,7 @@ def compute(frame: pd.DataFrame, definitions: FeatureStoreConfig) -> pd.DataFram
 
 def feature_contract(contract: DataContract, definitions: FeatureStoreConfig) -> DataContract:
     """The contract of the model's inputs: what serving validates requests against and drift compares."""
-    from mlops.data.reading import ColumnKind, ColumnSpec, DataContract
+    from mlops.data.schema import ColumnKind, ColumnSpec, DataContract
 
     specs = []
     for feature in definitions.columns:
@@ -185,78 +166,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# -- online ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OnlineFeatures:
-    model: str
-    entity_id: str
-    as_of: str
-    values: dict[str, Any]
-    definitions_sha256: str
-    dataset_sha256: str
-
-
-class OnlineStore:
-    """Each entity's newest features, one DynamoDB item per (model, entity)."""
-
-    def __init__(self, dynamodb: Any, table: str) -> None:
-        self.ddb = dynamodb
-        self.table = table
-
-    def get(self, model: str, entity_id: str) -> OnlineFeatures | None:
-        item = self.ddb.get_item(TableName=self.table, Key={"pk": {"S": model}, "sk": {"S": entity_id}},
-                                 ConsistentRead=False).get("Item")
-        if item is None:
-            return None
-        return OnlineFeatures(model=model, entity_id=entity_id, as_of=item["as_of"]["S"],
-                              values=json.loads(item["features"]["S"]),
-                              definitions_sha256=item["definitions_sha256"]["S"],
-                              dataset_sha256=item["dataset_sha256"]["S"])
-
-    def claim(self, model: str, *, dataset_sha256: str, created_at: str) -> bool:
-        """Record that the online store now holds this dataset, unless a newer dataset got there first (an older
-        file ingested late must not overwrite newer values). A retry of the same dataset claims again."""
-        try:
-            self.ddb.put_item(
-                TableName=self.table,
-                Item={"pk": {"S": model}, "sk": {"S": MARKER}, "dataset_sha256": {"S": dataset_sha256},
-                      "created_at": {"S": created_at}},
-                ConditionExpression="attribute_not_exists(pk) OR created_at <= :at OR dataset_sha256 = :sha",
-                ExpressionAttributeValues={":at": {"S": created_at}, ":sha": {"S": dataset_sha256}},
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
-
-    def put_all(self, model: str, rows: Iterable[tuple[str, str, Mapping[str, Any]]], *, dataset_sha256: str,
-                definitions_sha256: str) -> int:
-        written = 0
-        batch: list[dict[str, Any]] = []
-        for entity, as_of, values in rows:
-            batch.append({"PutRequest": {"Item": {
-                "pk": {"S": model}, "sk": {"S": entity}, "as_of": {"S": as_of},
-                "features": {"S": json.dumps(values, default=str)}, "dataset_sha256": {"S": dataset_sha256},
-                "definitions_sha256": {"S": definitions_sha256}}}})
-            if len(batch) == 25:  # BatchWriteItem's limit
-                written += self._write(batch)
-                batch = []
-        return written + (self._write(batch) if batch else 0)
-
-    def _write(self, batch: list[dict[str, Any]]) -> int:
-        pending = {self.table: batch}
-        for _attempt in range(8):
-            pending = self.ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
-            if not pending:
-                return len(batch)
-        raise RuntimeError(f"DynamoDB left {len(pending[self.table])} feature items unprocessed after 8 attempts")
-
-
 def materialize(model_cfg: ModelConfig, manifest: Mapping[str, Any], *, data: ObjectStore,
                 online: OnlineStore) -> dict[str, Any]:
     """Write the entities' newest features from one curated dataset (its manifest, as ingest wrote it)."""
     from mlops.aws.storage import parse_s3_uri
+    from mlops.data.frames import get_parquet
 
     definitions = model_cfg.features
     if definitions is None:
@@ -266,7 +180,16 @@ def materialize(model_cfg: ModelConfig, manifest: Mapping[str, Any], *, data: Ob
                                "definitions_sha256": definitions_sha256(definitions)}
     if not online.claim(model_cfg.name, dataset_sha256=sha, created_at=manifest["created_at"]):
         return {**summary, "status": "skipped", "reason": "a newer dataset is already materialised", "entities": 0}
-    frame = data.get_parquet(parse_s3_uri(manifest["data_uri"])[1])
+    frame = get_parquet(data, parse_s3_uri(manifest["data_uri"])[1])
     entities = online.put_all(model_cfg.name, latest(frame, definitions), dataset_sha256=sha,
                               definitions_sha256=summary["definitions_sha256"])
     return {**summary, "status": "materialized", "entities": entities}
+
+
+def materialize_curated(model: ModelConfig, outcome: IngestOutcome, *, data: ObjectStore,
+                        online: OnlineStore) -> dict[str, Any]:
+    """After a file is curated: the online feature store gets its entities' newest features."""
+    from mlops.aws.storage import parse_s3_uri
+
+    assert outcome.manifest_uri is not None
+    return materialize(model, data.get_json(parse_s3_uri(outcome.manifest_uri)[1]), data=data, online=online)

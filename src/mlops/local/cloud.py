@@ -22,7 +22,7 @@ from mlops.aws import environment, platform
 from mlops.core.config import CONFIG_FILE, load_config
 from mlops.local.alarms import create_alarms
 from mlops.local.gateway import execute_api_arn
-from mlops.local.iam.operations import LocalNames
+from mlops.local.iam.policies import LocalNames
 from mlops.local.queues import provision_queues
 from mlops.release.deploy import LIVE_ALIAS, ServingDeployer
 

@@ -18,11 +18,13 @@ from mlops.local import permissions
 from mlops.local.alarms import alarm_watcher
 from mlops.local.cloud import ACCOUNT, Deployment, provision
 from mlops.local.firehose import BufferedFirehose
-from mlops.local.iam.operations import Guard, LocalNames, platform_policies
+from mlops.local.iam.guard import Guard
+from mlops.local.iam.policies import LocalNames, platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
 from mlops.registry.store import Registry
+from mlops.release.deploy import LIVE_ALIAS
 
 # Where a cloud's IAM policies come from: the platform's declaration by default; the tests pass the synthesized
 # template's (tests/template_iam.py), so that what is deployed is what the local cloud enforces.
@@ -39,7 +41,7 @@ class EmbeddedCloud:
     runtime: InProcessRuntime
     firehose: BufferedFirehose | None = None
     queues: QueuePoller | None = None  # delivers the push queues to the push functions (mlops.local.queues)
-    guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam.operations)
+    guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam)
 
     def flush_captures(self) -> None:
         """Deliver what Firehose holds in its buffer now (it would within its interval)."""
@@ -59,6 +61,23 @@ class EmbeddedCloud:
         status, _headers, answer = ApiGateway(self.client("lambda"), functions, log=lambda _line: None).handle(
             method, path, [("Content-Type", "application/json")], data, "127.0.0.1")
         return status, json.loads(answer) if answer else None
+
+    def predict(self, model: str, features: Any) -> tuple[int, Any]:
+        """``POST /models/<model>/predict`` with one row of features, through the local gateway."""
+        return self.api("POST", f"/models/{model}/predict", {"features": features})
+
+    def function(self, name: str) -> str:
+        """The local physical name of a platform function (``ingest``) or of a model's infer function
+        (``infer:<model>``), as the deployment names them."""
+        if name.startswith("infer:"):
+            return self.deployment.infer_function(name.removeprefix("infer:"))
+        return self.deployment.function_arns[name].rsplit(":", 1)[-1]
+
+    def live_alias(self, model: str) -> dict[str, Any]:
+        """The model's `live` alias as Lambda describes it: the version it routes to and its weights."""
+        alias: dict[str, Any] = self.client("lambda").get_alias(FunctionName=self.deployment.infer_function(model),
+                                                                Name=LIVE_ALIAS)
+        return alias
 
     @property
     def data(self) -> ObjectStore:

@@ -17,6 +17,9 @@ goes to stderr, never to stdout.
 moto stores an alias's routing weights but always invokes its main version; the runtime also replaces
 ``LambdaBackend.invoke`` so that an invocation of a weighted alias picks its version by those weights,
 as Lambda does (this is the A/B split of the ``live`` alias).
+
+Why one module of this length: the environment overlay, the routed stdout and the invoke hook are the three
+halves of one execution environment, installed and removed together.
 """
 
 from __future__ import annotations
@@ -355,7 +358,7 @@ class InProcessRuntime:
             "LAMBDA_TASK_ROOT": str(root),
             "_HANDLER": str(fn.handler),
             **{k: str(v) for k, v in (fn.environment_vars or {}).items()},
-            # after the function's own variables: the model cache (mlops.serving.server.ModelCache) is in this
+            # after the function's own variables: the model cache (mlops.serving.cache.ModelCache) is in this
             # environment's /tmp whatever the function declares, as it is on Lambda
             "MODEL_CACHE_DIR": str(tmp / "models"),
         }

@@ -25,11 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from mlops.aws.storage import ObjectStore
+from mlops.core import layout
 from mlops.core.config import ProjectConfig
-from mlops.data.ingest import INCOMING
 from mlops.local.cloud import Deployment
-from mlops.pipeline.steps import deploy, execution_name, run_artefacts_prefix
-from mlops.registry.store import CHALLENGER, CHAMPION, Registry
+from mlops.pipeline.steps import deploy, run_artefacts_prefix
+from mlops.pipeline.trigger import execution_name
+from mlops.registry.store import Registry
+from mlops.registry.versions import CHALLENGER, CHAMPION
 from mlops.release.deploy import ServingDeployer
 from mlops.release.rollout import start_rollout
 
@@ -101,7 +103,7 @@ class Recovery:
         return seen
 
     def redrive_ingest(self, curated: set[str]) -> None:
-        for key in list(self.data.keys(INCOMING)):
+        for key in list(self.data.keys(layout.INCOMING)):
             found = self.s3.get_object(Bucket=self.d.data_bucket, Key=key)
             if hashlib.sha256(found["Body"].read()).hexdigest() in curated:
                 continue

@@ -43,7 +43,8 @@ from mlops.local.cloud import ACCOUNT, Deployment, provision
 from mlops.local.dispatch import AsyncNotifications
 from mlops.local.firehose import BufferedFirehose
 from mlops.local.gateway import ApiGateway, serve
-from mlops.local.iam.operations import Guard, platform_policies
+from mlops.local.iam.guard import Guard
+from mlops.local.iam.policies import platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime, Invocation
 from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller

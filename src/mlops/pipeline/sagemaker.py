@@ -20,7 +20,8 @@ from mlops import aws
 from mlops.aws.environment import resources
 from mlops.aws.storage import ObjectStore
 from mlops.core.config import load_config
-from mlops.pipeline.steps import PipelineInput, train_step
+from mlops.pipeline.inputs import PipelineInput
+from mlops.pipeline.steps import train_step
 
 HYPERPARAMETERS = Path("/opt/ml/input/config/hyperparameters.json")
 # SageMaker reports this file's text as the job's FailureReason (at most 1,024 characters), which Step Functions

@@ -1,5 +1,7 @@
-"""The training pipeline's steps. Each is one core function called by one thin handler; Step Functions
-(``infra/training_pipeline.asl.json``) strings them together and owns retries and failure routing.
+"""The training pipeline's steps after the trigger (``mlops.pipeline.trigger``): train, evaluate, register and
+record_outcome. Each is one core function called by one thin handler; Step Functions
+(``infra/training_pipeline.asl.json``) strings them together and owns retries and failure routing. Each receives the
+execution's :class:`mlops.pipeline.inputs.PipelineInput`.
 
 State that flows between steps is small JSON (URIs, numbers, booleans shaped for Choice rules); the
 heavy artefacts live in the models bucket::
@@ -14,105 +16,21 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
-
-from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING, Any
 
 from mlops.aws.storage import ObjectStore, parse_s3_uri
 from mlops.core.config import ModelConfig, ProjectConfig
 from mlops.core.errors import IntegrityError, InvalidDataset
-from mlops.registry.store import CHALLENGER, CHAMPION, ModelVersion, Registry
+from mlops.pipeline.inputs import PipelineInput
+from mlops.registry.store import Registry
+from mlops.registry.versions import CHALLENGER, CHAMPION, ModelVersion
 from mlops.release.deploy import ServingDeployer, Split
 
 if TYPE_CHECKING:
-    from mlops.data.reading import DataContract
+    from mlops.data.schema import DataContract
 
-# The scientific stack (pandas via mlops.data.reading/mlops.data.ingest, sklearn, onnx) is imported inside the steps
-# that use it: train_trigger and record_outcome import this module too, and run without it (zip functions).
-
-
-class Dataset(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    uri: str
-    manifest_uri: str
-    sha256: str
-    rows: int
-    contract_version: int
-
-
-class TrainingJobResources(BaseModel):
-    """A SageMaker training job's ResourceConfig and StoppingCondition, as the state machine reads them."""
-
-    instance_type: str
-    volume_size_gb: int
-    max_runtime_seconds: int
-
-    @classmethod
-    def of(cls, model_cfg: ModelConfig) -> TrainingJobResources:
-        return cls(instance_type=model_cfg.sagemaker_instance_type, volume_size_gb=model_cfg.sagemaker_volume_size_gb,
-                   max_runtime_seconds=model_cfg.sagemaker_max_runtime_seconds)
-
-
-class PipelineInput(BaseModel):
-    """What ``train_trigger`` starts an execution with; every step receives it (plus earlier results)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    run_id: str
-    reason: str
-    dataset: Dataset
-    # the state machine's TrainingBackend choice; `sagemaker` comes with the training job's resources
-    training_backend: Literal["lambda", "sagemaker"] = "lambda"
-    sagemaker: TrainingJobResources | None = None
-
-
-def newest_manifest(store: ObjectStore, model: str) -> dict[str, Any] | None:
-    """The most recently curated dataset of a model (curated by mlops.data.ingest), to retrain on demand."""
-    manifests = [store.get_json(k) for k in store.keys(f"curated/{model}/") if k.endswith("/manifest.json")]
-    return max(manifests, key=lambda m: m["created_at"]) if manifests else None
-
-
-def execution_name(model: str, dataset_sha256: str) -> str:
-    # Step Functions names are at most 80 characters and unique per state machine: the same dataset maps to
-    # the same name, so a replayed trigger cannot start a second training of it.
-    return f"{model}-{dataset_sha256[:32]}"
-
-
-# -- train_trigger -------------------------------------------------------------------------------------------
-def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str, config: ProjectConfig,
-                     data: ObjectStore, registry: Registry, sfn: Any, state_machine_arn: str) -> dict[str, Any]:
-    """Start the pipeline for a curated dataset (the newest one when none is given), at most once per dataset."""
-    model_cfg = config.model(model)
-    manifest = manifest or newest_manifest(data, model)
-    if manifest is None:
-        return {"status": "skipped", "model": model, "reason": f"no curated data for {model} yet"}
-    run_id = execution_name(model, manifest["dataset_sha256"])
-    if not registry.claim_dataset(model, manifest["dataset_sha256"], run_id):
-        return {"status": "skipped", "model": model, "run_id": run_id,
-                "reason": f"dataset {manifest['dataset_sha256'][:12]} was already sent to training"}
-    payload = PipelineInput(
-        model=model, run_id=run_id, reason=reason,
-        dataset=Dataset(
-            uri=manifest["data_uri"],
-            manifest_uri=data.uri(f"curated/{model}/{manifest['dataset_sha256']}/manifest.json"),
-            sha256=manifest["dataset_sha256"],
-            rows=manifest["rows"]["curated"],
-            contract_version=manifest["contract_version"],
-        ),
-        training_backend=model_cfg.training_backend,
-        sagemaker=TrainingJobResources.of(model_cfg) if model_cfg.training_backend == "sagemaker" else None,
-    )
-    try:
-        execution = sfn.start_execution(stateMachineArn=state_machine_arn, name=run_id, input=payload.model_dump_json())
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ExecutionAlreadyExists":
-            return {"status": "skipped", "model": model, "run_id": run_id, "reason": "execution already exists"}
-        registry.release_dataset(model, manifest["dataset_sha256"])
-        raise
-    return {"status": "started", "model": model, "run_id": run_id, "execution_arn": execution["executionArn"]}
+# The scientific stack (pandas via mlops.data.frames/mlops.data.ingest, sklearn, onnx) is imported inside the steps
+# that use it: the register step's image loads faster without what only train and evaluate need.
 
 
 # -- train ---------------------------------------------------------------------------------------------------
@@ -126,17 +44,19 @@ def run_artefacts_prefix(model: str, run_id: str) -> str:
 
 
 def _load_dataset(inp: PipelineInput, s3: Any) -> tuple[Any, DataContract]:
+    from mlops.data.frames import get_parquet
     from mlops.data.ingest import ContractStore
 
     bucket, key = parse_s3_uri(inp.dataset.uri)
     data = ObjectStore(s3, bucket)
-    frame = data.get_parquet(key)
+    frame = get_parquet(data, key)
     contract = ContractStore(data).get(inp.model, inp.dataset.contract_version)
     return frame, contract
 
 
 def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: ObjectStore) -> dict[str, Any]:
     from mlops.data.baseline import build_baseline
+    from mlops.data.frames import put_parquet
     from mlops.serving.onnx_model import OnnxModel
     from mlops.training.onnx_export import check_parity, to_onnx
     from mlops.training.train import train
@@ -146,7 +66,8 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
     features = None
     if model_cfg.features is not None:
         # the model's inputs are its declared features, each row's as of its own time (mlops.features.offline)
-        from mlops.features.offline import definitions_sha256, training_set
+        from mlops.features.offline import training_set
+        from mlops.features.online import definitions_sha256
 
         frame, contract = training_set(frame, contract, model_cfg.features)
         features = {"definitions_sha256": definitions_sha256(model_cfg.features),
@@ -162,7 +83,7 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
     prefix = _candidate_prefix(inp)
     sha = hashlib.sha256(onnx_bytes).hexdigest()
     models.put_bytes(prefix + "model.onnx", onnx_bytes)
-    models.put_parquet(prefix + "test.parquet", result.test_df)
+    put_parquet(models, prefix + "test.parquet", result.test_df)
     models.put_bytes(prefix + "contract.json", contract.to_json().encode(), content_type="application/json")
     models.put_json(prefix + "baseline.json", baseline)
     summary = {
@@ -214,13 +135,14 @@ def gate(model_cfg: ModelConfig, candidate: dict[str, Any], champion: dict[str, 
 
 def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectConfig, models: ObjectStore,
                   registry: Registry) -> dict[str, Any]:
-    from mlops.data.reading import DataContract
+    from mlops.data.frames import get_parquet
+    from mlops.data.schema import DataContract
     from mlops.serving.onnx_model import OnnxModel
     from mlops.training.evaluation import evaluate
 
     model_cfg = config.model(inp.model)
     _bucket, prefix = parse_s3_uri(train["candidate_prefix"])
-    test_df = models.get_parquet(prefix + "test.parquet")
+    test_df = get_parquet(models, prefix + "test.parquet")
     contract = DataContract.from_json(models.get_bytes(prefix + "contract.json").decode())
     candidate_model = OnnxModel(_verified_onnx(models, prefix + "model.onnx", train["onnx_sha256"]))
     candidate = evaluate(candidate_model, test_df, contract, model_cfg.task)
@@ -335,28 +257,3 @@ def _registered(version: ModelVersion) -> dict[str, Any]:
         "model_uri": version.model_uri,
         "message": f"{version.model} v{version.version} registered as {', '.join(version.aliases) or 'a version'}",
     }
-
-
-# -- record_outcome ------------------------------------------------------------------------------------------
-def record_outcome(inp: PipelineInput, *, outcome: str, registry: Registry, evaluation: dict[str, Any] | None,
-                   error: dict[str, Any] | None) -> dict[str, Any]:
-    """A rejected candidate or a failed run: recorded in the registry (no version is created) for people."""
-    if outcome == "rejected":
-        reasons = (evaluation or {}).get("reasons") or ["rejected by the gate"]
-        reason = "; ".join(reasons)
-        details: dict[str, Any] = {"metrics": (evaluation or {}).get("candidate", {}).get("metrics"),
-                                   "champion": (evaluation or {}).get("champion")}
-    else:
-        error = error or {}
-        cause = error.get("Cause", "")
-        try:
-            parsed = json.loads(cause)
-            cause = f"{parsed.get('errorType', '')}: {parsed.get('errorMessage', cause)}"
-        except (TypeError, ValueError):
-            pass
-        reason = f"{error.get('Error', 'Error')}: {cause}".strip()
-        details = {"error": error.get("Error"), "cause": cause}
-    registry.record_run(inp.model, inp.run_id, outcome, reason, {**details, "dataset_sha256": inp.dataset.sha256})
-    return {"outcome": outcome, "reason": reason,
-            "subject": f"[mlops] {inp.model}: training run {outcome}"[:100],
-            "message": f"Model {inp.model}, run {inp.run_id} ({inp.reason}) was {outcome}: {reason}"}

@@ -51,6 +51,10 @@ Choices and their reasons:
 
 Only `math`/`statistics` from the standard library are used, so the rollout Lambda needs no scipy.
 Every returned value is JSON-friendly via `to_dict` (infinite bounds become ``None``).
+
+Why one module of this length: the planning, the test and its confidence sequence share the mixture's
+variance and tau choices, and the proof sketch above covers all three; apart, a change to one could quietly
+break the guarantee the other relies on.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mlops.core.errors import MlopsError
-from mlops.registry.store import CHALLENGER, CHAMPION, ModelVersion, Registry
+from mlops.registry.store import Registry
+from mlops.registry.versions import CHALLENGER, CHAMPION, ModelVersion
 from mlops.release.deploy import ServingDeployer
 
 

@@ -18,9 +18,11 @@ from pydantic import BaseModel, ConfigDict
 
 from mlops.aws import platform
 from mlops.aws.storage import ObjectStore
+from mlops.core import layout
 from mlops.core.config import ROLLOUT_MAX_INTERVAL_SECONDS, ModelConfig
 from mlops.core.errors import ConfigError
-from mlops.registry.store import CHALLENGER, CHAMPION, Registry
+from mlops.registry.store import Registry
+from mlops.registry.versions import CHALLENGER, CHAMPION
 from mlops.release.abtest import (
     Decision,
     SequentialTest,
@@ -31,8 +33,6 @@ from mlops.release.abtest import (
 )
 from mlops.release.guardrails import ServingMetrics
 from mlops.release.lifecycle import Lifecycle, RolloutInProgress
-
-CAPTURE_PREFIX = "captures/"
 
 # -- how long one execution may loop ---------------------------------------------------------------------------------
 # A standard execution fails once its history would pass 25,000 events, and a Catch does not run then: the challenger
@@ -94,13 +94,13 @@ def _utc(value: datetime | str) -> datetime:
 def hour_key(at: datetime) -> str:
     """The key every capture object keyed in ``at``'s hour or later sorts after (a StartAfter), and every one keyed
     before that hour sorts before."""
-    return f"{CAPTURE_PREFIX}{at.astimezone(UTC):%Y/%m/%d/%H}"
+    return f"{layout.CAPTURES}{at.astimezone(UTC):%Y/%m/%d/%H}"
 
 
 def list_captures(captures: ObjectStore, *, after: str, before: str | None = None) -> Iterator[tuple[str, datetime]]:
     """(key, Last-Modified) of the capture objects keyed after ``after`` and before ``before``, in key order."""
     paginator = captures.s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=captures.bucket, Prefix=CAPTURE_PREFIX, StartAfter=after):
+    for page in paginator.paginate(Bucket=captures.bucket, Prefix=layout.CAPTURES, StartAfter=after):
         for item in page.get("Contents", []):
             if before is not None and item["Key"] >= before:
                 return

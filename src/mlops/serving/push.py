@@ -23,7 +23,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from mlops.aws.storage import ObjectStore
-from mlops.serving.server import CaptureSink, InvalidInput, ModelServer, ServingError, identifier, parse_json, printable
+from mlops.serving.capture import CaptureSink
+from mlops.serving.errors import InvalidInput, ServingError, printable
+from mlops.serving.requests import identifier, parse_json
+from mlops.serving.server import ModelServer
 
 REQUEST_ID_MAX = 128  # answers to `instances` are `<request_id>/<i>`: still within serving's MAX_ID_CHARS
 Outcome = Literal["answered", "dead_lettered"]

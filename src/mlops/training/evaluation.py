@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.core.config import Task
+from mlops.core.tasks import Task
 from mlops.serving.onnx_model import OnnxModel
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops.data.reading import DataContract
+    from mlops.data.schema import DataContract
 
 WARMUP_RUNS = 20
 BATCH_RUNS = 3

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops.core.config import Task
 from mlops.core.errors import ConfigError, FileRejected, InvalidDataset, MlopsError
 from mlops.core.families import FAMILIES, Family, default_family, families_for
+from mlops.core.tasks import Task
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops.data.reading import DataContract
+    from mlops.data.schema import DataContract
     from mlops.training.train import TrainResult
 
 Progress = Callable[[str], None]
@@ -92,7 +92,9 @@ def load_dataset(
     data_path: Path | str, target: str, task: Task | str | None = None, progress: Progress | None = None
 ) -> LoadedDataset:
     """Read, infer the contract, validate: bad rows are dropped and counted, never trained on."""
-    from mlops.data.reading import infer_contract, read_csv, validate
+    from mlops.data.inference import infer_contract
+    from mlops.data.reading import read_csv
+    from mlops.data.validation import validate
     from mlops.registry.manifest import sha256_bytes
     from mlops.training.train import infer_task
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops.core.config import Task
 from mlops.core.errors import ParityError
+from mlops.core.tasks import Task
 from mlops.serving.onnx_model import (
     META_CLASSES,
     META_FEATURES,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-    from mlops.data.reading import DataContract
+    from mlops.data.schema import DataContract
 
 # Opset 17 / ai.onnx.ml 3: the lowest pair that has the double tree-ensemble attributes, supported by
 # every onnxruntime since 1.13, so an older infer layer still loads a newer model.

@@ -30,14 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlops.core.config import ModelConfig, Task
+from mlops.core.config import ModelConfig
 from mlops.core.errors import ConfigError, InvalidDataset
 from mlops.core.families import Family, get_family
+from mlops.core.tasks import Task
+from mlops.training.estimators import build_estimator
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-    from mlops.data.reading import DataContract
+    from mlops.data.schema import DataContract
 
 MIN_ROWS = 20
 MIN_ROWS_PER_CLASS = 2
@@ -123,9 +125,8 @@ def build_pipeline(
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    fam = family if isinstance(family, Family) else get_family(family)
     try:
-        estimator = fam.build(Task(task), params, seed)
+        estimator = build_estimator(family, task, params, seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     transformers: list[tuple[str, Any, list[str]]] = []

@@ -1,0 +1,172 @@
+"""``mlops models`` and ``mlops ab``: a deployed model's versions, and its A/B tests.
+
+    mlops models list|show|promote|rollback <name> [--version N] [--reason WHY] [--json]
+    mlops models republish <name> | --all
+    mlops ab status <name> [--challenger N] [--html FILE] [--json]
+    mlops ab plan --baseline P --mde D [--alpha A] [--power B] [--weight W] [--json]   (no cloud)
+
+Against AWS, or the local cloud when AWS_ENDPOINT_URL points at it (names: ``mlops.cli.common``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlops.cli.common import add_config_option, api_source_arn, infer_function, load_project, resource_name
+from mlops.core.errors import MlopsError
+
+
+def add_model_commands(sub: Any) -> None:
+    models = sub.add_parser("models", help="list, show, promote or roll back a model's versions")
+    models.add_argument("action", choices=["list", "show", "promote", "rollback", "republish"],
+                        help="republish: champion and challenger again on the infer function's current code "
+                             "(after a code-only cdk deploy), the split unchanged")
+    models.add_argument("name", nargs="?", help="the model's name (as declared in mlops.toml)")
+    models.add_argument("--all", action="store_true", help="republish: every declared model")
+    models.add_argument("--version", type=int, help="show: only this version")
+    models.add_argument("--reason", default="manual", help="promote/rollback: why (recorded in the registry)")
+    add_config_option(models)
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=run_models)
+
+    ab = sub.add_parser("ab", help="A/B test planning and status").add_subparsers(dest="ab_command", required=True)
+    status = ab.add_parser("status", help="the canary's looks: n, metric per arm, p-value, boundary, decision")
+    status.add_argument("name", help="the model's name")
+    status.add_argument("--challenger", type=int, help="the rollout of this challenger version (default: newest)")
+    status.add_argument("--html", help="also write an HTML page with the metric per arm and the test's boundary")
+    add_config_option(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=run_ab_status)
+    plan = ab.add_parser("plan", help="sample size per arm for a two-proportion test")
+    plan.add_argument("--baseline", type=float, required=True, help="the champion's rate, e.g. 0.80 accuracy")
+    plan.add_argument("--mde", type=float, required=True, help="minimum detectable effect, e.g. 0.02")
+    plan.add_argument("--alpha", type=float, default=0.05)
+    plan.add_argument("--power", type=float, default=0.8)
+    plan.add_argument("--weight", type=float, help="challenger traffic share (default: equal arms)")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=run_ab_plan)
+
+
+def _lifecycle(args: argparse.Namespace, name: str | None = None) -> Any:
+    """``name``: the model, when not ``args.name`` (e.g. each model of ``--all``)."""
+    from mlops import aws
+    from mlops.registry.store import Registry
+    from mlops.release.deploy import ServingDeployer
+    from mlops.release.lifecycle import Lifecycle
+
+    config = load_project(args)
+    name = name or args.name
+    config.model(name)
+    table = resource_name("registry", config.project)
+    function = infer_function(config.project, name)
+    api = api_source_arn()
+    return Lifecycle(registry=Registry(aws.client("dynamodb"), table),
+                     deployer=ServingDeployer(aws.client("lambda"), api_source_arn=api), function=function)
+
+
+def _who() -> str:
+    from mlops import aws
+
+    try:
+        return str(aws.client("sts").get_caller_identity()["Arn"])
+    except Exception:  # no credentials to ask with: fall back to the local user name
+        return os.environ.get("USER", "unknown")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    if args.action == "republish":
+        return _republish(args)
+    if not args.name:
+        raise MlopsError(f"models {args.action} needs a model name")
+    lifecycle = _lifecycle(args)
+    if args.action in ("promote", "rollback"):
+        result = getattr(lifecycle, args.action)(args.name, who=_who(), why=args.reason)
+        print(json.dumps(result, indent=2) if args.json else
+              f"{args.name}: {args.action} done; champion is now v{result['champion']} at 100%")
+        return 0
+    status = lifecycle.status(args.name)
+    if args.action == "show":
+        wanted = [v for v in status["versions"] if args.version is None or v["version"] == args.version]
+        if not wanted:
+            raise MlopsError(f"{args.name} has no version {args.version}")
+        status = {**status, "versions": wanted}
+        if args.json:
+            print(json.dumps(status, indent=2, default=str))
+            return 0
+        for v in wanted:
+            print(json.dumps(v, indent=2, default=str))
+        return 0
+    if args.json:
+        print(json.dumps(status["versions"], indent=2, default=str))
+        return 0
+    print(f"{'version':<8} {'status':<11} {'weight':>7}  {'created':<25} metrics")
+    for v in status["versions"]:
+        metrics = v["metrics"].get("metrics", {})
+        shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "r2") if k in metrics)
+        print(f"{v['version']:<8} {v['status']:<11} {v['weight']:>7.2f}  {v['created_at']:<25} {shown}")
+    return 0
+
+
+def _republish(args: argparse.Namespace) -> int:
+    from mlops.release.lifecycle import NothingToDo
+
+    config = load_project(args)
+    if args.all == bool(args.name):
+        raise MlopsError("models republish: give a model name or --all")
+    names = [m.name for m in config.models] if args.all else [args.name]
+    results = []
+    for name in names:
+        try:
+            results.append(_lifecycle(args, name).republish(
+                name, who=_who(), why=args.reason if args.reason != "manual" else "the function's code changed"))
+        except NothingToDo as exc:  # a model with nothing deployed yet has nothing to republish
+            results.append({"model": name, "action": "skipped", "why": str(exc)})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        moved = ", ".join(f"v{v}: lambda {x['before']} -> {x['after']}"
+                          for v, x in r.get("lambda_versions", {}).items())
+        print(f"{r['model']}: {r['action']} {moved or r['why']}")
+    return 0
+
+
+def run_ab_status(args: argparse.Namespace) -> int:
+    from mlops.release.status import ab_status, render_html, render_table
+
+    lifecycle = _lifecycle(args)
+    status = ab_status(lifecycle.registry, lifecycle.deployer.split(lifecycle.function), args.name, args.challenger)
+    if args.html:
+        Path(args.html).write_text(render_html(status))
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(render_table(status))
+    return 0
+
+
+def run_ab_plan(args: argparse.Namespace) -> int:
+    from mlops.release.abtest import plan_two_proportions, ratio_from_weight, sequential_inflation
+
+    try:
+        plan = plan_two_proportions(args.baseline, args.mde, alpha=args.alpha, power=args.power,
+                                    ratio=ratio_from_weight(args.weight) if args.weight else 1.0)
+    except ValueError as exc:
+        raise MlopsError(str(exc)) from exc
+    inflation = sequential_inflation(plan)
+    result = {**plan.to_dict(), "sequential_inflation": inflation,
+              "max_samples_per_arm": int(inflation * min(plan.n_control, plan.n_treatment) + 0.999999)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"n per arm (fixed horizon): {plan.n_per_arm} control, {plan.n_treatment} challenger "
+          f"(baseline {args.baseline}, mde {args.mde:+}, alpha {args.alpha}, power {args.power})")
+    print(f"sequential test horizon:   up to {result['max_samples_per_arm']} per arm (x{inflation:.2f}); "
+          "it usually stops much earlier")
+    return 0
