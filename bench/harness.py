@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +43,21 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
     return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "mean": statistics.fmean(ordered),
             "n": float(len(ordered))}
+
+
+def interleaved(fns: Mapping[str, Callable[[], Any]], *, repeat: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, measured in turn, call by call: when the machine's load changes during
+    the run (two shared cores), it weighs on every variant alike, so that their ratio still means something."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            out[name].append((time.perf_counter() - start) * 1000)
+    return out
 
 
 def timed(fn: Callable[[], Any], *, repeat: int, warmup: int = 5) -> list[float]:

@@ -86,7 +86,9 @@ def environment() -> Environment:
 
 
 def used_layers() -> list[str]:
-    return sorted({name for spec in (*platform.FUNCTIONS, platform.INFER) if not spec.image for name in spec.layers})
+    """Every zip function has the Powertools layer (infra.constructs.function.Packaging.layers), and its own."""
+    zipped = [spec for spec in (*platform.FUNCTIONS, platform.INFER, platform.PUSH) if not spec.image]
+    return sorted({layer_build.POWERTOOLS, *(name for spec in zipped for name in spec.layers)})
 
 
 def build_layers() -> None:

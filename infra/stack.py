@@ -67,6 +67,7 @@ class MlopsStack(Stack):
             project=project,
             packaging=packaging,
             models=[model.name for model in config.models],
+            capture_sample_rates={model.name: model.capture_sample_rate for model in config.models},
             capture_stream_name=platform.resource_names(project)[platform.CAPTURE_STREAM],
             environment={environment.REGISTRY_TABLE: storage.tables["registry"].table_name,
                          environment.FEATURES_TABLE: storage.tables["features"].table_name},
@@ -105,6 +106,9 @@ class MlopsStack(Stack):
                          queues=platform.push_queues(config), log_retention=log_retention,
                          removal_policy=removal_policy,
                          environment={**self.pipeline.environment, environment.CAPTURE_STREAM: serving.stream.ref})
+        # push captures like infer: its log group's marked lines go to the capture stream
+        for model, function in self.push.functions.items():
+            serving.subscribe_captures(f"push-{model}", function.log_group)
         self.batch = Batch(self, "Batch", storage=storage, functions=self.pipeline.functions,
                            infer_functions=serving.functions, api=serving.api, log_retention=log_retention,
                            removal_policy=removal_policy, models=config.models,

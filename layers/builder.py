@@ -1,14 +1,15 @@
 """Build the Lambda layers without Docker: `python -m layers.builder [NAME ...]` (`make layers` builds them all).
 
-Each layer is what one need takes at run time, never one giant layer (docs/architecture.md): `infer` is onnxruntime
-+ numpy, `data` is pandas + pyarrow. pip installs the manylinux wheels for Lambda's python3.12 into
-`layers/build/<name>/python/` (Lambda puts `/opt/python` on sys.path), pinned by constraints.txt; then the build
-drops what nothing imports at run time (tests, Cython sources, C headers, pyarrow's Flight/Substrait/S3 libraries)
-and checks that every shared library a kept extension links against is still there.
+Each layer is what one need takes at run time, never one giant layer (docs/architecture.md): `powertools` is
+Powertools with the extras the functions import (every zip function has it), `infer` is onnxruntime + numpy, `data`
+is pandas + pyarrow. pip installs the manylinux wheels for Lambda's python3.12 into `layers/build/<name>/python/`
+(Lambda puts `/opt/python` on sys.path), pinned by constraints.txt; then the build drops what the Lambda runtime
+already provides (boto3 and its dependencies) and what nothing imports at run time (tests, type stubs, Cython sources,
+C headers, console scripts, the modules a spec names as unused), and checks that every shared library a kept
+extension links against is still there.
 
 A layer is rebuilt only when its inputs change: the pins (in constraints.txt) of the distributions it holds and its
-spec below, hashed into `layers/build/<name>.json`. `powertools` is not deployed (the functions use the public
-Powertools layer, pinned to the same version): it is built only so that the size test measures that layer too.
+spec below, hashed into `layers/build/<name>.json`.
 """
 
 from __future__ import annotations
@@ -39,14 +40,25 @@ PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x8
 # Lambda's hard limit for a function's code plus all its layers, unzipped.
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 # Bump when the build itself changes what ends up in a layer (trims, layout): every layer is rebuilt.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
+# The layer every zip function has first (infra.constructs.function.Packaging.layers).
+POWERTOOLS = "powertools"
 
-# Removed from every layer: never imported by a function at run time.
+# Removed from every layer: never imported by a function at run time (type stubs and console scripts included:
+# Lambda neither type-checks nor runs a layer's bin/).
 COMMON_DROP = (
     "**/__pycache__", "**/*.pyc",
     "**/tests", "numpy/_core/include", "numpy/_core/lib/pkgconfig", "numpy/f2py/tests",
     "**/*.pyx", "**/*.pxd", "**/*.pxi", "**/*.h", "**/*.hpp",
+    "**/*.pyi", "*-stubs", "bin",
 )
+# numpy's test-only extension modules and f2py (Fortran wrappers, imported only when asked for by name): in both
+# layers that hold numpy, never imported by a function (tests/infra/test_layers.py runs them with these blocked).
+NUMPY_UNUSED = ("numpy.f2py", "numpy._core._simd", "numpy._core._multiarray_tests", "numpy._core._umath_tests",
+                "numpy._core._rational_tests", "numpy._core._struct_ufunc_tests", "numpy._core._operand_flag_tests")
+# What the Lambda python3.12 runtime provides (the AWS SDK and its dependencies), which a layer's copy would only
+# shadow: installed as dependencies (the X-Ray SDK needs botocore), then removed.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "urllib3", "python-dateutil", "six")
 # Shared libraries every Lambda runtime provides (the manylinux policy's system libraries plus the loader).
 SYSTEM_LIBRARIES = frozenset({
     "libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libgcc_s.so.1", "libstdc++.so.6",
@@ -60,24 +72,47 @@ class LayerSpec:
     description: str
     requirements: tuple[str, ...]  # distributions (with extras); versions come from constraints.txt
     drop: tuple[str, ...] = ()  # glob patterns under python/, beyond COMMON_DROP
-    deployed: bool = True
+    # modules (or packages) no function imports, dropped with their files: the tests block exactly these
+    unused: tuple[str, ...] = ()
+    # distributions the Lambda runtime provides, removed after the install (every file their RECORD lists)
+    runtime_provided: tuple[str, ...] = ()
+
+    @property
+    def drop_patterns(self) -> tuple[str, ...]:
+        modules = tuple(pattern for module in self.unused
+                        for pattern in (module.replace(".", "/"), module.replace(".", "/") + ".*"))
+        return (*COMMON_DROP, *self.drop, *modules)
 
 
 LAYERS: dict[str, LayerSpec] = {spec.name: spec for spec in (
+    # What the functions import from Powertools: its core (logger, metrics, event handler, batch, idempotency,
+    # parser), `tracer` (the X-Ray SDK) and `parser` (pydantic, which the event handler's validation needs too).
+    # Not the public layer's other extras (data masking's encryption SDK, validation's fastjsonschema, ...) nor the
+    # AWS SDK, which the runtime has.
+    LayerSpec(POWERTOOLS, "Powertools with the tracer and parser extras (pydantic, X-Ray SDK), without the AWS SDK",
+              ("aws-lambda-powertools[tracer,parser]",),
+              # the Swagger UI's bundled script and style, read only by enable_swagger(), which no function calls
+              drop=("aws_lambda_powertools/event_handler/openapi/swagger_ui/*.min.js",
+                    "aws_lambda_powertools/event_handler/openapi/swagger_ui/*.min.css"),
+              runtime_provided=RUNTIME_PROVIDED),
     LayerSpec("infer", "onnxruntime + numpy: what infer needs to run an ONNX model",
-              ("onnxruntime", "numpy")),
+              ("onnxruntime", "numpy"),
+              # onnxruntime's tools for building and tuning models (transformer fusion, quantization, conversion),
+              # its ONNX backend API and sample datasets: `import onnxruntime` loads none of them
+              unused=("onnxruntime.transformers", "onnxruntime.quantization", "onnxruntime.tools",
+                      "onnxruntime.backend", "onnxruntime.datasets", *NUMPY_UNUSED)),
     LayerSpec("data", "pandas + pyarrow (trimmed): what ingest needs to read, check and write a dataset",
               ("pandas", "pyarrow"),
-              # mlops reads and writes S3 through boto3 and serves nothing over Arrow Flight: pyarrow imports
-              # these modules only on demand (pyarrow.flight; pyarrow.fs guards its S3/GCS/Azure/HDFS filesystems
-              # with try/except ImportError). libarrow_substrait stays: libarrow_python links against it.
-              drop=("pyarrow/libarrow_flight.so*", "pyarrow/libarrow_python_flight.so*", "pyarrow/_flight*.so",
-                    "pyarrow/_pyarrow_cpp_tests*.so", "pyarrow/libarrow_s3.so*", "pyarrow/_s3fs*.so",
-                    "pyarrow/_gcsfs*.so", "pyarrow/_azurefs*.so",
-                    "pyarrow/_hdfs*.so", "pyarrow/src", "pyarrow/include")),
-    # a mirror of the public layer's content (Powertools with all its extras, boto3 excluded), for the size test
-    LayerSpec("powertools", "AWS Lambda Powertools with its extras, as in its public layer",
-              ("aws-lambda-powertools[all]",), deployed=False),
+              # mlops reads and writes S3 through boto3 and serves nothing over Arrow Flight; its datasets are CSV
+              # in and Parquet out, unencrypted. libarrow_substrait stays: libarrow_python links against it.
+              drop=("pyarrow/libarrow_flight.so*", "pyarrow/libarrow_python_flight.so*", "pyarrow/libarrow_s3.so*",
+                    "pyarrow/libarrow_python_parquet_encryption.so*", "pyarrow/src", "pyarrow/include"),
+              # pyarrow imports these extension modules only on demand (pyarrow.flight, pyarrow.orc, ...) or guards
+              # them with try/except ImportError (pyarrow.fs's S3/GCS/Azure/HDFS filesystems, parquet encryption)
+              unused=("pyarrow._flight", "pyarrow._pyarrow_cpp_tests", "pyarrow._s3fs", "pyarrow._gcsfs",
+                      "pyarrow._azurefs", "pyarrow._hdfs", "pyarrow._orc", "pyarrow._dataset_orc",
+                      "pyarrow._substrait", "pyarrow._parquet_encryption", "pyarrow._dataset_parquet_encryption",
+                      *NUMPY_UNUSED)),
 )}
 
 
@@ -119,7 +154,8 @@ def constraint_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
 def inputs_hash(spec: LayerSpec, distributions: Iterable[str], pins: dict[str, str]) -> str:
     """What the layer depends on: its spec, the platform, and the pins of every distribution it holds (a pin that
     changes in constraints.txt for an installed dependency rebuilds it too)."""
-    names = sorted({normalize(r) for r in spec.requirements} | {normalize(d) for d in distributions})
+    names = sorted({normalize(r) for r in (*spec.requirements, *spec.runtime_provided)}
+                   | {normalize(d) for d in distributions})
     payload = {"format": BUILD_FORMAT, "python": PYTHON_VERSION, "platforms": PLATFORMS, "spec": asdict(spec),
                "common_drop": COMMON_DROP, "pins": {n: pins.get(n, "unpinned") for n in names}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -155,6 +191,30 @@ def _matches(relative: str, pattern: str) -> bool:
         tail = pattern[3:]
         return any(fnmatch.fnmatch(part, tail) for part in relative.split("/")) or fnmatch.fnmatch(relative, tail)
     return fnmatch.fnmatch(relative, pattern)
+
+
+def drop_distributions(site: Path, names: Iterable[str]) -> list[str]:
+    """Remove the named distributions installed in `site`: every file their RECORD lists, the folders left empty, and
+    their metadata. Returns the names removed."""
+    wanted = {normalize(name) for name in names}
+    root = site.resolve()
+    removed: list[str] = []
+    for info in sorted(site.glob("*.dist-info")):
+        name = re.search(r"^Name: (.+)$", (info / "METADATA").read_text(errors="replace"), re.MULTILINE)
+        if name is None or normalize(name.group(1)) not in wanted:
+            continue
+        folders: set[Path] = set()
+        for row in (info / "RECORD").read_text().splitlines():
+            path = (root / row.split(",", 1)[0]).resolve()
+            if path.is_relative_to(root) and path.is_file():  # its scripts (../../bin) were never put here
+                path.unlink()
+                folders.update(p for p in path.parents if p.is_relative_to(root) and p != root)
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        shutil.rmtree(info, ignore_errors=True)
+        removed.append(normalize(name.group(1)))
+    return removed
 
 
 def trim(site: Path, patterns: Sequence[str]) -> list[str]:
@@ -262,7 +322,8 @@ def _build(name: str) -> Built:
         staging = Path(tmp) / name
         site = staging / "python"
         _pip_install(spec, site)
-        trim(site, (*COMMON_DROP, *spec.drop))
+        drop_distributions(site, spec.runtime_provided)
+        trim(site, spec.drop_patterns)
         drop_unreferenced_copies(site)
         if missing := unresolved_libraries(site):
             raise RuntimeError(f"layer {name}: trimmed libraries are still linked against: {missing}")

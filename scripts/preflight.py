@@ -13,9 +13,8 @@ The context is cdk.json's, overridden by `-c` as for `cdk deploy` (give it the s
   stage's reservations (its functions' and each infer function's) must leave the 100 unreserved executions Lambda
   keeps; a new account (below the default 1,000 concurrent executions) also has a reduced memory
   quota, which no API reports, and refuses functions above 3,008 MB;
-- the Powertools layer's public SSM parameter for the pinned version, which the template resolves in this region.
 
-What the caller needs: ssm:GetParameter (on the bootstrap's parameter and `/aws/service/powertools/*`),
+What the caller needs: ssm:GetParameter (on the bootstrap's parameter),
 cloudformation:DescribeStacks (CDKToolkit), apigateway:GET (/account), iam:GetRole, lambda:GetAccountSettings,
 sts:GetCallerIdentity.
 """
@@ -23,7 +22,6 @@ sts:GetCallerIdentity.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +42,7 @@ from infra.app import (  # noqa: E402
     STAGES,
     cdk_json_context,
 )
-from infra.constructs.function import NEW_ACCOUNT_MEMORY_MB, POWERTOOLS_LAYER_PARAMETER  # noqa: E402
+from infra.constructs.function import NEW_ACCOUNT_MEMORY_MB  # noqa: E402
 from mlops.aws import platform  # noqa: E402
 from mlops.core.config import load_config  # noqa: E402
 
@@ -204,19 +202,6 @@ def check_lambda_quotas(lambda_client: Any, *, reserved: Mapping[str, int], memo
     return findings
 
 
-def check_powertools_layer(ssm: Any, *, version: str, region: str) -> list[Finding]:
-    parameter = POWERTOOLS_LAYER_PARAMETER.format(version=version)
-    try:
-        arn = ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
-    except ClientError as error:
-        if error_code(error) != "ParameterNotFound":
-            raise
-        return [Finding("Powertools layer", "FAIL", f"{parameter} does not exist in {region}: the template resolves "
-                        "the layer's ARN from it", "pin a Powertools release that publishes it in this region "
-                        "(constraints.txt; see Powertools' Lambda layer page), or deploy to a region it serves")]
-    return [Finding("Powertools layer", "ok", f"{parameter} = {arn}")]
-
-
 def run(session: Any, ctx: Mapping[str, Any], *, toolkit_stack: str = TOOLKIT_STACK) -> list[Finding]:
     """Every check, with `session`'s clients (a boto3.Session) and the deploy's context."""
     stage_name = str(ctx.get(STAGE_CONTEXT) or "dev")
@@ -240,8 +225,6 @@ def run(session: Any, ctx: Mapping[str, Any], *, toolkit_stack: str = TOOLKIT_ST
         lambda: check_lambda_quotas(session.client("lambda"), reserved=reserved, memory=memory,
                                     declared_memory_quota_mb=int(quota) if quota not in (None, "") else None,
                                     assumed_concurrency=getattr(stage, "lambda_concurrency_quota", None)),
-        lambda: check_powertools_layer(ssm, version=importlib.metadata.version("aws-lambda-powertools"),
-                                       region=region),
     ]
     findings: list[Finding] = []
     for check in checks:

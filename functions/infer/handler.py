@@ -2,13 +2,19 @@
 
 Routes: POST /models/<name>/predict, POST /models/<name>/feedback, GET /models/<name>, GET /health; and
 POST /models/<name>/batch, GET /models/<name>/batch/<batch_id>, which start and describe batch runs (mlops.batch.start).
+
+A prediction is recognised before Powertools' resolver and answered by the same core with the same answers, headers
+and metrics: the resolver's routing and validation, and Powertools' metrics, cost several times the model's own
+prediction (docs/architecture.md, "Model format"). Every other request goes through the resolver.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
+import re
 import time
 from typing import Any
 
@@ -19,7 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mlops import aws
 from mlops.aws.environment import resources
-from mlops.aws.observability import instrumented, powertools
+from mlops.aws.observability import MetricLine, instrumented, lean, powertools
 from mlops.batch import start as batch
 from mlops.serving import openapi
 from mlops.serving.errors import MalformedRequest, PayloadTooLarge, ServingError
@@ -47,14 +53,19 @@ server = ModelServer.from_environment(_capture_failed)
 
 def _body() -> Any:
     event = app.current_event
-    raw = event.body or ""
-    if event.is_base64_encoded:  # API Gateway's (and the local gateway's) way to pass a body that is not UTF-8
+    return _read_body(event.body, event.is_base64_encoded)
+
+
+def _read_body(body: str | None, base64_encoded: Any) -> Any:
+    raw = body or ""
+    data: str | bytes
+    if base64_encoded:  # API Gateway's (and the local gateway's) way to pass a body that is not UTF-8
         try:
             data = base64.b64decode(raw, validate=True)
         except binascii.Error as exc:
             raise MalformedRequest("the body is marked base64-encoded but is not base64", "body") from exc
-    else:
-        data = raw.encode("utf-8", "surrogatepass")  # as sent: parse_json says what is wrong with it
+    else:  # as sent: parse_json says what is wrong with it (ASCII text is its own UTF-8, as long)
+        data = raw if raw.isascii() else raw.encode("utf-8", "surrogatepass")
     if len(data) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"the body is {len(data)} bytes; at most {MAX_BODY_BYTES}", "body")
     return parse_json(data)
@@ -112,12 +123,16 @@ def batch_status(name: str, batch_id: str) -> dict[str, Any]:
                         state_machine_arn=resources.batch_state_machine_arn, served=server.model_name)
 
 
-@app.exception_handler(ServingError)
-def serving_error(exc: ServingError) -> Response[dict[str, Any]]:
+def _refused(exc: ServingError) -> dict[str, Any]:
     if exc.status >= 500:  # ours to fix (e.g. artefacts that fail verification): said where an operator looks
         logger.error("cannot serve", extra={"error": type(exc).__name__, "reason": exc.message})
+    return exc.body()
+
+
+@app.exception_handler(ServingError)
+def serving_error(exc: ServingError) -> Response[dict[str, Any]]:
     metrics.add_metric(name=f"Http{exc.status}", unit=MetricUnit.Count, value=1)
-    return Response(status_code=exc.status, content_type=content_types.APPLICATION_JSON, body=exc.body())
+    return Response(status_code=exc.status, content_type=content_types.APPLICATION_JSON, body=_refused(exc))
 
 
 @app.exception_handler(RequestValidationError)
@@ -129,18 +144,82 @@ def request_invalid(exc: RequestValidationError) -> Response[dict[str, Any]]:
                           "field": field})
 
 
-@app.exception_handler(Exception)
-def server_fault(exc: Exception) -> Response[dict[str, Any]]:
+def _fault(exc: Exception) -> dict[str, Any]:
     # Our fault, not the client's: a JSON 500 (counted as a server error by the guardrails), never a crash
     # that API Gateway would turn into an opaque 502.
     logger.exception("unhandled error while serving")
-    return Response(status_code=500, content_type=content_types.APPLICATION_JSON,
-                    body={"error": "InternalError", "message": f"the model server failed: {type(exc).__name__}",
-                          "field": None})
+    return {"error": "InternalError", "message": f"the model server failed: {type(exc).__name__}", "field": None}
+
+
+@app.exception_handler(Exception)
+def server_fault(exc: Exception) -> Response[dict[str, Any]]:
+    return Response(status_code=500, content_type=content_types.APPLICATION_JSON, body=_fault(exc))
+
+
+# POST /models/<name>/predict, recognised before the resolver. The name's characters are some of those the resolver's
+# route takes, so a request matched here is one the resolver would route to predict; anything else (another
+# route, a trailing slash, another spelling of the method, a name with other characters) goes through the resolver.
+# In its debug mode the resolver prints every event: then every request goes through it.
+PREDICT_PATH = re.compile(r"/models/([-.\w]+)/predict")
+_PREDICT_FIRST = not getattr(app, "_debug", True)
+# Every metric of this environment belongs to one model version (its Lambda version pins it): the rollout's
+# guardrails compare champion and challenger on these dimensions.
+_DIMENSIONS = {"model": server.model_name, "model_version": str(server.pinned_version or "latest")}
+_GUARDRAILS = {"Latency": MetricUnit.Milliseconds, "Requests": MetricUnit.Count, "ServerErrors": MetricUnit.Count}
+_ANSWERED = MetricLine(metrics, _DIMENSIONS, Predictions=MetricUnit.Count, **_GUARDRAILS)
+_FAILED = MetricLine(metrics, _DIMENSIONS, **_GUARDRAILS)
+_REFUSED: dict[int, MetricLine] = {}  # per status: the same metrics the resolver's serving_error adds
+
+
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    path = event.get("path") if _PREDICT_FIRST and event.get("httpMethod") == "POST" else None
+    found = PREDICT_PATH.fullmatch(path) if isinstance(path, str) else None
+    if found is None:
+        return resolved(event, context)
+    return predicted(event, context, name=found.group(1))
+
+
+@lean(logger, tracer)
+def predicted(event: dict[str, Any], context: LambdaContext, name: str) -> dict[str, Any]:
+    """What the resolver answers for POST /models/<name>/predict, with the metrics it adds, in one line."""
+    started = time.perf_counter()
+    try:
+        answer = server.predict(name, _read_body(event.get("body"), event.get("isBase64Encoded")))
+        status, body = 200, json.dumps(answer, separators=(",", ":"))  # the resolver's serializer
+        line, counted = _ANSWERED, [len(answer.get("predictions", [answer]))]
+    except ServingError as exc:
+        status, body = exc.status, json.dumps(_refused(exc), separators=(",", ":"))
+        line, counted = _refused_line(status), [1]
+    except Exception as exc:
+        status, body = 500, json.dumps(_fault(exc), separators=(",", ":"))
+        line, counted = _FAILED, []
+    line.write(*counted, (time.perf_counter() - started) * 1000, 1, status >= 500)
+    if metrics.metric_set:  # anything counted through Powertools meanwhile (a capture that failed)
+        _add_dimensions()
+        metrics.flush_metrics()
+        metrics.clear_metrics()  # flushing leaves them while Powertools' metrics are disabled
+    # a fresh headers object per answer: whoever changes one answer's headers changes no other
+    return {"statusCode": status, "body": body, "isBase64Encoded": False,
+            "multiValueHeaders": {"Content-Type": [content_types.APPLICATION_JSON]}}
+
+
+def _refused_line(status: int) -> MetricLine:
+    line = _REFUSED.get(status)
+    if line is None:
+        line = _REFUSED[status] = MetricLine(metrics, _DIMENSIONS, **{f"Http{status}": MetricUnit.Count},
+                                             **_GUARDRAILS)
+    return line
+
+
+def _add_dimensions() -> None:
+    # Added per flush, because Powertools shares dimensions between Metrics instances of one process.
+    for dimension, value in _DIMENSIONS.items():
+        metrics.add_dimension(name=dimension, value=value)
 
 
 @instrumented(logger, tracer, metrics)
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def resolved(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Every other request, through Powertools' resolver."""
     started = time.perf_counter()
     answer: dict[str, Any] = app.resolve(event, context)
     if str(event.get("path", "")).endswith("/predict"):
@@ -148,10 +227,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=int(answer.get("statusCode", 200) >= 500))
-    if metrics.metric_set:
-        # Every metric of this environment belongs to one model version (its Lambda version pins it): the
-        # rollout's guardrails compare champion and challenger on these dimensions. Added per flush, because
-        # Powertools shares dimensions between Metrics instances of one process.
-        metrics.add_dimension(name="model", value=server.model_name)
-        metrics.add_dimension(name="model_version", value=str(server.pinned_version or "latest"))
+    if metrics.metric_set:  # flushed by instrumented's log_metrics
+        _add_dimensions()
     return answer

@@ -4,7 +4,6 @@ for functions invoked asynchronously, a bounded retry policy with an encrypted f
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,7 +27,6 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.constructs.nag import acknowledge
@@ -44,12 +42,9 @@ FUNCTION_TAG = "mlops:function"
 # the asset's fingerprint and of the build context).
 IMAGE_CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "src", "functions", DOCKERFILE)
 BUILD_LEFTOVERS = ("**/__pycache__", "**/*.pyc", "**/*.egg-info")
-# Zip functions get boto3 from the runtime and Powertools (with pydantic and the X-Ray SDK) from its public
-# layer; the layer is pinned to the Powertools version the project pins, through the public SSM parameter
-# Powertools documents for each release, `/aws/service/powertools/python/{arch}/{python}/{version}` (or `latest`),
-# resolved by CloudFormation in the deploy's region. It exists only in the regions Powertools publishes to, and a
-# release's parameter has been missing before (powertools-lambda-python#7689): scripts/preflight.py checks it.
-POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.12/{version}"
+# Zip functions get boto3 from the runtime and Powertools (with pydantic and the X-Ray SDK) from the project's own
+# layer (layers/builder.py `powertools`: the extras the functions import, pinned by constraints.txt, without the AWS
+# SDK), not from AWS's public layer, which carries every extra and whose content the size test cannot see.
 ZIP_RUNTIME = lambda_.Runtime.PYTHON_3_12  # the container image's base is python:3.12 too
 # Lambda's memory range (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html). A new account has "reduced
 # concurrency and memory quotas" that AWS raises with usage: Lambda refuses its functions above 3,008 MB ("'MemorySize'
@@ -72,7 +67,6 @@ class Packaging(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config_file: Path) -> None:
         super().__init__(scope, construct_id)
         self.config_file = config_file
-        self._layer: lambda_.ILayerVersion | None = None
         self.built_layers: dict[str, lambda_.LayerVersion] = {}
 
     def image(self, spec: platform.FunctionSpec) -> lambda_.DockerImageCode:
@@ -103,20 +97,20 @@ class Packaging(Construct):
 
     def layers(self, spec: platform.FunctionSpec) -> list[lambda_.ILayerVersion]:
         """A zip function's layers: Powertools', then those its spec names."""
-        return [self.powertools_layer, *(self.layer(name) for name in spec.layers)]
+        return [self.layer(name) for name in (layer_build.POWERTOOLS, *spec.layers)]
 
     def layer(self, name: str) -> lambda_.LayerVersion:
         """The layer built by layers/builder.py. It must be built and current (`make layers`; infra.app builds the
         layers the platform uses before synthesizing): a stale layer would deploy other pins than the lock's."""
         if name not in self.built_layers:
             spec = layer_build.LAYERS[name]
-            if not spec.deployed:
-                raise ValueError(f"layer {name!r} is built only to be measured; a function cannot use it")
             built = layer_build.current(name)
             if built is None:
                 raise LayerNotBuilt(f"layer {name!r} is not built or out of date: run `make layers`")
+            # A function lists its layers sorted by construct path (the recognizeLayerVersion flag): Powertools' id
+            # sorts first, so that it stays every function's first layer
             self.built_layers[name] = lambda_.LayerVersion(
-                self, f"{name}_layer",
+                self, "PowertoolsLayer" if name == layer_build.POWERTOOLS else f"{name}_layer",
                 code=lambda_.Code.from_asset(
                     str(built.path),
                     # the build's inputs (pins, spec) identify the content: no need to hash 100+ MB per synthesis
@@ -126,15 +120,6 @@ class Packaging(Construct):
                 description=f"serverless-mlops {name}: {spec.description}"[:256],
             )
         return self.built_layers[name]
-
-    @property
-    def powertools_layer(self) -> lambda_.ILayerVersion:
-        if self._layer is None:
-            version = importlib.metadata.version("aws-lambda-powertools")
-            arn = ssm.StringParameter.value_for_string_parameter(
-                self, POWERTOOLS_LAYER_PARAMETER.format(version=version))
-            self._layer = lambda_.LayerVersion.from_layer_version_arn(self, "PowertoolsLayer", arn)
-        return self._layer
 
 
 @jsii.implements(lambda_.IDestination)

@@ -19,7 +19,7 @@ from constructs import Construct
 
 from infra.constructs.function import Packaging, PlatformFunction
 from infra.constructs.nag import acknowledge
-from infra.constructs.serving import MODEL_NAME, MODEL_TAG
+from infra.constructs.serving import MODEL_TAG
 from infra.constructs.storage import Storage
 from mlops.aws import environment as variables  # the resource variables' names
 from mlops.aws import platform
@@ -82,7 +82,7 @@ class Push(Construct):
             layers=packaging.layers(platform.PUSH),
             environment={
                 **{v: environment[v] for v in platform.PUSH.env},
-                MODEL_NAME: spec.model,
+                **platform.serving_env(spec.model, spec.capture_sample_rate),
                 variables.PUSH_OUTPUT: spec.output,
                 variables.DEAD_LETTER_QUEUE_URL: dead_letters.queue_url,
                 spec.output_variable: output,

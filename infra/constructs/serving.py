@@ -1,6 +1,12 @@
 """Serving: one infer function per declared model, the Firehose stream that captures every prediction and
 feedback into the captures bucket, and the REST API in front of the models.
 
+Capture takes no network call on the request path (docs/capture.md): an infer or push function writes each record as
+a marked JSON line to its log, a subscription filter on its log group (``subscribe_captures``, filtered on
+mlops.serving.capture.FILTER_PATTERN) has CloudWatch Logs put the marked lines into the capture stream with a role of
+its own, and the stream decompresses them, keeps each log event's message and ends it with a newline: JSON lines
+under captures/, as the rollout and drift_check read them.
+
 An infer function's `live` alias belongs to the platform, not to CloudFormation (docs/architecture.md): register and
 rollout move its weights. CloudFormation only makes sure it exists, so that the API answers from the first deploy:
 for each model, a custom resource creates `live` on `$LATEST` when the function has no such alias yet (on Create
@@ -35,14 +41,16 @@ from infra.constructs.nag import acknowledge
 from infra.constructs.storage import Storage
 from mlops.aws import environment as variables  # the resource variables' names
 from mlops.aws import platform
+from mlops.aws.access import CAPTURE_DELIVERY
 from mlops.core import layout
 from mlops.release.deploy import LIVE_ALIAS
+from mlops.serving import capture
 
 # The tag naming the model an infer function serves (next to mlops:function=infer).
 MODEL_TAG: Final = "mlops:model"
 # An infer function's own resource variable, beside the platform's (mlops.aws.platform.INFER.env); the local cloud sets
 # the same one.
-MODEL_NAME: Final = "MODEL_NAME"
+MODEL_NAME: Final = variables.MODEL_NAME
 # Where Firehose writes in the captures bucket, and how long it buffers: the same as the local cloud's stream
 # (mlops.local.cloud.provision). Rollout reads feedback from there, so a short interval keeps the A/B test current.
 CAPTURE_BUFFER_MB: Final = 1
@@ -94,6 +102,7 @@ class Serving(Construct):
         packaging: Packaging,
         models: Sequence[str],
         capture_stream_name: str,
+        capture_sample_rates: Mapping[str, float] | None = None,
         environment: Mapping[str, str],
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
@@ -114,6 +123,8 @@ class Serving(Construct):
         if not models:
             raise ValueError("the project declares no model: there is nothing to serve")
         self.stream = self._capture_stream(storage, capture_stream_name, log_retention, removal_policy)
+        self.capture_logs_role, self._capture_logs_policy = self._capture_delivery()
+        self.capture_subscriptions: dict[str, logs.CfnSubscriptionFilter] = {}
         environment = {**environment, variables.CAPTURE_STREAM: self.stream.ref}
         if missing := [v for v in platform.INFER.env if v not in environment]:
             raise KeyError(f"infer needs {missing} (mlops.aws.platform) but the CDK app provides no value")
@@ -131,7 +142,7 @@ class Serving(Construct):
                 layers=packaging.layers(platform.INFER),
                 environment={
                     **{v: environment[v] for v in platform.INFER.env},
-                    MODEL_NAME: model,
+                    **platform.serving_env(model, (capture_sample_rates or {}).get(model, 1.0)),
                     "POWERTOOLS_SERVICE_NAME": platform.INFER.name,
                     "POWERTOOLS_METRICS_NAMESPACE": project,
                 },
@@ -143,6 +154,7 @@ class Serving(Construct):
             )
             Tags.of(function).add(MODEL_TAG, model)
             self.functions[model] = function
+            self.subscribe_captures(f"infer-{model}", function.log_group)
         self.api_key: apigw.IApiKey | None = None
         self.usage_plan: apigw.UsagePlan | None = None
         self.api = self._api(project, log_retention, removal_policy, api_keys, throttle_rate_per_second,
@@ -157,6 +169,35 @@ class Serving(Construct):
     @property
     def stream_arn(self) -> str:
         return self.stream.attr_arn
+
+    def subscribe_captures(self, name: str, log_group: logs.ILogGroup) -> logs.CfnSubscriptionFilter:
+        """A function's log group delivers its capture lines (and nothing else it logs) to the capture stream."""
+        subscription = logs.CfnSubscriptionFilter(
+            self, f"CaptureSubscription-{name}",
+            log_group_name=log_group.log_group_name,
+            filter_name=capture.SUBSCRIPTION_FILTER,
+            filter_pattern=capture.FILTER_PATTERN,
+            destination_arn=self.stream.attr_arn,
+            role_arn=self.capture_logs_role.role_arn,
+        )
+        # CloudWatch Logs puts a test record into the stream when the filter is created: the role must allow it by then
+        subscription.node.add_dependency(self._capture_logs_policy)
+        self.capture_subscriptions[name] = subscription
+        return subscription
+
+    def _capture_delivery(self) -> tuple[iam.Role, iam.Policy]:
+        """The role CloudWatch Logs assumes to put the subscriptions' deliveries into the capture stream: from this
+        account's and region's log groups only (the confused deputy), into that one stream only."""
+        stack = Stack.of(self)
+        role = iam.Role(
+            self, "CaptureLogsRole",
+            description="serverless-mlops: CloudWatch Logs delivers the functions' capture lines to the capture stream",
+            assumed_by=iam.ServicePrincipal("logs.amazonaws.com", conditions={"StringLike": {
+                "aws:SourceArn": stack.format_arn(service="logs", resource="*")}}),
+        )
+        policy = iam.Policy(self, "CaptureLogsPolicy", roles=[role], statements=[
+            iam.PolicyStatement(actions=list(CAPTURE_DELIVERY), resources=[self.stream.attr_arn])])
+        return role, policy
 
     @property
     def api_source_arn(self) -> str:
@@ -211,12 +252,14 @@ class Serving(Construct):
             assumed_by=iam.ServicePrincipal("firehose.amazonaws.com",
                                             conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}),
         )
-        # what Firehose asks of its role for an S3 destination, limited to the captures/ prefix
+        # what Firehose asks of its role for an S3 destination, limited to the captures/ prefix and to where it puts
+        # the records it could not decompress or process
         statements = [
             iam.PolicyStatement(actions=["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
                                 resources=[bucket.bucket_arn]),
             iam.PolicyStatement(actions=["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
-                                resources=[bucket.arn_for_objects(f"{layout.CAPTURES}*")]),
+                                resources=[bucket.arn_for_objects(f"{layout.CAPTURES}*"),
+                                           bucket.arn_for_objects(f"{capture.FAILURES_PREFIX}*")]),
             iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn],
                                 conditions={"StringEquals": {"kms:ViaService": f"s3.{Aws.REGION}.amazonaws.com"}}),
             iam.PolicyStatement(actions=["logs:PutLogEvents"], resources=[log_group.log_group_arn]),
@@ -226,6 +269,10 @@ class Serving(Construct):
         acknowledge(policy, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{layout.CAPTURES}*]",
                     "Firehose writes objects whose keys it derives from the arrival time under captures/ in the "
                     "captures bucket, and nothing outside it")
+        acknowledge(policy, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{capture.FAILURES_PREFIX}*]",
+                    f"Firehose writes the records it could not decompress or process under {capture.FAILURES_PREFIX} "
+                    "(keys it derives from the error type and the arrival time), apart from the captures the readers "
+                    "list")
         stream = firehose.CfnDeliveryStream(
             self, "CaptureStream",
             delivery_stream_name=name,
@@ -236,6 +283,17 @@ class Serving(Construct):
                 bucket_arn=bucket.bucket_arn,
                 role_arn=role.role_arn,
                 prefix=layout.CAPTURES,
+                error_output_prefix=capture.FAILURES_PREFIX,
+                # the subscriptions' deliveries are gzipped CloudWatch Logs documents: decompressed, reduced to their
+                # log events' messages, one per line (what DecompressionProcessor, CloudWatchLogProcessor and
+                # AppendDelimiterToRecordProcessor render; this stream is CloudFormation's own resource)
+                processing_configuration=firehose.CfnDeliveryStream.ProcessingConfigurationProperty(
+                    enabled=True,
+                    processors=[firehose.CfnDeliveryStream.ProcessorProperty(
+                        type=kind,
+                        parameters=[firehose.CfnDeliveryStream.ProcessorParameterProperty(
+                            parameter_name=name, parameter_value=value) for name, value in parameters.items()] or None,
+                    ) for kind, parameters in capture.STREAM_PROCESSORS]),
                 buffering_hints=firehose.CfnDeliveryStream.BufferingHintsProperty(
                     size_in_m_bs=CAPTURE_BUFFER_MB, interval_in_seconds=CAPTURE_BUFFER_SECONDS),
                 compression_format="UNCOMPRESSED",

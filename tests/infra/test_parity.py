@@ -33,7 +33,9 @@ class Local:
     functions: dict[str, set[str]] = field(default_factory=dict)  # name -> environment variable names
     serving: dict[str, set[str]] = field(default_factory=dict)  # infer function name -> environment variable names
     push: dict[str, set[str]] = field(default_factory=dict)  # push function name -> environment variable names
-    capture_stream: dict[str, Any] = field(default_factory=dict)  # name, type, prefix, buffering
+    capture_stream: dict[str, Any] = field(default_factory=dict)  # name, type, prefix, buffering, processors
+    # the function whose log group is subscribed -> (filter name, filter pattern, destination's platform name)
+    subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     triggers: set[tuple[str, str, str, str]] = field(default_factory=set)
     definitions: dict[str, str] = field(default_factory=dict)
     table_keys: dict[str, list[dict[str, str]]] = field(default_factory=dict)
@@ -94,14 +96,29 @@ def local() -> Local:
         found.capture_stream = {
             "name": description["DeliveryStreamName"], "type": description["DeliveryStreamType"],
             "bucket": by_bucket[s3_destination["BucketARN"].rsplit(":", 1)[1]], "prefix": s3_destination["Prefix"],
-            "buffering": s3_destination["BufferingHints"],
+            "buffering": s3_destination["BufferingHints"], "error_prefix": s3_destination["ErrorOutputPrefix"],
+            "processors": _processors(s3_destination["ProcessingConfiguration"]),
         }
+        logs = aws.client("logs")
+        for group in logs.describe_log_groups()["logGroups"]:
+            for sub in logs.describe_subscription_filters(logGroupName=group["logGroupName"])["subscriptionFilters"]:
+                destination = "stream:captures" if sub["destinationArn"] == description["DeliveryStreamARN"] \
+                    else sub["destinationArn"]
+                found.subscriptions[group["logGroupName"].removeprefix("/aws/lambda/")] = (
+                    sub["filterName"], sub["filterPattern"], destination)
 
         ddb = aws.client("dynamodb")
         for table in platform.TABLES:
             found.table_keys[table] = ddb.describe_table(TableName=deployment.names[table])["Table"]["KeySchema"]
         aws.client.cache_clear()
     return found
+
+
+def _processors(config: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """A ProcessingConfiguration, API's or template's: [(type, parameters)] in order, when enabled."""
+    assert config["Enabled"] in (True, "true")
+    return [(p["Type"], {q["ParameterName"]: q["ParameterValue"] for q in p.get("Parameters", [])})
+            for p in config["Processors"]]
 
 
 def test_same_functions_with_the_same_environment(local: Local, synthesized: Synthesized) -> None:
@@ -147,9 +164,34 @@ def test_same_capture_stream(local: Local, synthesized: Synthesized) -> None:
     assert local.capture_stream == {
         "name": names[0][platform.CAPTURE_STREAM], "type": props["DeliveryStreamType"],
         "bucket": buckets[destination["BucketARN"]["Fn::GetAtt"][0]], "prefix": destination["Prefix"],
-        "buffering": destination["BufferingHints"],
+        "buffering": destination["BufferingHints"], "error_prefix": destination["ErrorOutputPrefix"],
+        "processors": _processors(destination["ProcessingConfiguration"]),
     }
     assert local.capture_stream["bucket"] == "captures"
+
+
+def test_same_capture_subscriptions(local: Local, synthesized: Synthesized) -> None:
+    """Each infer and push function's log group is subscribed to the capture stream with the same filter on both
+    sides (the stack's function names carry the stage, the local cloud's the bare project)."""
+    config = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
+    stage = synthesized.stack.name_prefix
+    local_name = {platform.infer_function_name(stage, m.name): platform.infer_function_name(config.project, m.name)
+                  for m in config.models}
+    local_name |= {deployed.function: bare.function for deployed, bare in zip(
+        platform.push_queues(config.model_copy(update={"project": stage})), platform.push_queues(config), strict=True)}
+    [stream_lid] = synthesized.of_type("AWS::KinesisFirehose::DeliveryStream")
+    by_log_group = {r["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]: r["Properties"]["FunctionName"]
+                    for r in synthesized.of_type("AWS::Lambda::Function").values()
+                    if isinstance(r["Properties"].get("FunctionName"), str)}
+    deployed = {}
+    for resource in synthesized.of_type("AWS::Logs::SubscriptionFilter").values():
+        props = resource["Properties"]
+        destination = "stream:captures" if props["DestinationArn"] == {"Fn::GetAtt": [stream_lid, "Arn"]} \
+            else props["DestinationArn"]
+        deployed[local_name[by_log_group[props["LogGroupName"]["Ref"]]]] = (
+            props["FilterName"], props["FilterPattern"], destination)
+    assert len(deployed) == 2 * len(config.models)
+    assert local.subscriptions == deployed
 
 
 def test_same_s3_triggers(local: Local, synthesized: Synthesized) -> None:

@@ -34,8 +34,6 @@ def load_preflight() -> ModuleType:
 
 
 preflight = load_preflight()
-POWERTOOLS = preflight.POWERTOOLS_LAYER_PARAMETER.format(
-    version=preflight.importlib.metadata.version("aws-lambda-powertools"))
 # what GetAccountSettings answers for an established account and for a new one
 ESTABLISHED = {"ConcurrentExecutions": 1000, "UnreservedConcurrentExecutions": 1000}
 NEW_ACCOUNT = {"ConcurrentExecutions": 10, "UnreservedConcurrentExecutions": 10}
@@ -88,8 +86,8 @@ def bootstrap(version: int) -> None:
         Name="/cdk-bootstrap/hnb659fds/version", Value=str(version), Type="String")
 
 
-def run(limits: dict[str, int] = ESTABLISHED, powertools: bool = True, **context: str) -> dict[str, Any]:
-    session = Session(limits, {POWERTOOLS: f"arn:aws:lambda:{REGION}:017000801446:layer:x:1"} if powertools else {})
+def run(limits: dict[str, int] = ESTABLISHED, **context: str) -> dict[str, Any]:
+    session = Session(limits, {})
     findings = preflight.run(session, preflight.context([f"{k}={v}" for k, v in context.items()]))
     return {f.check: f for f in findings}
 
@@ -100,7 +98,7 @@ def test_a_bootstrapped_account_passes(aws: None) -> None:
     assert {check: f.status for check, f in found.items()} == {
         "CDK bootstrap": "ok", "API Gateway CloudWatch Logs role": "ok", "Lambda concurrency": "ok",
         # train asks for 4096 MB: no API says whether this account allows it
-        "Lambda memory": "WARN", "Powertools layer": "ok"}
+        "Lambda memory": "WARN"}
     # declaring the account's memory quota settles it
     assert run(**{LAMBDA_MEMORY_QUOTA_CONTEXT: "10240"})["Lambda memory"].status == "ok"
 
@@ -167,15 +165,8 @@ def test_the_api_gateway_logging_role_is_checked_when_the_stack_does_not_create_
     assert "no longer exists" in run(**external)["API Gateway CloudWatch Logs role"].detail
 
 
-def test_a_missing_powertools_parameter_fails(aws: None) -> None:
-    bootstrap(29)
-    finding = run(powertools=False)["Powertools layer"]
-    assert finding.status == "FAIL"
-    assert POWERTOOLS in finding.detail
-
-
 def test_main_exits_1_and_says_what_to_do(aws: None, capsys: pytest.CaptureFixture[str]) -> None:
-    session = Session(ESTABLISHED, {POWERTOOLS: "x"})
+    session = Session(ESTABLISHED, {})
     assert preflight.main(["-c", f"{STAGE_CONTEXT}=dev", "--region", REGION],
                           new_session=lambda region_name: session) == 1
     out = capsys.readouterr().out

@@ -18,11 +18,12 @@ from infra.constructs.serving import (
     THROTTLE_RATE_PER_SECOND,
 )
 from mlops.aws import environment, platform
-from mlops.aws.access import DEPLOY, ROUTE
+from mlops.aws.access import CAPTURE_DELIVERY, DEPLOY, ROUTE
 from mlops.aws.environment import API_SOURCE_ARN
 from mlops.core import layout
 from mlops.core.config import load_config
 from mlops.release.deploy import LIVE_ALIAS
+from mlops.serving import capture
 
 CONFIG = load_config(platform.ROOT / cdk_json_context()[CONFIG_CONTEXT])
 # physical names carry the stage, so that two stages can share an account
@@ -61,9 +62,10 @@ def test_one_infer_function_per_declared_model(synthesized: Synthesized) -> None
         variables = props["Environment"]["Variables"]
         # infer also starts batch runs (infra/constructs/batch.py): the one variable push does not share with it
         # infer also starts batch runs, whose inputs and outputs are in the data bucket (mlops.batch.start)
-        assert set(variables) == {*spec.env, MODEL_NAME, *POWERTOOLS_ENV, environment.BATCH_STATE_MACHINE_ARN,
-                                  environment.DATA_BUCKET}, model
+        assert set(variables) == {*spec.env, MODEL_NAME, environment.CAPTURE_SAMPLE_RATE, *POWERTOOLS_ENV,
+                                  environment.BATCH_STATE_MACHINE_ARN, environment.DATA_BUCKET}, model
         assert variables[MODEL_NAME] == model
+        assert float(variables[environment.CAPTURE_SAMPLE_RATE]) == CONFIG.model(model).capture_sample_rate
         assert variables["POWERTOOLS_SERVICE_NAME"] == spec.name
         assert variables[environment.REGISTRY_TABLE] == {
             "Ref": synthesized.logical_id(synthesized.stack.storage.tables["registry"])}
@@ -153,7 +155,7 @@ def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: 
     assert destination["Prefix"] == layout.CAPTURES
     assert destination["EncryptionConfiguration"] == {"KMSEncryptionConfig": {"AWSKMSKeyARN": key}}
     assert destination["CloudWatchLoggingOptions"]["Enabled"] is True
-    # its own role, which writes under captures/ and nowhere else
+    # its own role, which writes under captures/ and, for what it cannot process, under capture-failures/ only
     role = destination["RoleARN"]["Fn::GetAtt"][0]
     assert synthesized.resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
         "Service": "firehose.amazonaws.com"}
@@ -163,23 +165,70 @@ def test_capture_stream_delivers_into_the_captures_bucket_with_kms(synthesized: 
                for statement in policy["Properties"]["PolicyDocument"]["Statement"]
                if "s3:PutObject" in as_list(statement["Action"])
                for resource in as_list(statement["Resource"])]
-    assert written == [f"{synthesized.logical_id(storage.buckets['captures'])}.Arn/{layout.CAPTURES}*"]
+    bucket = synthesized.logical_id(storage.buckets["captures"])
+    assert sorted(written) == [f"{bucket}.Arn/{capture.FAILURES_PREFIX}*", f"{bucket}.Arn/{layout.CAPTURES}*"]
 
 
-def test_only_the_infer_functions_put_records_and_only_into_the_capture_stream(synthesized: Synthesized) -> None:
+def test_the_capture_stream_turns_log_deliveries_into_json_lines_under_captures(synthesized: Synthesized) -> None:
+    """What CloudWatch Logs delivers is gzipped documents of log events: the stream decompresses them, keeps each
+    event's message and ends it with a newline, so the objects under captures/ stay the JSON lines rollout and
+    drift_check read; what it cannot process goes under capture-failures/, which they never list."""
+    destination = stream(synthesized)[1]["ExtendedS3DestinationConfiguration"]
+    assert destination["ProcessingConfiguration"] == {"Enabled": True, "Processors": [
+        {"Type": "Decompression", "Parameters": [{"ParameterName": "CompressionFormat", "ParameterValue": "GZIP"}]},
+        {"Type": "CloudWatchLogProcessing",
+         "Parameters": [{"ParameterName": "DataMessageExtraction", "ParameterValue": "true"}]},
+        {"Type": "AppendDelimiterToRecord"},
+    ]}
+    assert destination["ErrorOutputPrefix"] == capture.FAILURES_PREFIX
+    assert not capture.FAILURES_PREFIX.startswith(layout.CAPTURES)
+
+
+def capture_subscriptions(synthesized: Synthesized) -> dict[str, dict[str, Any]]:
+    """Log group logical id -> the properties of its subscription filter."""
+    return {props["LogGroupName"]["Ref"]: props
+            for props in (r["Properties"] for r in synthesized.of_type("AWS::Logs::SubscriptionFilter").values())}
+
+
+def test_each_infer_and_push_functions_log_group_delivers_its_capture_lines_to_the_stream(
+        synthesized: Synthesized) -> None:
+    stack = synthesized.stack
+    subscriptions = capture_subscriptions(synthesized)
+    functions = [*stack.serving.functions.values(), *stack.push.functions.values()]
+    assert set(subscriptions) == {synthesized.logical_id(f.log_group) for f in functions}
+    assert len(functions) == 2 * len(MODELS)
+    logs_role = synthesized.logical_id(stack.serving.capture_logs_role)
+    for props in subscriptions.values():
+        # only the marked lines: the function's own logs and its metrics never reach the captures
+        assert props["FilterPattern"] == capture.FILTER_PATTERN == '{ $.mlops_capture = 1 }'
+        assert props["FilterName"] == capture.SUBSCRIPTION_FILTER
+        assert props["DestinationArn"] == {"Fn::GetAtt": [stream(synthesized)[0], "Arn"]}
+        assert props["RoleArn"] == {"Fn::GetAtt": [logs_role, "Arn"]}
+    # created once the role may put records: CloudWatch Logs tests the destination when a filter is created
+    policy = synthesized.stack.resolve(stack.serving._capture_logs_policy.node.default_child.logical_id)
+    for lid, resource in synthesized.of_type("AWS::Logs::SubscriptionFilter").items():
+        assert policy in resource.get("DependsOn", []), lid
+
+
+def test_cloudwatch_logs_alone_puts_records_and_only_into_the_capture_stream(synthesized: Synthesized) -> None:
+    """The functions capture by logging: no function role may put records into a stream (they did, with a
+    synchronous PutRecordBatch per request, before docs/capture.md). The role CloudWatch Logs assumes may put into the
+    capture stream and nothing else, and only for this account's and region's log groups."""
     stream_arn = {"Fn::GetAtt": [stream(synthesized)[0], "Arn"]}
-    infer_roles = {synthesized.logical_id(f.role) for f in synthesized.stack.serving.functions.values()}
-    # push mode scores with the same serving core, and captures the same way
-    infer_roles |= {synthesized.logical_id(f.role) for f in synthesized.stack.push.functions.values()}
+    logs_role = synthesized.logical_id(synthesized.stack.serving.capture_logs_role)
     putters = set()
     for policy in synthesized.of_type("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = [a for a in as_list(statement["Action"]) if a.startswith("firehose:")]
             if actions:
-                assert actions == ["firehose:PutRecordBatch"]
+                assert sorted(actions) == sorted(CAPTURE_DELIVERY) == ["firehose:PutRecord", "firehose:PutRecordBatch"]
                 assert as_list(statement["Resource"]) == [stream_arn]
                 putters |= {role["Ref"] for role in policy["Properties"]["Roles"]}
-    assert putters == infer_roles
+    assert putters == {logs_role}
+    [trust] = synthesized.resources[logs_role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "logs.amazonaws.com"}
+    stack = synthesized.stack
+    assert trust["Condition"] == {"StringLike": {"aws:SourceArn": f"arn:aws:logs:{stack.region}:{stack.account}:*"}}
 
 
 # -- API --------------------------------------------------------------------------------------------------------

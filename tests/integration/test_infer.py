@@ -83,6 +83,7 @@ def test_predictions_and_feedback_are_captured_and_joinable(served: Any) -> None
     cloud, lam = served
     _, answer = _call(lam, "POST", "/models/breast-cancer/predict", {"features": _row(cloud)})
     _call(lam, "POST", "/models/breast-cancer/feedback", {"request_id": answer["request_id"], "label": "1"})
+    cloud.flush_captures()  # the log group's subscription delivers within a second; now, here
     s3, bucket = aws.client("s3"), cloud.deployment.names["captures"]
     lines = [json.loads(line) for obj in s3.list_objects_v2(Bucket=bucket, Prefix="captures/")["Contents"]
              for line in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode().splitlines()]

@@ -25,11 +25,13 @@ from mlops.local.cloud import Deployment, provision
 from mlops.local.embedded import EmbeddedCloud
 from mlops.local.firehose import BufferedFirehose
 from mlops.local.gateway import ApiGateway, proxy_event
+from mlops.local.metrics import LogSubscriptions
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Job, Scheduler, parse_rate
 from mlops.local.state import PERSISTED, GroupCommit, StateDir, StateError, is_mutating, request_service
 from mlops.registry.versions import CHAMPION
 from mlops.release.deploy import ServingDeployer
+from mlops.serving.capture import MARKER
 
 INFER = platform.infer_function_name("mlops", "breast-cancer")  # the test project's
 
@@ -290,20 +292,21 @@ def test_recovery_ingests_an_upload_that_was_never_processed_and_trains_it_once(
     assert [v.version for v in cloud.registry.versions("breast-cancer")] == [1]
 
 
-def test_firehose_writes_one_object_per_buffer_not_per_call(fresh_cloud: Deployment) -> None:
+def test_firehose_writes_one_object_per_buffer_not_per_delivery(fresh_cloud: Deployment) -> None:
     flushed: list[int] = []
     buffered = BufferedFirehose(interval_s=3600, after_flush=lambda: flushed.append(1))
     buffered.install()
     try:
-        firehose, s3 = aws.client("firehose"), aws.client("s3")
-        for i in range(3):
-            firehose.put_record_batch(DeliveryStreamName=fresh_cloud.names["captures"],
-                                      Records=[{"Data": f'{{"n": {i}}}\n'.encode()}])
+        s3, subscriptions = aws.client("s3"), LogSubscriptions(fresh_cloud.region)
+        for i in range(3):  # three deliveries of an infer function's log group's subscription
+            subscriptions.put(f"/aws/lambda/{INFER}", [json.dumps({MARKER: 1, "n": i})])
+            subscriptions.flush()
         assert s3.list_objects_v2(Bucket=fresh_cloud.names["captures"]).get("KeyCount") == 0
         buffered.flush()
     finally:
         buffered.uninstall()
     [obj] = s3.list_objects_v2(Bucket=fresh_cloud.names["captures"])["Contents"]
     body = s3.get_object(Bucket=fresh_cloud.names["captures"], Key=obj["Key"])["Body"].read().decode()
-    assert body.splitlines() == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
+    assert [json.loads(line)["n"] for line in body.splitlines()] == [0, 1, 2]
+    assert obj["Key"].startswith("captures/")
     assert flushed == [1]

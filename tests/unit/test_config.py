@@ -44,6 +44,10 @@ def test_unknown_model_names_the_known_ones(config_file: Path) -> None:
         # the rollout's first look with feedback would already be past its maximum duration
         ('[[model]]\nname = "m1"\ntarget = "y"\nrollout_interval_seconds = 90000\nrollout_max_hours = 24\n',
          r"rollout_interval_seconds = 90000 is longer than rollout_max_hours = 24.0 \(86400 s\)"),
+        # drift_check reads the champion's captured sample: none at all leaves it nothing to check
+        ('[[model]]\nname = "m1"\ntarget = "y"\ncapture_sample_rate = 0\n',
+         r"capture_sample_rate = 0.0 must be more than 0 and at most 1"),
+        ('[[model]]\nname = "m1"\ntarget = "y"\ncapture_sample_rate = 1.5\n', r"capture_sample_rate = 1.5 must be"),
         # a wait no Step Functions execution outlives
         ('[[model]]\nname = "m1"\ntarget = "y"\nrollout_interval_seconds = 20000000\nrollout_max_hours = 10000\n',
          r"rollout_interval_seconds = 20000000 is longer than 15768000 s .*execution times out after a year"),
@@ -52,6 +56,12 @@ def test_unknown_model_names_the_known_ones(config_file: Path) -> None:
 def test_invalid_configuration_says_what_is_wrong(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(_write(tmp_path, body))
+
+
+def test_every_prediction_is_captured_unless_a_model_says_otherwise(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[[model]]\nname = "m1"\ntarget = "y"\n'
+                                          '[[model]]\nname = "m2"\ntarget = "y"\ncapture_sample_rate = 0.01\n'))
+    assert [m.capture_sample_rate for m in config.models] == [1.0, 0.01]
 
 
 def test_missing_configuration_says_how_to_fix(tmp_path: Path) -> None:

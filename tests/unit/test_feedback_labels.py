@@ -17,10 +17,10 @@ from mlops.serving.server import ModelServer
 
 class Captured(CaptureSink):
     def __init__(self) -> None:
-        super().__init__(None, None, lambda _exc: None)
+        super().__init__(enabled=True, on_error=lambda _exc: None)
         self.records: list[dict[str, Any]] = []
 
-    def put(self, records: Any) -> None:
+    def put(self, records: Any, *, sampling: bool = False) -> None:
         self.records.extend(records)
 
 

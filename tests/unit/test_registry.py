@@ -122,7 +122,7 @@ STORED: list[dict[str, Any]] = [
      "look": _s('{"at": "2026-12-01T11:00:00+00:00", "number": 1, "action": "continue", "challenger": 2}')},
     {"pk": PK, "sk": _s("EVENT#2026-12-01T12:00:00+00:00#a1b2c3d4"), "at": _s("2026-12-01T12:00:00+00:00"),
      "action": _s("republish"), "who": _s("ops"), "why": _s("new code"), "details": _s('{"lambda_version": "3"}')},
-    {"pk": PK, "sk": _s("LOCK#rollout"), "owner": _s("rollout:x"), "expires": {"N": "1796300000"}},
+    {"pk": PK, "sk": _s("LOCK#rollout"), "owner": _s("rollout:x"), "expires": {"N": "4102444800"}},
     {"pk": PK, "sk": _s("DRIFT#2026-12-01T13:00:00+00:00"), "window_end": _s("2026-12-01T13:00:00+00:00"),
      "status": _s("drift"), "drifted": {"BOOL": True}, "labelled_rows": {"N": "12"},
      "details": _s('{"drifted_features": ["x"]}')},
@@ -158,7 +158,7 @@ def test_items_written_before_read_the_same(registry: Registry) -> None:
                                        "challenger": 2}]
     assert registry.events("m") == [{"at": "2026-12-01T12:00:00+00:00", "action": "republish", "who": "ops",
                                      "why": "new code", "details": {"lambda_version": "3"}}]
-    assert registry.acquire_lock("m", "rollout:y", ttl_seconds=60) is False  # held by rollout:x until 2026-12-01
+    assert registry.acquire_lock("m", "rollout:y", ttl_seconds=60) is False  # held by rollout:x until 2100-01-01
     assert registry.drift_windows("m") == [{"window_end": "2026-12-01T13:00:00+00:00", "status": "drift",
                                             "drifted": True, "labelled_rows": 12,
                                             "details": {"drifted_features": ["x"]}}]

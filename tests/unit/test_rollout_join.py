@@ -86,6 +86,18 @@ def test_labels_count_correct_predictions_per_version(captures: ObjectStore) -> 
     assert state.counts == {"1": [1, 1], "2": [0, 1]}
 
 
+def test_a_line_that_is_not_json_is_skipped_and_counted_not_fatal(captures: ObjectStore) -> None:
+    # what the log pipeline could put among the captures: a health-check message, a line cut short
+    records = [_record("prediction", "x1", 1, prediction="yes"), _record("feedback", "x1", 1, label="yes")]
+    body = ("CWL CONTROL MESSAGE: Checking health of destination Firehose.\n" + json.dumps(records[0]) + "\n"
+            + '{"type": "predic\n' + json.dumps(records[1]) + "\n")
+    captures.s3.put_object(Bucket="captures", Key="captures/m/k", Body=body.encode())
+    state = RolloutState(model="m", champion=1, challenger=2, started_at=STARTED)
+    join_new_captures(state, captures)
+    assert state.counts["1"] == [1, 1]
+    assert captures.invalid_lines == 2
+
+
 # -- capture objects that land late and out of key order (Firehose keys by the oldest record's arrival) ---------------
 def _firehose_key(at: datetime, tag: str) -> str:
     return f"captures/{at:%Y/%m/%d/%H}/mlops-captures-1-{at:%Y-%m-%d-%H-%M-%S}-{tag}"

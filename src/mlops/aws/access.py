@@ -93,6 +93,10 @@ QUEUE_CONSUMER = ("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQu
 # its predictions, manifest and working files (batch-runs/<model>/<batch id>/): never incoming/ (a write there starts
 # ingest, then training) nor the curated data, contracts and quarantine; and a run writes nowhere runs read inputs.
 NOTIFICATIONS: Final = platform.TOPIC
+# What CloudWatch Logs' role may do with the capture stream, into which each infer and push function's log group
+# subscription delivers the capture lines (infra/constructs/serving.py, mlops.local.cloud.subscribe_captures): the
+# record writes, on that stream only (aws-cdk-lib's FirehoseDestination grants the same)
+CAPTURE_DELIVERY = ("firehose:PutRecord", "firehose:PutRecordBatch")
 
 
 def predictions_topic(model: str) -> str:
@@ -141,11 +145,12 @@ ACCESS: dict[str, Access] = {
 
 
 def infer_access(model: str) -> Access:
-    """A model's infer function: that model's registered artefacts, the registry, the online features and the capture
-    stream; it starts and describes batch runs (POST and GET /models/<name>/batch, mlops.batch.start)."""
+    """A model's infer function: that model's registered artefacts, the registry and the online features; it starts
+    and describes batch runs (POST and GET /models/<name>/batch, mlops.batch.start). It captures by writing to its own
+    log (mlops.serving.capture), so it puts nothing into the capture stream itself: CloudWatch Logs does, with
+    CAPTURE_DELIVERY."""
     return Access(read={"models": (f"models/{model}/",)}, tables={"registry": READ, "features": READ},
-                  puts=(platform.CAPTURE_STREAM,), starts=(platform.BATCH_STATE_MACHINE,),
-                  describes=(platform.BATCH_STATE_MACHINE,))
+                  starts=(platform.BATCH_STATE_MACHINE,), describes=(platform.BATCH_STATE_MACHINE,))
 
 
 def push_access(queue: platform.PushQueue) -> Access:
@@ -154,9 +159,9 @@ def push_access(queue: platform.PushQueue) -> Access:
     bucket. Receiving from its queue is the event source mapping's part (infra/constructs/push.py)."""
     infer = infer_access(queue.model)
     if queue.output == "s3":
-        return Access(read=infer.read, tables=infer.tables, puts=infer.puts, sends=(dead_letters(queue.model),),
+        return Access(read=infer.read, tables=infer.tables, sends=(dead_letters(queue.model),),
                       write={"data": (f"{layout.PREDICTIONS}{queue.model}/",)})
-    return Access(read=infer.read, tables=infer.tables, puts=infer.puts, sends=(dead_letters(queue.model),),
+    return Access(read=infer.read, tables=infer.tables, sends=(dead_letters(queue.model),),
                   publishes=(predictions_topic(queue.model),))
 
 

@@ -27,6 +27,9 @@ INFER_FUNCTIONS = "INFER_FUNCTIONS"
 PUSH_OUTPUT = "PUSH_OUTPUT"
 PREDICTIONS_TOPIC_ARN = "PREDICTIONS_TOPIC_ARN"
 DEAD_LETTER_QUEUE_URL = "DEAD_LETTER_QUEUE_URL"
+# An infer or push function's model, and the share of its champion's predictions it captures (mlops.serving.capture)
+MODEL_NAME = "MODEL_NAME"
+CAPTURE_SAMPLE_RATE = "CAPTURE_SAMPLE_RATE"
 
 
 def require(name: str) -> str:

@@ -115,6 +115,7 @@ class PushQueue:
     max_receives: int
     output: str  # sns | s3
     topic: str | None  # the model's predictions topic when output is sns
+    capture_sample_rate: float = 1.0
 
     @property
     def output_variable(self) -> str:
@@ -122,12 +123,19 @@ class PushQueue:
         return environment.PREDICTIONS_TOPIC_ARN if self.output == "sns" else environment.DATA_BUCKET
 
 
+def serving_env(model: str, capture_sample_rate: float) -> dict[str, str]:
+    """What an infer or push function is told of the model it serves (the CDK app and the local cloud alike): its
+    name, and its capture_sample_rate, read once at start rather than from the bundled mlops.toml."""
+    return {environment.MODEL_NAME: model, environment.CAPTURE_SAMPLE_RATE: repr(capture_sample_rate)}
+
+
 def push_queues(config: ProjectConfig) -> list[PushQueue]:
     out = []
     for model in config.models:
         base = f"{config.project}-push-{model.name}"
         out.append(PushQueue(model.name, base, f"{base}-dlq", base, model.push_max_receives, model.push_output,
-                             f"{config.project}-predictions-{model.name}" if model.push_output == "sns" else None))
+                             f"{config.project}-predictions-{model.name}" if model.push_output == "sns" else None,
+                             model.capture_sample_rate))
     return out
 
 

@@ -34,6 +34,7 @@ class ObjectStore:
     def __init__(self, s3: Any, bucket: str) -> None:
         self.s3 = s3
         self.bucket = bucket
+        self.invalid_lines = 0  # lines json_lines skipped: not JSON
 
     def uri(self, key: str) -> str:
         return s3_uri(self.bucket, key)
@@ -118,11 +119,18 @@ class ObjectStore:
         return json.loads(self.get_bytes(key))
 
     def json_lines(self, key: str) -> Iterator[Any]:
-        """The JSON values of an object of JSON lines (Firehose's captures), streamed; blank lines skipped."""
+        """The JSON values of an object of JSON lines (Firehose's captures), streamed; blank lines skipped. A line that
+        is not JSON (a delivery pipeline's own message, a cut line) is skipped and counted in ``invalid_lines``: one
+        such line must not stop every reader of the captures."""
         body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
         for line in body.iter_lines():
             if line.strip():
-                yield json.loads(line)
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    self.invalid_lines += 1
+                    continue
+                yield value
 
     def keys(self, prefix: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")

@@ -181,6 +181,9 @@ class ModelConfig(BaseModel):
     # MaxConcurrency; the CDK app checks it against the stage's Lambda concurrency, docs/batch.md)
     batch_inputs: tuple[str, ...] = ()
     batch_max_concurrency: int = Field(default=BATCH_MAX_CONCURRENCY, ge=1, le=DISTRIBUTED_MAP_MAX_CONCURRENCY)
+    # the share of the champion's predictions captured while no challenger holds traffic (mlops.serving.capture), for
+    # high-volume models; a canary's predictions and all feedback are always captured (see _capture_sample_rate)
+    capture_sample_rate: float = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -228,6 +231,17 @@ class ModelConfig(BaseModel):
                     "declare another prefix")
         if duplicated := sorted({uri for uri in value if value.count(uri) > 1}):
             raise ValueError(f"declared twice: {duplicated}")
+        return value
+
+    @field_validator("capture_sample_rate")
+    @classmethod
+    def _capture_sample_rate(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(
+                f"capture_sample_rate = {value} must be more than 0 and at most 1 (the default, every prediction): it "
+                "is the share of the champion's predictions captured while no canary runs, which drift_check reads; "
+                "0 would leave it nothing to check. A canary's predictions and all feedback are captured whatever "
+                "it is")
         return value
 
     @field_validator("push_max_receives")

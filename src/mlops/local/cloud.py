@@ -18,13 +18,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops.aws import environment, platform
-from mlops.core.config import CONFIG_FILE, load_config
+from mlops.aws import access, environment, platform
+from mlops.core.config import CONFIG_FILE, ProjectConfig, load_config
 from mlops.local.alarms import create_alarms
 from mlops.local.gateway import execute_api_arn
 from mlops.local.iam.policies import LocalNames
 from mlops.local.queues import provision_queues
 from mlops.release.deploy import LIVE_ALIAS, ServingDeployer
+from mlops.serving import capture
 
 ACCOUNT = "123456789012"
 
@@ -195,20 +196,27 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
             Environment={"Variables": deployment.function_env(spec)},
         )
         deployment.function_arns[spec.name] = created["FunctionArn"]
-    client("firehose").create_delivery_stream(
+    stream_arn = client("firehose").create_delivery_stream(
         DeliveryStreamName=deployment.names["captures"], DeliveryStreamType="DirectPut",
         ExtendedS3DestinationConfiguration={
             "RoleARN": role, "BucketARN": f"arn:aws:s3:::{deployment.names['captures']}", "Prefix": "captures/",
+            "ErrorOutputPrefix": capture.FAILURES_PREFIX,
             "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+            # the subscriptions' deliveries, decompressed and reduced to their messages, one per line
+            # (mlops.local.firehose plays these processors)
+            "ProcessingConfiguration": {"Enabled": True, "Processors": [
+                {"Type": kind, "Parameters": [{"ParameterName": k, "ParameterValue": v} for k, v in params.items()]}
+                for kind, params in capture.STREAM_PROCESSORS]},
         },
-    )
+    )["DeliveryStreamARN"]
     for model in deployment.models:
         lam.create_function(
             FunctionName=deployment.infer_function(model), Runtime="python3.12", Role=role,
             Handler="handler.handler", Code={"ZipFile": function_zip(platform.INFER, config_file)},
             Description=platform.INFER.description, Timeout=platform.INFER.timeout_s,
             MemorySize=platform.INFER.memory_mb,
-            Environment={"Variables": {**deployment.function_env(platform.INFER), "MODEL_NAME": model,
+            Environment={"Variables": {**deployment.function_env(platform.INFER),
+                                       **platform.serving_env(model, config.model(model).capture_sample_rate),
                                        # infer starts batch runs (mlops.batch.start) with their inputs in the data
                                        # bucket; push shares INFER.env, not these
                                        environment.BATCH_STATE_MACHINE_ARN: deployment.batch_arn,
@@ -254,4 +262,30 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     # push mode: each model's queue, dead-letter queue, topic, push function and event source mapping
     provision_queues(client, config=config, region=region, role=role, code=function_zip(platform.PUSH, config_file),
                      values={v: deployment.env_value(v) for v in (*platform.PUSH.env, environment.DATA_BUCKET)})
+    subscribe_captures(client, deployment, config, stream_arn)
     return deployment
+
+
+def subscribe_captures(client: Callable[[str], Any], deployment: Deployment, config: ProjectConfig,
+                       stream_arn: str) -> None:
+    """What the stack does (infra/constructs/serving.py): each infer and push function's log group subscribed to the
+    capture stream, filtered on the capture marker, through a role CloudWatch Logs assumes. Lambda names a function's
+    log group /aws/lambda/<function> unless told otherwise; the local runtime's output lands there
+    (mlops.local.metrics.LogSubscriptions delivers what the filter matches)."""
+    role = client("iam").create_role(
+        RoleName=f"{config.project}-local-capture-logs",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "logs.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+    )["Role"]
+    client("iam").put_role_policy(RoleName=role["RoleName"], PolicyName="capture-stream", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": list(access.CAPTURE_DELIVERY),
+                                                "Resource": stream_arn}]}))
+    logs = client("logs")
+    functions = [deployment.infer_function(m) for m in deployment.models]
+    functions += [queue.function for queue in platform.push_queues(config)]
+    for function in functions:
+        group = f"/aws/lambda/{function}"
+        logs.create_log_group(logGroupName=group)
+        logs.put_subscription_filter(logGroupName=group, filterName=capture.SUBSCRIPTION_FILTER,
+                                     filterPattern=capture.FILTER_PATTERN, destinationArn=stream_arn,
+                                     roleArn=role["Arn"])

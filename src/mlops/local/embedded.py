@@ -21,7 +21,7 @@ from mlops.local.firehose import BufferedFirehose
 from mlops.local.iam.guard import Guard
 from mlops.local.iam.policies import LocalNames, platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime
-from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
+from mlops.local.metrics import EmfBridge, LogSubscriptions, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
 from mlops.registry.store import Registry
 from mlops.release.deploy import LIVE_ALIAS
@@ -42,9 +42,14 @@ class EmbeddedCloud:
     firehose: BufferedFirehose | None = None
     queues: QueuePoller | None = None  # delivers the push queues to the push functions (mlops.local.queues)
     guard: Guard | None = None  # every handler's AWS calls, checked against its role (mlops.local.iam)
+    # the log groups' subscriptions: capture lines on their way to the capture stream (mlops.local.metrics)
+    subscriptions: LogSubscriptions | None = None
 
     def flush_captures(self) -> None:
-        """Deliver what Firehose holds in its buffer now (it would within its interval)."""
+        """Deliver the captures on their way now (they would within a second): the capture lines the log groups'
+        subscriptions hold, then what Firehose holds in its buffer."""
+        if self.subscriptions is not None:
+            self.subscriptions.flush()
         if self.firehose is not None:
             self.firehose.flush()
 
@@ -123,25 +128,29 @@ class EmbeddedCloud:
 @contextmanager
 def embedded_cloud(config_file: Path, *, handler_output: Any = None, buffered_captures: bool = False,
                    policies: PolicySource | None = None) -> Iterator[EmbeddedCloud]:
-    """``buffered_captures``: Firehose writes one S3 object per buffer, as on AWS, instead of moto's one per
-    call; readers of the captures (rollout, drift_check) then stay fast under thousands of predictions.
-    ``policies``: where each function's role policy comes from (default: the platform's declaration)."""
+    """``buffered_captures``: Firehose writes one S3 object per buffer, as on AWS, instead of one per delivery of the
+    log groups' subscriptions; readers of the captures (rollout, drift_check) then stay fast under thousands of
+    predictions. Either way captures reach S3 the way they do on AWS, a second or less after the handler wrote them:
+    ``EmbeddedCloud.flush_captures`` delivers them at once. ``policies``: where each function's role policy comes from
+    (default: the platform's declaration)."""
     from moto import mock_aws
 
-    # Handlers print their metrics (EMF): the bridge plays CloudWatch Logs' part and publishes them.
-    output = EmfBridge(moto_publisher(aws.region()), handler_output)
+    # Handlers print their metrics (EMF) and their capture lines: the bridge plays CloudWatch Logs' part, publishes the
+    # metrics and hands the lines to the log groups' subscriptions, which deliver the capture lines to Firehose.
+    subscriptions = LogSubscriptions(aws.region())
+    output = EmfBridge(moto_publisher(aws.region()), handler_output, subscriptions)
     with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), percentiles_in_moto(),
           InProcessRuntime(handler_output=output) as runtime):
         aws.client.cache_clear()
         permissions.install()
-        firehose = BufferedFirehose(interval_s=0.5) if buffered_captures else None
-        if firehose is not None:
-            firehose.install()
+        firehose = BufferedFirehose(interval_s=0.5) if buffered_captures else BufferedFirehose(max_bytes=0)
+        firehose.install()
         deployment = provision(aws.client, config_file=config_file)
+        subscriptions.start()
         source = policies or default_policies
         guard = Guard(source(deployment.local_names(), load_config(config_file), config_file), account=ACCOUNT)
         guard.install()
-        cloud = EmbeddedCloud(deployment, runtime, firehose, guard=guard)
+        cloud = EmbeddedCloud(deployment, runtime, firehose, guard=guard, subscriptions=subscriptions)
         runtime.listeners.append(alarm_watcher(cloud.deployment, aws.client))
         cloud.queues = QueuePoller(aws.client("sqs"), aws.client("lambda"), region=aws.region())
         cloud.queues.start()
@@ -149,8 +158,8 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None, buffered_ca
             yield cloud
         finally:
             cloud.queues.stop()
-            if firehose is not None:
-                firehose.uninstall()
+            subscriptions.stop()  # what the handlers logged last goes to Firehose, then to S3
+            firehose.uninstall()
             # Executions run on moto's threads: let them end inside this mock, not in the next one. A rollout
             # waits for traffic that will not come any more: stop it rather than wait for its decision.
             sfn = aws.client("stepfunctions")

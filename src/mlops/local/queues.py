@@ -50,7 +50,8 @@ def provision_queues(client: Callable[[str], Any], *, config: ProjectConfig, reg
             "QueueUrl"]
         output = (sns.create_topic(Name=queue.topic)["TopicArn"] if queue.topic
                   else values[variables.DATA_BUCKET])
-        function_env = {**{v: values[v] for v in platform.PUSH.env}, "MODEL_NAME": queue.model,
+        function_env = {**{v: values[v] for v in platform.PUSH.env},
+                        **platform.serving_env(queue.model, queue.capture_sample_rate),
                         variables.PUSH_OUTPUT: queue.output, variables.DEAD_LETTER_QUEUE_URL: dlq_url,
                         queue.output_variable: output,
                         "POWERTOOLS_SERVICE_NAME": platform.PUSH.name,

@@ -6,8 +6,9 @@ One process holds all of it:
   every handler's calls checked against its function's role (``mlops.local.iam``) and Lambda resource policies
   enforced where AWS enforces them (``mlops.local.permissions``);
 - the in-process Lambda runtime (``mlops.local.lambda_runtime``), so handlers run here, one environment
-  per function version; S3 notifications delivered asynchronously (``mlops.local.dispatch``) and Firehose
-  writing to S3 in buffers (``mlops.local.firehose``), as on AWS;
+  per function version; S3 notifications delivered asynchronously (``mlops.local.dispatch``), the handlers'
+  capture lines delivered by their log groups' subscriptions (``mlops.local.metrics``) to Firehose, writing to S3
+  in buffers (``mlops.local.firehose``), as on AWS;
 - the resources provisioned from ``mlops.aws.platform`` by ``mlops.local.cloud.provision``, as in the
   embedded cloud;
 - a local API gateway (``mlops.local.gateway``) in front of each model's ``live`` alias;
@@ -46,7 +47,7 @@ from mlops.local.gateway import ApiGateway, serve
 from mlops.local.iam.guard import Guard
 from mlops.local.iam.policies import platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime, Invocation
-from mlops.local.metrics import EmfBridge, moto_publisher, percentiles_in_moto
+from mlops.local.metrics import EmfBridge, LogSubscriptions, moto_publisher, percentiles_in_moto
 from mlops.local.queues import QueuePoller
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Scheduler, declared_jobs, lambda_invoker
@@ -113,6 +114,8 @@ class LocalCloud:
         self.runtime: InProcessRuntime | None = None
         self.notifications: AsyncNotifications | None = None
         self.firehose: BufferedFirehose | None = None
+        # the log groups' subscriptions: capture lines from the handlers' output to Firehose (mlops.local.metrics)
+        self.subscriptions: LogSubscriptions | None = None
         self.scheduler: Scheduler | None = None
         self.queues: QueuePoller | None = None  # the push queues' event source mappings (mlops.local.queues)
         self._servers: list[Any] = []
@@ -225,9 +228,11 @@ class LocalCloud:
         # an idempotent replay has no metric to publish: Powertools warns on every such invocation
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         quiet = None if self.options.verbose else open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-        # handlers' metrics (EMF on stdout) reach CloudWatch, with percentiles: the rollout's guardrails read them
+        # handlers' metrics (EMF on stdout) reach CloudWatch, with percentiles: the rollout's guardrails read them;
+        # their capture lines reach the capture stream through their log groups' subscriptions, as on AWS
         self._patches.enter_context(percentiles_in_moto())
-        self.runtime = InProcessRuntime(handler_output=EmfBridge(moto_publisher(REGION), quiet))
+        self.subscriptions = LogSubscriptions(REGION, log=self.log)
+        self.runtime = InProcessRuntime(handler_output=EmfBridge(moto_publisher(REGION), quiet, self.subscriptions))
         self.runtime.install()
         permissions.install()  # Lambda resource policies, enforced where AWS enforces them
         self.runtime.listeners.append(lambda record: self.log(_summary(record)))
@@ -236,6 +241,7 @@ class LocalCloud:
         self.notifications.install()
         self.firehose = BufferedFirehose(after_flush=self._captures_written)
         self.firehose.install()
+        self.subscriptions.start()
 
     def _restore(self, deployment: Deployment) -> bool:
         """With --state: put the saved state back (if any), then start saving. True when state was restored."""
@@ -262,8 +268,10 @@ class LocalCloud:
             self.scheduler.stop()
         if self.queues:
             self.queues.stop()
+        if self.subscriptions:
+            self.subscriptions.stop()  # what the handlers logged last goes to Firehose...
         if self.firehose:
-            self.firehose.uninstall()  # what is still buffered goes to S3 (and into the last snapshot)
+            self.firehose.uninstall()  # ...and what is still buffered to S3 (and into the last snapshot)
         if self.commit:
             # every answered write is saved already; this catches what moto did on its own since (executions)
             self.commit.flush()

@@ -49,18 +49,21 @@ def is_poison(exc: Exception) -> bool:
 
 class HeldCapture(CaptureSink):
     """The capture of the message being answered, held until its answer is out: a message retried after a
-    failed output is captured once, when it is answered."""
+    failed output is captured once, when it is answered. Held as the server put it, sampled or not."""
 
     def __init__(self, sink: CaptureSink) -> None:
-        super().__init__(sink.firehose, sink.stream, sink.on_error)
+        super().__init__(enabled=sink.enabled, on_error=sink.on_error, sample_rate=sink.sample_rate, out=sink.out,
+                         rng=sink.rng)
         self.held: list[dict[str, Any]] = []
+        self.sampling = False
 
-    def put(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def put(self, records: Sequence[Mapping[str, Any]], *, sampling: bool = False) -> None:
         self.held.extend(dict(r) for r in records)
+        self.sampling = sampling
 
     def release(self) -> None:
         held, self.held = self.held, []
-        super().put(held)
+        super().put(held, sampling=self.sampling)
 
 
 class TopicOutput:
@@ -128,6 +131,7 @@ class PushConsumer:
     def answer(self, message: PushMessage) -> Outcome:
         """Answer one message, or dead-letter it when it is poison; any other failure is raised (retry it)."""
         self.capture.held.clear()
+        self.capture.sampling = False
         try:
             answer = self._predict(message)
         except ServingError as exc:

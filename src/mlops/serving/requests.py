@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlops.serving.errors import InvalidInput, MalformedRequest, shown
@@ -22,6 +22,23 @@ from mlops.serving.errors import InvalidInput, MalformedRequest, shown
 # strings into the model's input tensors.
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 1024
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # "\ud800" in JSON decodes to a code point UTF-8 cannot encode
+
+
+def _bound(limit: Any, widest: float) -> float | None:
+    """A contract's bound as a float every finite value is compared with as the full check compares it (an absent
+    bound is the widest finite float, so that infinity stays out); None for a bound the fast check cannot stand for."""
+    if limit is None:
+        return widest
+    if isinstance(limit, bool) or not isinstance(limit, int | float):
+        return None
+    try:
+        number = float(limit)
+    except OverflowError:
+        return None
+    if math.isnan(number) or number != limit:  # a NaN bound, or an integer a float cannot hold exactly
+        return None
+    return max(number, -sys.float_info.max) if widest < 0 else min(number, sys.float_info.max)
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,24 @@ class FeatureSpec:
     minimum: float | None
     maximum: float | None
     categories: frozenset[str] | None
+    # What validate_row's common case needs, worked out once per model rather than once per value: the range a float
+    # must be in to be taken as it is (finite, within the contract's bounds), and whether a category may be taken
+    # as sent once it is found among the declared ones. Anything else takes the full check and its error message.
+    _low: float = field(init=False, repr=False, compare=False)
+    _high: float = field(init=False, repr=False, compare=False)
+    _as_sent: str = field(init=False, repr=False, compare=False)  # "float", "integer", "category" or ""
+
+    def __post_init__(self) -> None:
+        low, high = _bound(self.minimum, -sys.float_info.max), _bound(self.maximum, sys.float_info.max)
+        as_sent = ""
+        if self.kind in ("numeric", "integer") and low is not None and high is not None:
+            as_sent = "float" if self.kind == "numeric" else "integer"
+        elif self.kind == "categorical" and self.categories is not None and all(
+                len(c) <= MAX_TEXT_CHARS and not _SURROGATE.search(c) for c in self.categories):
+            as_sent = "category"
+        object.__setattr__(self, "_low", low if low is not None else math.inf)
+        object.__setattr__(self, "_high", high if high is not None else -math.inf)
+        object.__setattr__(self, "_as_sent", as_sent)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "nullable": self.nullable}
@@ -56,6 +91,26 @@ def schema_from_contract(contract: Mapping[str, Any]) -> list[FeatureSpec]:
     ]
 
 
+# How deep a client's document may nest. The parser's own limit is the interpreter's recursion limit less the stack
+# already in use, which differs between callers (the resolver's path is deeper than the predict fast path): the same
+# body must get the same answer whoever reads it, so past this depth every reader refuses it with one message.
+MAX_NESTING = 64
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether a parsed document nests arrays and objects more than MAX_NESTING deep (walked without recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > MAX_NESTING:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def parse_json(data: str | bytes, what: str = "the body") -> Any:
     """A client's JSON document. What the parser gives up on (not UTF-8, not JSON, nested too deeply, an integer
     literal too long to read) is the client's to fix: a MalformedRequest naming the body, never a crash."""
@@ -65,16 +120,24 @@ def parse_json(data: str | bytes, what: str = "the body") -> Any:
         raise MalformedRequest(f"{what} is not UTF-8 text: byte {exc.start} is {data[exc.start:exc.start + 1]!r}; "
                                "send JSON encoded as UTF-8", "body") from exc
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedRequest(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                                "body") from exc
     except RecursionError as exc:
-        raise MalformedRequest(f"{what} is nested too deeply to read; a request is an object of fields with plain "
-                               "values", "body") from exc
+        raise _nested_too_deep(what) from exc
     except ValueError as exc:  # an integer literal longer than Python converts (sys.get_int_max_str_digits())
         raise MalformedRequest(f"{what} holds an integer literal of more than {sys.get_int_max_str_digits()} digits; "
                                "no field takes a number that long", "body") from exc
+    # counting brackets is cheap next to the parse; a document with fewer cannot nest deeper than that
+    if text.count("[") + text.count("{") > MAX_NESTING and _too_deep(document):
+        raise _nested_too_deep(what)
+    return document
+
+
+def _nested_too_deep(what: str) -> MalformedRequest:
+    return MalformedRequest(f"{what} is nested more than {MAX_NESTING} levels deep; a request is an object of fields "
+                            "with plain values", "body")
 
 
 def finite_number(value: Any, field: str) -> float:
@@ -97,7 +160,7 @@ def bounded_text(value: str | int, field: str, limit: int = MAX_TEXT_CHARS) -> s
     text = str(value)
     if len(text) > limit:
         raise InvalidInput(f"{field}: {len(text)} characters; at most {limit}", field)
-    if re.search(r"[\ud800-\udfff]", text):  # "\ud800" in JSON decodes to a code point UTF-8 cannot encode
+    if _SURROGATE.search(text):
         raise InvalidInput(f"{field}: {shown(text)} holds an unpaired surrogate (\\ud800-\\udfff); send valid "
                            "Unicode", field)
     return text
@@ -151,6 +214,29 @@ def _check_value(spec: FeatureSpec, value: Any, where: str) -> Any:
 
 
 def validate_row(row: Any, schema: Sequence[FeatureSpec], where: str) -> dict[str, Any]:
+    if type(row) is dict and len(row) == len(schema):
+        # The common case first, a JSON object with exactly the model's features: a value the full check would take
+        # unchanged is taken as it is, any other is converted by the full check. Anything wrong (a missing feature, a
+        # refused value) is left to the full check below, which says what is wrong first.
+        clean: dict[str, Any] = {}
+        for spec in schema:
+            name = spec.name
+            if name not in row:
+                break
+            value = row[name]
+            kind = spec._as_sent
+            if (type(value) is float and spec._low <= value <= spec._high
+                    and (kind == "float" or (kind == "integer" and value.is_integer()))) or (
+                    kind == "category" and type(value) is str and value in spec.categories):  # type: ignore[operator]
+                clean[name] = value
+                continue
+            try:
+                clean[name] = _check_value(spec, value, where)
+            except InvalidInput:
+                break
+        else:
+            if len(clean) == len(row):  # as many distinct features as keys: nothing extra
+                return clean
     if not isinstance(row, Mapping):
         raise InvalidInput(f"{where}: expected an object of feature: value, got {type(row).__name__}", where)
     names = [s.name for s in schema]

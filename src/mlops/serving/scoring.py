@@ -3,10 +3,9 @@ prediction equals the API's answer for the same row."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 from mlops.serving.onnx_model import OnnxModel
 
@@ -16,15 +15,13 @@ def score(model: OnnxModel, rows: Sequence[Mapping[str, Any]]) -> list[dict[str,
     model gives no finite answer for: finite inputs can still overflow its arithmetic (1e308 times a coefficient),
     and a NaN probability behind a made-up label is no answer. Every serving mode (API, batch, push) scores here."""
     prediction = model.predict_records(list(rows))
-    scores = prediction.labels if prediction.probabilities is None else prediction.probabilities
-    finite = np.isfinite(np.asarray(scores, dtype=float).reshape(len(rows), -1)).all(axis=1)
-    out: list[dict[str, Any] | None] = []
-    for i in range(len(rows)):
-        if not finite[i]:
-            out.append(None)
-        elif prediction.probabilities is not None:
-            out.append({"prediction": str(prediction.labels[i]), "probabilities": {
-                c: float(p) for c, p in zip(prediction.classes, prediction.probabilities[i], strict=True)}})
-        else:
-            out.append({"prediction": float(prediction.labels[i]), "probabilities": None})
-    return out
+    # Python floats and strings straight from the arrays (tolist): a request holds a row or a few, for which numpy's
+    # per-element calls would cost more than the model's answer
+    labels = prediction.labels.tolist()
+    if prediction.probabilities is None:
+        return [{"prediction": value, "probabilities": None} if math.isfinite(value) else None
+                for value in map(float, labels)]
+    classes = prediction.classes
+    return [{"prediction": str(label), "probabilities": dict(zip(classes, row, strict=True))}
+            if all(map(math.isfinite, row)) else None
+            for label, row in zip(labels, prediction.probabilities.tolist(), strict=True)]

@@ -59,16 +59,17 @@ class ModelServer:
         import os
 
         from mlops import aws
-        from mlops.aws.environment import CAPTURE_STREAM, resources
+        from mlops.aws.environment import resources
 
         version = os.environ.get("MODEL_VERSION")
         features = resources.features_table
+        model = os.environ["MODEL_NAME"]
         return cls(
-            model=os.environ["MODEL_NAME"],
+            model=model,
             version=int(version) if version else None,
             registry=Registry(aws.client("dynamodb"), resources.registry_table),
             cache=ModelCache(aws.client("s3"), Path(os.environ.get("MODEL_CACHE_DIR", "/tmp/models"))),  # noqa: S108
-            capture=CaptureSink(aws.client("firehose"), os.environ.get(CAPTURE_STREAM), on_capture_error),
+            capture=CaptureSink.from_environment(model, on_capture_error),
             max_batch=int(os.environ.get("MAX_BATCH", "100")),
             features=OnlineStore(aws.client("dynamodb"), features) if features else None,
         )
@@ -139,10 +140,12 @@ class ModelServer:
                    for one in scored if one is not None]
         if online is not None:
             answers[0].update(entity_id=online.entity_id, features_as_of=online.as_of)
+        # capture_sample_rate applies to the champion alone, and only while no challenger holds traffic: a canary's
+        # rollout joins every prediction of both arms with its feedback (docs/capture.md)
         self.capture.put([
             {"type": "prediction", "model": self.model_name, "time": now, "features": row, **answer}
             for row, answer in zip(clean, answers, strict=True)
-        ])
+        ], sampling=variant == CHAMPION and CHALLENGER not in self._aliases_now())
         return answers[0] if has_features else {"predictions": answers}
 
     def _online(self, loaded: LoadedModel, entity: Any) -> OnlineFeatures:
