@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+# mlops.local.processes.DEFAULT_MAX_ENVIRONMENTS, without importing moto to parse a command line
+DEFAULT_MAX_ENVIRONMENTS = 32
+
 UP_DESCRIPTION = """\
 Start the whole platform on this machine, no AWS account and no Docker: moto's server (S3, DynamoDB,
-Lambda, Step Functions, SNS, Firehose) on 127.0.0.1, every function running in this process, a local API
-gateway in front of each model's `live` alias, and the platform's schedules.
+Lambda, Step Functions, SNS, Firehose) on 127.0.0.1, every function's execution environments as processes of
+their own (as many side by side as invocations come at once), a local API gateway in front of each model's `live`
+alias, and the platform's schedules.
 
 When ready, one line of JSON goes to stdout: aws_endpoint_url, api_url, region, data_bucket,
 models_bucket, models (name, target, incoming_prefix, predict_url) and env (what to export for clients
@@ -38,12 +42,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
                               f"{os.environ['MLOPS_SCHEDULE_SCALE']!r}") from exc
     return run(Options(config=Path(args.config) if args.config else config_path(), port=args.port,
                        api_port=args.api_port, state=Path(args.state) if args.state else None,
-                       schedule_scale=scale, verbose=args.verbose))
+                       schedule_scale=scale, verbose=args.verbose, in_process=args.in_process,
+                       max_environments=args.max_environments))
 
 
 def register(sub: Any) -> None:
     """Add ``mlops local up`` to the ``mlops`` command's subparsers."""
-    local = sub.add_parser("local", help="run the platform on this machine (moto + in-process Lambda)")
+    local = sub.add_parser("local", help="run the platform on this machine (moto + a local Lambda runtime)")
     commands = local.add_subparsers(dest="local_command", required=True)
     up = commands.add_parser("up", help="start the local cloud and serve until Ctrl-C",
                              description=UP_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +60,11 @@ def register(sub: Any) -> None:
     up.add_argument("--schedule-scale", type=float, default=None,
                     help="run schedules this many times faster, e.g. 60 makes rate(1 hour) fire every minute "
                          "(default: $MLOPS_SCHEDULE_SCALE or 1)")
+    up.add_argument("--max-environments", type=int, default=DEFAULT_MAX_ENVIRONMENTS,
+                    help="execution environments (worker processes) alive at once, all functions together "
+                         f"(default {DEFAULT_MAX_ENVIRONMENTS})")
+    up.add_argument("--in-process", action="store_true",
+                    help="run every handler in this process, one invocation at a time (e.g. to debug a handler)")
     up.add_argument("--verbose", action="store_true",
                     help="also log the functions' own JSON logs and every AWS API request")
     up.set_defaults(func=_cmd_up)

@@ -13,6 +13,7 @@ bodies itself).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -148,6 +150,28 @@ class ApiGateway:
         raw = payload.get("body") or ""
         data = base64.b64decode(raw) if payload.get("isBase64Encoded") else str(raw).encode()
         return int(payload["statusCode"]), out_headers, data
+
+
+class LambdaService:
+    """Lambda's Invoke as API Gateway calls it: inside the service, not through the SDK and the public endpoint. The
+    invocation goes through moto's Lambda backend, so the alias's weights (mlops.local.lambda_runtime) and the runtime
+    apply as for any other caller; the resource policy is the gateway's to check (``ApiGateway.authorize``). The
+    subset of a boto3 Lambda client the gateway uses."""
+
+    def __init__(self, region: str, account: str = DEFAULT_ACCOUNT_ID) -> None:
+        self.meta = SimpleNamespace(region_name=region)
+        self.account = account
+
+    def invoke(self, *, FunctionName: str, Payload: bytes) -> dict[str, Any]:
+        from moto.awslambda.models import lambda_backends
+
+        name, _, qualifier = FunctionName.partition(":")
+        headers: dict[str, str] = {}
+        answer = lambda_backends[self.account][self.meta.region_name].invoke(
+            name, qualifier or None, Payload.decode(), {}, headers)
+        data = answer.encode() if isinstance(answer, str) else (answer or b"")
+        return {"Payload": io.BytesIO(data), **({"FunctionError": headers["x-amz-function-error"]}
+                                                 if "x-amz-function-error" in headers else {})}
 
 
 def serve(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServer:

@@ -35,11 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -47,29 +46,12 @@ from urllib.parse import unquote_plus
 
 from moto.awslambda.models import LambdaBackend, LambdaFunction
 
+from mlops.local.context import LambdaContext, error_answer
+
+__all__ = ["InProcessRuntime", "Invocation", "LambdaContext", "OverlayEnviron"]
+
 _ORIGINAL = LambdaFunction._invoke_lambda
 _ORIGINAL_BACKEND_INVOKE = LambdaBackend.invoke
-
-
-@dataclass
-class LambdaContext:
-    """The attributes of the real context object that Powertools and handlers read."""
-
-    function_name: str
-    function_version: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int
-    timeout_s: int
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = ""
-    log_stream_name: str = ""
-    _deadline: float = field(default=0.0)
-
-    def __post_init__(self) -> None:
-        self._deadline = time.monotonic() + self.timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @dataclass
@@ -318,22 +300,28 @@ class InProcessRuntime:
             stdout.route(previous)
 
     # -- environments --------------------------------------------------------------------------------------
-    def _environment(self, fn: LambdaFunction) -> _Environment:
-        key = (fn.function_name, str(fn.version), fn.code_sha_256)
-        if key in self._envs:
-            return self._envs[key]
+    def _extract(self, fn: LambdaFunction) -> Path:
+        """The version's deployed zip, extracted once into this runtime's folder (its /var/task)."""
         code = getattr(fn, "code_bytes", None)
         if not code:
             raise RuntimeError(f"{fn.function_name} has no zip code; the local runtime runs zip functions only")
         # the code sha is base64: its '/' and '+' would nest or mangle the folder
         root = self.workdir / re.sub(r"[^\w.-]", "_", f"{fn.function_name}-{fn.version}-{fn.code_sha_256[:12]}")
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            root.mkdir(parents=True)
+            with zipfile.ZipFile(io.BytesIO(code)) as archive:
+                archive.extractall(root)
+        return root
+
+    def _environment(self, fn: LambdaFunction) -> _Environment:
+        key = (fn.function_name, str(fn.version), fn.code_sha_256)
+        if key in self._envs:
+            return self._envs[key]
+        root = self._extract(fn)
         # Each Lambda environment has its own /tmp: here a folder of this runtime's, never one the machine shares
         # with other clouds, tests or demos (whose files would be taken for this environment's own)
         tmp = root.with_name(root.name + ".tmp")
         tmp.mkdir(exist_ok=True)
-        with zipfile.ZipFile(io.BytesIO(code)) as archive:
-            archive.extractall(root)
         module_file, _, attr = str(fn.handler).rpartition(".")
         path = root / (module_file.replace(".", "/") + ".py")
         name = re.sub(r"\W", "_", f"_mlops_lambda_{fn.function_name}_{fn.version}_{fn.code_sha_256[:12]}")
@@ -349,9 +337,10 @@ class InProcessRuntime:
         self._envs[key] = env
         return env
 
-    @contextlib.contextmanager
-    def _function_env(self, fn: LambdaFunction, root: Path, tmp: Path) -> Iterator[None]:
-        layer = {
+    @staticmethod
+    def _function_layer(fn: LambdaFunction, root: Path, tmp: Path) -> dict[str, str]:
+        """The environment variables Lambda gives this version's environments."""
+        return {
             "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
             "AWS_LAMBDA_FUNCTION_VERSION": str(fn.version),
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
@@ -362,17 +351,19 @@ class InProcessRuntime:
             # environment's /tmp whatever the function declares, as it is on Lambda
             "MODEL_CACHE_DIR": str(tmp / "models"),
         }
+
+    @contextlib.contextmanager
+    def _function_env(self, fn: LambdaFunction, root: Path, tmp: Path) -> Iterator[None]:
         assert isinstance(os.environ, OverlayEnviron), "install() the runtime first"
-        os.environ.push(layer)
+        os.environ.push(self._function_layer(fn, root, tmp))
         try:
             yield
         finally:
             os.environ.pop_layer()
 
     # -- invoke --------------------------------------------------------------------------------------------
-    def invoke(self, fn: LambdaFunction, event: Any) -> tuple[str, bool, str]:
-        payload = json.loads(event) if isinstance(event, str | bytes) else (event if event is not None else {})
-        payload = complete_s3_event(payload)
+    def _run(self, fn: LambdaFunction, payload: Any) -> tuple[Any, bool, float]:
+        """(the handler's answer, whether it is an error, the seconds it took) for one invocation."""
         with self._lock:
             started = time.perf_counter()  # the function's own duration, as Lambda bills it: not the wait
             try:
@@ -383,17 +374,18 @@ class InProcessRuntime:
                     result = env.handler(payload, context)
                 errored = False
             except Exception as exc:  # a handler error is the function's answer, as in Lambda
-                result = {
-                    "errorType": type(exc).__name__,
-                    "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc),
-                }
-                errored = True
+                result, errored = error_answer(exc), True
+            seconds = time.perf_counter() - started
         # Let a thread waiting for the lock (a Step Functions task between two API calls) have its turn:
         # the lock is not fair, and a busy caller would otherwise starve the state machines.
         time.sleep(0.0001)
-        record = Invocation(fn.function_name, str(fn.version), payload, result, errored,
-                            time.perf_counter() - started)
+        return result, errored, seconds
+
+    def invoke(self, fn: LambdaFunction, event: Any) -> tuple[str, bool, str]:
+        payload = json.loads(event) if isinstance(event, str | bytes) else (event if event is not None else {})
+        payload = complete_s3_event(payload)
+        result, errored, seconds = self._run(fn, payload)
+        record = Invocation(fn.function_name, str(fn.version), payload, result, errored, seconds)
         self.invocations.append(record)
         if errored:
             # S3 and other async triggers swallow errors in moto; say it where a person looks.

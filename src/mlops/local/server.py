@@ -43,11 +43,12 @@ from mlops.local.alarms import alarm_watcher
 from mlops.local.cloud import ACCOUNT, Deployment, provision
 from mlops.local.dispatch import AsyncNotifications
 from mlops.local.firehose import BufferedFirehose
-from mlops.local.gateway import ApiGateway, serve
+from mlops.local.gateway import ApiGateway, LambdaService, serve
 from mlops.local.iam.guard import Guard
 from mlops.local.iam.policies import platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime, Invocation
 from mlops.local.metrics import EmfBridge, LogSubscriptions, moto_publisher, percentiles_in_moto
+from mlops.local.processes import DEFAULT_MAX_ENVIRONMENTS, ProcessRuntime
 from mlops.local.queues import QueuePoller
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Scheduler, declared_jobs, lambda_invoker
@@ -71,6 +72,8 @@ class Options:
     state: Path | None = None
     schedule_scale: float = 1.0
     verbose: bool = False
+    in_process: bool = False  # every handler in this process (mlops.local.lambda_runtime), not one per environment
+    max_environments: int = DEFAULT_MAX_ENVIRONMENTS
 
 
 def _log(line: str) -> None:
@@ -174,13 +177,15 @@ class LocalCloud:
         # what each function's role allows, as the platform declares it (the CDK app grants the same)
         self.guard = Guard(platform_policies(deployment.local_names(), config), account=ACCOUNT)
         self.guard.install()
+        if isinstance(self.runtime, ProcessRuntime):  # each environment checks its own calls (mlops.local.worker)
+            self.runtime.policy_of = self.guard.statements_of
         assert self.runtime is not None
         self.runtime.listeners.append(alarm_watcher(deployment, aws.client))
         restored = self._restore(deployment)
         if self.notifications:
             self.notifications.muted = False
 
-        self.gateway.lam = _invoke_client()
+        self.gateway.lam = LambdaService(REGION)  # API Gateway calls Lambda as a service, not through the SDK
         self.gateway.functions = {m: deployment.infer_function(m) for m in deployment.models}
         self._serve(gateway_server, "api-gateway")
         self.scheduler = Scheduler(declared_jobs(deployment, config, self.options.schedule_scale, self.log),
@@ -232,7 +237,10 @@ class LocalCloud:
         # their capture lines reach the capture stream through their log groups' subscriptions, as on AWS
         self._patches.enter_context(percentiles_in_moto())
         self.subscriptions = LogSubscriptions(REGION, log=self.log)
-        self.runtime = InProcessRuntime(handler_output=EmfBridge(moto_publisher(REGION), quiet, self.subscriptions))
+        output = EmfBridge(moto_publisher(REGION), quiet, self.subscriptions)
+        self.runtime = (InProcessRuntime(handler_output=output) if self.options.in_process else
+                        ProcessRuntime(handler_output=output, max_environments=self.options.max_environments,
+                                       account=ACCOUNT))
         self.runtime.install()
         permissions.install()  # Lambda resource policies, enforced where AWS enforces them
         self.runtime.listeners.append(lambda record: self.log(_summary(record)))

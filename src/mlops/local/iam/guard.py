@@ -52,6 +52,11 @@ class Guard:
         self.checked = 0
         self._lock = threading.Lock()
 
+    def statements_of(self, function: str) -> list[dict[str, Any]] | None:
+        """The statements of ``function``'s role, None for a function the guard knows no policy of."""
+        policy = self.policies.get(function)
+        return None if policy is None else policy.statements
+
     def caller(self) -> str | None:
         """The function whose handler runs on this thread (the runtime's per-thread environment), if any."""
         return os.environ.get(FUNCTION_VARIABLE)
