@@ -16,7 +16,7 @@ Where each metric comes from:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,6 +36,8 @@ from mlops.core.config import ModelConfig
 from mlops.release.guardrails import INFER_SERVICE
 
 PERIOD = Duration.seconds(PERIOD_SECONDS)
+# An alarm status widget lists 1 to 100 alarm ARNs (CloudWatch's dashboard body structure, "alarm" widget)
+OVERVIEW_ALARMS_PER_WIDGET: Final = 100
 # The REPORT line Lambda writes after each invocation (text log format): "REPORT RequestId: <id> Duration: <n> ms
 # Billed Duration: <n> ms Memory Size: <n> MB Max Memory Used: <n> MB ...". Space-delimited: one name per word.
 REPORT_PATTERN = (
@@ -118,6 +120,7 @@ class Monitoring(Construct):
             self.dashboards[model.name] = self._dashboard(scope_, model, infer_functions[model.name], alarms)
         self.alarms["platform"] = self._platform_alarms(Construct(self, "platform"), pipeline_functions,
                                                         state_machines, dead_letter_queues)
+        self.overview = self._overview(Construct(self, "overview"), models)
 
     # -- metrics --------------------------------------------------------------------------------------------
     def _api(self, model: str, metric: str, statistic: str, path: str = "predict", method: str = "POST") -> cw.Metric:
@@ -258,6 +261,41 @@ class Monitoring(Construct):
                             self._custom(DRIFT_SERVICE, name, "RetrainRequested", "Maximum")]),
                 graph(title="Concept: live metric from feedback, and prediction drift",
                       left=[concept], right=[self._custom(DRIFT_SERVICE, name, "PredictionDriftScore", "Maximum")]),
+            )
+        return dashboard
+
+    def _overview(self, scope: Construct, models: Sequence[ModelConfig]) -> cw.Dashboard:
+        """Every model at once, next to the per-model dashboards: one line per model on each graph, and every alarm
+        of the stack (the models' and the platform's)."""
+        dashboard = cw.Dashboard(scope, "Dashboard", dashboard_name=f"{Stack.of(self).stack_name}-overview"[:255],
+                                 default_interval=Duration.hours(24))
+        names = [model.name for model in models]
+        alarms = [alarm for group in self.alarms.values() for alarm in group.values()]
+        for start in range(0, len(alarms), OVERVIEW_ALARMS_PER_WIDGET):  # what one alarm status widget shows
+            dashboard.add_widgets(cw.AlarmStatusWidget(
+                title="alarms of every model and of the platform", width=24, height=4,
+                alarms=alarms[start:start + OVERVIEW_ALARMS_PER_WIDGET]))
+
+        def per_model(metric: Callable[[str], cw.IMetric]) -> list[cw.IMetric]:
+            return [metric(name) for name in names]
+
+        graph = cw.GraphWidget
+        dashboard.add_widgets(
+            graph(title="Predictions per model (API POST /predict)",
+                  left=per_model(lambda m: self._api(m, "Count", "Sum").with_(label=m))),
+            graph(title="5XX answers per model (API POST /predict)",
+                  left=per_model(lambda m: self._api(m, "5XXError", "Sum").with_(label=m))),
+            graph(title="p95 latency per model (API POST /predict)",
+                  left=per_model(lambda m: self._api(m, "Latency", "p95").with_(label=m))),
+        )
+        drifting = [model.name for model in models if model.drift.enabled]
+        if drifting:
+            dashboard.add_widgets(
+                graph(title="Drift detected per model (1 = drifted)", left=[
+                    self._custom(DRIFT_SERVICE, m, "DriftDetected", "Maximum").with_(label=m) for m in drifting]),
+                graph(title="Live metric from feedback per model", left=[cw.MathExpression(
+                    expression=search([self.project, "service", "model", "metric"], "ConceptMetric", "Average",
+                                      service=DRIFT_SERVICE, model=m), label=m, period=PERIOD) for m in drifting]),
             )
         return dashboard
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import time
 import zipfile
 from collections.abc import Callable
@@ -34,6 +36,12 @@ def handler(event, context):
     action = event.get("action")
     if action == "exit":
         os._exit(3)
+    if action == "kill":
+        os.kill(os.getpid(), 9)
+    if action == "pid_then_sleep":
+        with open(event["pid_file"], "w") as out:
+            out.write(str(os.getpid()))
+        time.sleep(event["seconds"])
     if action == "sleep":
         time.sleep(event["seconds"])
     if action == "raise":
@@ -117,6 +125,13 @@ def test_a_handler_that_exits_loses_its_environment_not_the_cloud(lam: Any, prob
     assert server.http("GET", "/health")[0] == 200
 
 
+def test_a_handler_killed_by_a_signal_is_said_as_lambda_says_it(lam: Any, probe: str) -> None:
+    killed, error = _invoke(lam, probe, {"action": "kill"})
+    assert error is not None
+    assert (killed["errorType"], killed["errorMessage"].split("Error: ", 1)[1]) == (
+        "Runtime.ExitError", "Runtime exited with error: signal: killed")
+
+
 def test_a_handler_error_keeps_the_environment_warm(lam: Any, probe: str) -> None:
     before, _ = _invoke(lam, probe, {})
     failed, error = _invoke(lam, probe, {"action": "raise"})
@@ -169,3 +184,34 @@ def test_past_the_environment_limit_invocations_wait_and_idle_ones_make_room(
     for name in ("second", "third", "first"):
         answer, error = _invoke(client, name, {})
         assert error is None, answer
+
+
+def test_no_environment_outlives_its_server(start_local_up: Callable[..., LocalUp], tmp_path: Any) -> None:
+    doomed = start_local_up()
+    client = boto3.client("lambda", endpoint_url=doomed.info["aws_endpoint_url"], region_name=doomed.info["region"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(retries={"total_max_attempts": 1}, read_timeout=5))
+    _deploy(client, "sleeper", {"handler.py": HANDLER}, timeout=300)
+    pid_file = tmp_path / "pid"
+    with ThreadPoolExecutor(1) as pool:  # busy in the middle of an invocation when its server is killed
+        pool.submit(_invoke, client, "sleeper", {"action": "pid_then_sleep", "pid_file": str(pid_file),
+                                                  "seconds": 300})
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        doomed.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(worker)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for every purpose but its parent's bookkeeping
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,6 +148,38 @@ def test_the_scheduled_drift_check_reports_drifted_inputs(
     assert report["model"] == MODEL
     html = server.aws("s3", "ls", reports, "--recursive").stdout
     assert "report.html" in html
+
+
+def test_mlops_status_shows_every_model_with_its_rollout_drift_live_figures_and_runs(
+        server: LocalUp, workdir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mlops.cli", "status", "--json"], capture_output=True, text=True,
+                          timeout=120, check=False, env={**server.env, "MLOPS_CONFIG": str(workdir / "mlops.toml")})
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert [m["model"] for m in view["models"]] == [m["name"] for m in server.info["models"]]
+    [status] = [m for m in view["models"] if m["model"] == MODEL]
+    # after the promotion above: v2 is champion, alone on the alias, with its registered quality metrics
+    assert status["champion"]["version"] == 2
+    assert status["primary_metric"] in status["champion"]["metrics"]
+    assert status["challenger"] is None
+    assert status["split"]["weights"] == {"champion": 1.0, "challenger": 0.0}
+    # the predictions of the tests above, as the guardrails read them, and the drift check's verdict
+    live = status["live"]["versions"]["2"]
+    assert live["requests"] > 0
+    assert live["p95_ms"] is not None
+    assert live["error_rate"] == 0
+    assert status["drift"]["drifted"] is True
+    assert "x1" in status["drift"]["drifted_features"]
+    assert {run["outcome"] for run in status["runs"]} >= {"registered"}
+    # the same view as a page the local cloud serves, where its ready line says
+    assert server.info["status_url"] == server.info["api_url"] + "/status"
+    with urllib.request.urlopen(server.info["status_url"], timeout=60) as page:
+        assert page.status == 200
+        assert page.headers["Content-Type"].startswith("text/html")
+        html = page.read().decode()
+    assert f'id="model-{MODEL}"' in html
+    assert "<th>champion</th><td>v2 (" in html
+    assert "drifted (x1" in html
 
 
 def test_a_second_server_on_a_taken_port_says_so(server: LocalUp, workdir: Path) -> None:

@@ -126,7 +126,7 @@ def test_drift_alarms_read_drift_checks_metrics(synthesized: Synthesized) -> Non
 
 def test_each_model_has_a_dashboard_with_the_traffic_split(synthesized: Synthesized) -> None:
     dashboards = synthesized.of_type("AWS::CloudWatch::Dashboard")
-    assert len(dashboards) == len(CONFIG.models)
+    assert len(dashboards) == len(CONFIG.models) + 1  # and the overview
     for model in CONFIG.models:
         props = synthesized.resources[synthesized.logical_id(
             synthesized.stack.monitoring.dashboards[model.name])]["Properties"]
@@ -138,6 +138,22 @@ def test_each_model_has_a_dashboard_with_the_traffic_split(synthesized: Synthesi
         if model.drift.enabled:
             assert "FeatureDriftScore" in body
             assert "ConceptMetric" in body
+
+
+def test_one_overview_dashboard_shows_every_model_and_every_alarm(synthesized: Synthesized) -> None:
+    monitoring = synthesized.stack.monitoring
+    props = synthesized.resources[synthesized.logical_id(monitoring.overview)]["Properties"]
+    assert props["DashboardName"].endswith("-overview")
+    parts = props["DashboardBody"]["Fn::Join"][1]
+    text = "".join(part for part in parts if isinstance(part, str))
+    for model in CONFIG.models:  # a line per model on the API graphs
+        assert text.count(f"/models/{model.name}/predict") == 3, model.name
+    drifting = [model.name for model in CONFIG.models if model.drift.enabled]
+    assert text.count("DriftDetected") == len(drifting)
+    # every alarm of the stack, the models' and the platform's, in the status widget
+    alarms = {synthesized.logical_id(alarm) for group in monitoring.alarms.values() for alarm in group.values()}
+    shown = {part["Fn::GetAtt"][0] for part in parts if isinstance(part, dict) and "Fn::GetAtt" in part}
+    assert alarms <= shown
 
 
 def search_schemas(synthesized: Synthesized) -> list[str]:

@@ -137,6 +137,8 @@ EXAMPLES = {
     "nested too deeply": ("[" * 100_000 + "]" * 100_000, 400),
     # deep enough to exhaust a deeper caller's stack but not a shallower one's: the answer must not depend on it
     "nested 600 levels": ("[" * 600 + "]" * 600, 400),
+    # the parser goes down the first value of a repeated key before the last one replaces it
+    "a deep value hidden by a repeated key": ('{"features": ' + "[" * 600 + "]" * 600 + ', "features": null}', 400),
     "an integer too long to read": ('{"features": ' + "9" * 5000 + "}", 400),
     "too big a body": (json.dumps({"features": ROW, "pad": "x" * 300_000}), 413),
     "neither features nor instances": ('{"rows": []}', 422),

@@ -175,6 +175,38 @@ def test_ab_plan_agrees_with_statsmodels(baseline: float, mde: float, alpha: flo
     assert abs(json.loads(done.stdout)["n_per_arm"] - expected) / expected < 0.01
 
 
+def test_ab_plan_says_how_many_days_the_test_takes_at_a_traffic() -> None:
+    done = _mlops("ab", "plan", "--baseline", "0.8", "--mde", "0.02", "--weight", "0.1", "--daily-requests", "20000",
+                  "--feedback-rate", "0.1", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    schedule = result["schedule"]
+    # 2,000 labels a day, 10% of them the challenger's: the challenger's arm sets the pace
+    assert (schedule["daily_feedback_control"], schedule["daily_feedback_challenger"]) == pytest.approx((1800, 200))
+    assert schedule["fixed_horizon_days"] == pytest.approx(
+        max(result["n_treatment"] / 200, result["n_control"] / 1800), rel=1e-9)
+    assert schedule["sequential_worst_case_days"] == pytest.approx(result["max_samples_per_arm"] / 200, rel=0.01)
+    # if the planned effect is real the sequential test stops, in the median, around the fixed horizon and well
+    # before its own worst case
+    assert 0.5 * schedule["fixed_horizon_days"] < schedule["sequential_expected_days"] \
+        < 0.8 * schedule["sequential_worst_case_days"]
+    assert schedule["sequential_expected_days"] <= schedule["sequential_p90_days"] \
+        <= schedule["sequential_worst_case_days"]
+    text = _mlops("ab", "plan", "--baseline", "0.8", "--mde", "0.02", "--daily-requests", "20000")
+    assert "fixed horizon:" in text.stdout
+    assert "worst case:" in text.stdout
+
+
+def test_ab_plan_refuses_a_feedback_rate_without_traffic_or_outside_0_1() -> None:
+    alone = _mlops("ab", "plan", "--baseline", "0.8", "--mde", "0.02", "--feedback-rate", "0.1")
+    assert alone.returncode == 2
+    assert "--feedback-rate needs --daily-requests" in alone.stderr
+    above = _mlops("ab", "plan", "--baseline", "0.8", "--mde", "0.02", "--daily-requests", "100",
+                   "--feedback-rate", "2")
+    assert above.returncode == 2
+    assert "in (0, 1], got 2.0" in above.stderr
+
+
 def test_ab_plan_rejects_impossible_rates() -> None:
     done = _mlops("ab", "plan", "--baseline", "0.99", "--mde", "0.02")
     assert done.returncode == 2

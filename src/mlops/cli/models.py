@@ -2,8 +2,10 @@
 
     mlops models list|show|promote|rollback <name> [--version N] [--reason WHY] [--json]
     mlops models republish <name> | --all
+    mlops status [--json] [--html FILE] [--window-minutes M]   (every declared model)
     mlops ab status <name> [--challenger N] [--html FILE] [--json]
-    mlops ab plan --baseline P --mde D [--alpha A] [--power B] [--weight W] [--json]   (no cloud)
+    mlops ab plan --baseline P --mde D [--alpha A] [--power B] [--weight W]
+                  [--daily-requests N [--feedback-rate R]] [--json]   (no cloud)
 
 Against AWS, or the local cloud when AWS_ENDPOINT_URL points at it (names: ``mlops.cli.common``).
 """
@@ -34,6 +36,14 @@ def add_model_commands(sub: Any) -> None:
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=run_models)
 
+    status = sub.add_parser("status", help="every declared model at once: versions, split, rollout, live latency and "
+                                           "errors, drift, last runs")
+    status.add_argument("--html", help="also write the page as a self-contained HTML file")
+    status.add_argument("--window-minutes", type=int, default=60,
+                        help="the live figures' window, up to now (default 60)")
+    add_config_option(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=run_status)
     ab = sub.add_parser("ab", help="A/B test planning and status").add_subparsers(dest="ab_command", required=True)
     status = ab.add_parser("status", help="the canary's looks: n, metric per arm, p-value, boundary, decision")
     status.add_argument("name", help="the model's name")
@@ -48,6 +58,11 @@ def add_model_commands(sub: Any) -> None:
     plan.add_argument("--alpha", type=float, default=0.05)
     plan.add_argument("--power", type=float, default=0.8)
     plan.add_argument("--weight", type=float, help="challenger traffic share (default: equal arms)")
+    plan.add_argument("--daily-requests", type=float,
+                      help="predictions a day: also say how many days the test takes (fixed horizon, the sequential "
+                           "test's expected stop and its worst case)")
+    plan.add_argument("--feedback-rate", type=float, default=1.0,
+                      help="with --daily-requests: the share of predictions that get a label (default 1)")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=run_ab_plan)
 
@@ -151,17 +166,55 @@ def run_ab_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_ab_plan(args: argparse.Namespace) -> int:
-    from mlops.release.abtest import plan_two_proportions, ratio_from_weight, sequential_inflation
+def status_view(config: Any, window_minutes: int = 60) -> dict[str, Any]:
+    """``mlops status``'s data, from the registry, the live aliases and CloudWatch of the deployment (or local cloud)
+    the environment points at."""
+    from datetime import timedelta
 
+    from mlops import aws
+    from mlops.registry.store import Registry
+    from mlops.release.deploy import ServingDeployer
+    from mlops.release.guardrails import ServingMetrics
+    from mlops.release.overview import overview
+
+    if window_minutes < 1:
+        raise MlopsError(f"--window-minutes must be at least 1, got {window_minutes}")
+    deployer = ServingDeployer(aws.client("lambda"), api_source_arn=api_source_arn())
+    # the namespace the functions publish to: the deployment's (its Environment output), else the project's
+    namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or config.project
+    return overview(config.models, registry=Registry(aws.client("dynamodb"), resource_name("registry", config.project)),
+                    split_of=lambda model: deployer.split(infer_function(config.project, model)),
+                    metrics=ServingMetrics(aws.client("cloudwatch"), namespace),
+                    window=timedelta(minutes=window_minutes))
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from mlops.release.overview import render_html, render_text
+
+    view = status_view(load_project(args), args.window_minutes)
+    if args.html:
+        Path(args.html).write_text(render_html(view))
+        print(f"wrote {args.html}", file=sys.stderr)
+    print(json.dumps(view, indent=2, default=str) if args.json else render_text(view))
+    return 0
+
+
+def run_ab_plan(args: argparse.Namespace) -> int:
+    from mlops.release.abtest import plan_schedule, plan_two_proportions, ratio_from_weight, sequential_inflation
+
+    if args.feedback_rate != 1.0 and args.daily_requests is None:
+        raise MlopsError("--feedback-rate needs --daily-requests: the labels a day are the requests a day times it")
     try:
         plan = plan_two_proportions(args.baseline, args.mde, alpha=args.alpha, power=args.power,
                                     ratio=ratio_from_weight(args.weight) if args.weight else 1.0)
+        schedule = None if args.daily_requests is None else plan_schedule(
+            plan, daily_requests=args.daily_requests, feedback_rate=args.feedback_rate)
     except ValueError as exc:
         raise MlopsError(str(exc)) from exc
     inflation = sequential_inflation(plan)
     result = {**plan.to_dict(), "sequential_inflation": inflation,
-              "max_samples_per_arm": int(inflation * min(plan.n_control, plan.n_treatment) + 0.999999)}
+              "max_samples_per_arm": int(inflation * min(plan.n_control, plan.n_treatment) + 0.999999),
+              **({"schedule": schedule.to_dict()} if schedule else {})}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -169,4 +222,13 @@ def run_ab_plan(args: argparse.Namespace) -> int:
           f"(baseline {args.baseline}, mde {args.mde:+}, alpha {args.alpha}, power {args.power})")
     print(f"sequential test horizon:   up to {result['max_samples_per_arm']} per arm (x{inflation:.2f}); "
           "it usually stops much earlier")
+    if schedule:
+        print(f"at {schedule.daily_requests:g} requests a day, {schedule.feedback_rate:g} of them labelled "
+              f"({schedule.daily_feedback_control:.0f} control and {schedule.daily_feedback_challenger:.0f} "
+              "challenger labels a day):")
+        print(f"  fixed horizon:              {schedule.fixed_horizon_days:.1f} days")
+        print(f"  sequential, expected stop:  {schedule.sequential_expected_days:.1f} days if the effect is "
+              f"{args.mde:+} (90% of tests by {schedule.sequential_p90_days:.1f})")
+        print(f"  sequential, worst case:     {schedule.sequential_worst_case_days:.1f} days (no difference, or a "
+              "smaller one)")
     return 0

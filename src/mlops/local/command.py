@@ -16,9 +16,10 @@ Lambda, Step Functions, SNS, Firehose) on 127.0.0.1, every function's execution 
 their own (as many side by side as invocations come at once), a local API gateway in front of each model's `live`
 alias, and the platform's schedules.
 
-When ready, one line of JSON goes to stdout: aws_endpoint_url, api_url, region, data_bucket,
-models_bucket, models (name, target, incoming_prefix, predict_url) and env (what to export for clients
-without AWS configuration). Requests and pipeline steps are logged on stderr until SIGINT/SIGTERM.
+When ready, one line of JSON goes to stdout: aws_endpoint_url, api_url, status_url (every model on one
+page), region, data_bucket, models_bucket, models (name, target, incoming_prefix, predict_url) and env
+(what to export for clients without AWS configuration). Requests and pipeline steps are logged on stderr
+until SIGINT/SIGTERM.
 
   aws --endpoint-url http://127.0.0.1:4566 s3 cp data.csv s3://mlops-data/incoming/<model>/
   curl -s http://127.0.0.1:8080/models/<model>

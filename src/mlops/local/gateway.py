@@ -101,6 +101,8 @@ class ApiGateway:
         self.functions = functions
         self.log = log
         self.authorize = authorize or self._resource_policy_allows
+        # GET /status: the page of every model (mlops.release.overview), the local cloud's own; not a route of the API
+        self.status_page: Callable[[], str] | None = None
 
     def _resource_policy_allows(self, function: str, source_arn: str) -> bool:
         return may_invoke(DEFAULT_ACCOUNT_ID, self.lam.meta.region_name, function=function, qualifier=LIVE_ALIAS,
@@ -123,6 +125,8 @@ class ApiGateway:
         path = urlsplit(raw_path).path
         if path.rstrip("/") == "/health" and method == "GET":
             return _json(200, {"status": "ok"})
+        if path.rstrip("/") == "/status" and method == "GET" and self.status_page is not None:
+            return 200, {"Content-Type": "text/html; charset=utf-8"}, self.status_page().encode()
         found = self.route(method, path)
         if found is None:
             return not_found(method, path)

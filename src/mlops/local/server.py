@@ -186,6 +186,7 @@ class LocalCloud:
             self.notifications.muted = False
 
         self.gateway.lam = LambdaService(REGION)  # API Gateway calls Lambda as a service, not through the SDK
+        self.gateway.status_page = lambda: _status_page(deployment, config)
         self.gateway.functions = {m: deployment.infer_function(m) for m in deployment.models}
         self._serve(gateway_server, "api-gateway")
         self.scheduler = Scheduler(declared_jobs(deployment, config, self.options.schedule_scale, self.log),
@@ -200,10 +201,12 @@ class LocalCloud:
             threading.Thread(target=recovery.run, name="recovery", daemon=True).start()
 
         api_url = f"http://{HOST}:{gateway_server.server_address[1]}"
+        status_url = f"{api_url}/status"  # every model at once (mlops status), as a page
         push_queues = {q.model: q.queue for q in platform.push_queues(config)}  # docs/push.md
         return {
             "aws_endpoint_url": endpoint,
             "api_url": api_url,
+            "status_url": status_url,
             "region": REGION,
             "data_bucket": deployment.data_bucket,
             "models_bucket": deployment.models_bucket,
@@ -297,6 +300,19 @@ class LocalCloud:
             permissions.uninstall()
         self._patches.close()
         aws.client.cache_clear()
+
+
+def _status_page(deployment: Deployment, config: Any) -> str:
+    """What `mlops status --html` writes, for this local cloud."""
+    from mlops.registry.store import Registry
+    from mlops.release.deploy import ServingDeployer
+    from mlops.release.guardrails import ServingMetrics
+    from mlops.release.overview import overview, render_html
+
+    deployer = ServingDeployer(aws.client("lambda"))
+    return render_html(overview(config.models, registry=Registry(aws.client("dynamodb"), deployment.names["registry"]),
+                                split_of=lambda model: deployer.split(deployment.infer_function(model)),
+                                metrics=ServingMetrics(aws.client("cloudwatch"), config.project)))
 
 
 def _invoke_client() -> Any:

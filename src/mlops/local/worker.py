@@ -11,8 +11,11 @@ environment does, for as long as the runtime keeps it warm:
 - the file descriptor named by RESULTS_FD: one line per answer, ``{"result": ..., "errored": bool}``; the first line
   says the handler is ready (``{"ready": true}``) or why it could not be imported (``{"init_error": {...}}``, after
   which the process exits).
-- stdout and stderr: the handler's own output, which the runtime ships like Lambda ships a function's output to its
-  log group (its metrics and capture lines included).
+- stdout: the handler's own output, which the runtime ships like Lambda ships a function's output to its log group
+  (its metrics and capture lines included), each invocation's ended by END_OF_INVOCATION so that its answer can
+  wait for its output; stderr goes to the server's own.
+- the file descriptor named by LIFELINE_FD: never written; its end (the server died) ends this process at once, even
+  in the middle of an invocation.
 
 A handler that exits or crashes the interpreter ends this process: the runtime answers that invocation with Lambda's
 ``Runtime.ExitError`` and starts another environment for the next one.
@@ -24,11 +27,25 @@ import importlib
 import json
 import os
 import sys
+import threading
 from typing import Any
 
 from mlops.local.context import LambdaContext, error_answer
 
 RESULTS_FD = "MLOPS_WORKER_RESULTS_FD"
+LIFELINE_FD = "MLOPS_WORKER_LIFELINE_FD"
+# The line that ends an invocation's output on stdout (after the handler's last line, ended or not)
+END_OF_INVOCATION = "\x00mlops:end-of-invocation\n"
+
+
+def _hold_on(fd: int) -> None:
+    """End this process when the server does: its end of the lifeline closes with it."""
+    def watch() -> None:
+        while os.read(fd, 1):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
 def _answer(results: Any, answer: dict[str, Any]) -> None:
@@ -43,6 +60,7 @@ def _answer(results: Any, answer: dict[str, Any]) -> None:
 
 def main() -> int:
     results = os.fdopen(int(os.environ.pop(RESULTS_FD)), "w", encoding="utf-8")
+    _hold_on(int(os.environ.pop(LIFELINE_FD)))
     setup = json.loads(sys.stdin.readline())
     if setup.get("policy") is not None:
         from mlops.local.iam.guard import Guard
@@ -67,7 +85,8 @@ def main() -> int:
             answer = {"result": handler(request["event"], LambdaContext(**request["context"])), "errored": False}
         except Exception as exc:  # the function's error answer, as in Lambda; the environment stays warm
             answer = {"result": error_answer(exc), "errored": True}
-        sys.stdout.flush()  # the invocation's output is in the pipe before its answer
+        sys.stdout.write(END_OF_INVOCATION)  # the invocation's output is in the pipe before its answer
+        sys.stdout.flush()
         sys.stderr.flush()
         _answer(results, answer)
     return 0

@@ -60,6 +60,7 @@ break the guarantee the other relies on.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Literal
@@ -70,6 +71,7 @@ __all__ = [
     "SequentialTest",
     "expected_duration",
     "guardrail_breached",
+    "plan_schedule",
     "plan_two_proportions",
     "ratio_from_weight",
     "sequential_inflation",
@@ -542,3 +544,80 @@ def guardrail_breached(
     if p95_t is not None and p95_c is not None and p95_c > 0 and p95_t > max_p95_ratio * p95_c:
         reasons.append(f"p95 latency {p95_t:.1f} ms vs champion {p95_c:.1f} ms (allowed x{max_p95_ratio:g})")
     return "; ".join(reasons) or None
+
+
+def _binomial(rng: random.Random, n: int, p: float) -> int:
+    """A binomial draw: exact for small counts, else its normal approximation (what a duration estimate needs)."""
+    if n * p * (1.0 - p) < 25:
+        return sum(rng.random() < p for _ in range(n))
+    return min(n, max(0, round(rng.gauss(n * p, math.sqrt(n * p * (1.0 - p))))))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a canary's test takes at a given traffic, in days: to the fixed-horizon sample size, to the
+    sequential test's horizon (its worst case: no difference, or one smaller than planned), and the sequential test's
+    expected stop if the planned effect is real (the median and 90th percentile of simulated tests)."""
+
+    daily_requests: float
+    feedback_rate: float
+    challenger_weight: float
+    daily_feedback_control: float
+    daily_feedback_challenger: float
+    fixed_horizon_days: float
+    sequential_worst_case_days: float
+    sequential_expected_days: float
+    sequential_p90_days: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_schedule(plan: Plan, *, daily_requests: float, feedback_rate: float = 1.0,
+                  challenger_weight: float | None = None, simulations: int = 300, seed: int = 7) -> Schedule:
+    """The plan's durations at ``daily_requests`` predictions a day of which ``feedback_rate`` get a label, the
+    challenger getting ``challenger_weight`` of them (default: the plan's allocation). The expected stop comes from
+    ``simulations`` tests whose arms have the plan's rates, looked at every 1/200 of the horizon (the rollout looks
+    more often, and stops no later: the figure errs long)."""
+    if not (math.isfinite(daily_requests) and daily_requests > 0):
+        raise ValueError(f"daily requests must be a positive number, got {daily_requests!r}")
+    if not 0.0 < feedback_rate <= 1.0:
+        raise ValueError(f"the feedback rate is the share of predictions that get a label: in (0, 1], got "
+                         f"{feedback_rate!r}")
+    weight = plan.ratio / (1.0 + plan.ratio) if challenger_weight is None else challenger_weight
+    _check_open_unit("challenger_weight", weight)
+    daily = daily_requests * feedback_rate
+    per_arm = (daily * (1.0 - weight), daily * weight)  # (control, challenger) labels a day
+    test = SequentialTest.from_plan(plan)
+    horizon = test.max_samples_per_arm
+    worst = horizon / min(per_arm)  # the horizon counts the smaller arm
+    rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
+    step = max(1, math.ceil(horizon / 200))  # labels of the smaller arm between two looks
+    scale = max(per_arm) / min(per_arm)
+    stops = []
+    for _ in range(simulations):
+        sim = SequentialTest.from_plan(plan)
+        successes = [0, 0]
+        n = [0, 0]
+        small = 0 if per_arm[0] <= per_arm[1] else 1
+        rates = (plan.baseline, plan.baseline + plan.mde)
+        while True:
+            add = [0, 0]
+            add[small] = step
+            add[1 - small] = round(step * scale)
+            for arm in (0, 1):
+                successes[arm] += _binomial(rng, add[arm], rates[arm])
+                n[arm] += add[arm]
+            decision = sim.update(successes[0], n[0], successes[1], n[1])
+            if decision.action != "continue" or n[small] >= horizon:
+                stops.append(min(n[small], horizon) / min(per_arm))
+                break
+    stops.sort()
+    return Schedule(
+        daily_requests=float(daily_requests), feedback_rate=float(feedback_rate), challenger_weight=weight,
+        daily_feedback_control=per_arm[0], daily_feedback_challenger=per_arm[1],
+        fixed_horizon_days=expected_duration(plan, daily / 24.0, weight) / 24.0,
+        sequential_worst_case_days=worst,
+        sequential_expected_days=stops[len(stops) // 2],
+        sequential_p90_days=stops[min(len(stops) - 1, int(0.9 * len(stops)))],
+    )

@@ -97,18 +97,20 @@ def schema_from_contract(contract: Mapping[str, Any]) -> list[FeatureSpec]:
 MAX_NESTING = 64
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether a parsed document nests arrays and objects more than MAX_NESTING deep (walked without recursion)."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        node, depth = pending.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
-        if depth > MAX_NESTING:
-            return True
-        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+# A JSON string literal; linear on text the parser accepted (every string is closed, and the two alternatives cannot
+# both match a character), which is the only text it is run on
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting(text: str) -> int:
+    """How deep a valid JSON text nests arrays and objects. Measured on the text, not on the parsed value: a key given
+    twice keeps only its last value, and the parser has already had to go down the first."""
+    deepest = depth = 0
+    for found in _BRACKET.finditer(_STRING.sub("", text)):
+        depth += 1 if found.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def parse_json(data: str | bytes, what: str = "the body") -> Any:
@@ -130,7 +132,7 @@ def parse_json(data: str | bytes, what: str = "the body") -> Any:
         raise MalformedRequest(f"{what} holds an integer literal of more than {sys.get_int_max_str_digits()} digits; "
                                "no field takes a number that long", "body") from exc
     # counting brackets is cheap next to the parse; a document with fewer cannot nest deeper than that
-    if text.count("[") + text.count("{") > MAX_NESTING and _too_deep(document):
+    if text.count("[") + text.count("{") > MAX_NESTING and _nesting(text) > MAX_NESTING:
         raise _nested_too_deep(what)
     return document
 
