@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -19,7 +18,7 @@ from mlops.serving.cache import ModelCache
 
 logger, tracer, metrics = powertools()
 # one model per run, loaded once per execution environment and reused by the objects it scores next
-cache = ModelCache(aws.client("s3"), Path(os.environ.get("MODEL_CACHE_DIR", "/tmp/models")))  # noqa: S108
+cache = ModelCache.for_environment(aws.client("s3"))
 
 
 @instrumented(logger, tracer, metrics, step=True)

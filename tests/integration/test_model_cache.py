@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,21 @@ def test_a_version_the_registry_cannot_vouch_for_is_refused_as_a_server_error(
         assert (payload["statusCode"], answer["error"], answer["field"]) == (500, "UnverifiableModel", None), answer
         assert f"{MODEL} v1's manifest cannot be verified" in answer["message"]
         assert "register the model again" in answer["message"]
+
+
+def test_outside_a_runtime_each_process_gets_a_cache_directory_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an infer or batch handler imported where no runtime names its environment's directory (a script, a debugger):
+    # a folder of its own under the temporary directory, never one every run on the machine shares
+    from mlops.serving.cache import ModelCache
+
+    monkeypatch.delenv("MODEL_CACHE_DIR", raising=False)
+    first, second = ModelCache.for_environment(None), ModelCache.for_environment(None)
+    assert first.cache_dir != second.cache_dir
+    for cache in (first, second):
+        assert cache.cache_dir.is_dir()
+        assert cache.cache_dir.parent == Path(tempfile.gettempdir())
+        assert cache.cache_dir.name.startswith("mlops-models-")
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(first.cache_dir / "given"))
+    assert ModelCache.for_environment(None).cache_dir == first.cache_dir / "given"
+    for cache in (first, second):
+        shutil.rmtree(cache.cache_dir)

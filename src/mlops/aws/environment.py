@@ -30,6 +30,9 @@ DEAD_LETTER_QUEUE_URL = "DEAD_LETTER_QUEUE_URL"
 # An infer or push function's model, and the share of its champion's predictions it captures (mlops.serving.capture)
 MODEL_NAME = "MODEL_NAME"
 CAPTURE_SAMPLE_RATE = "CAPTURE_SAMPLE_RATE"
+# Where an execution environment keeps its verified model artefacts (mlops.serving.cache): the local runtimes give each
+# environment its own; on Lambda the environment's /tmp is its own anyway
+MODEL_CACHE_DIR = "MODEL_CACHE_DIR"
 
 
 def require(name: str) -> str:

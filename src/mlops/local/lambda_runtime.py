@@ -46,6 +46,7 @@ from urllib.parse import unquote_plus
 
 from moto.awslambda.models import LambdaBackend, LambdaFunction
 
+from mlops.aws.environment import MODEL_CACHE_DIR
 from mlops.local.context import LambdaContext, error_answer
 
 __all__ = ["InProcessRuntime", "Invocation", "LambdaContext", "OverlayEnviron"]
@@ -349,7 +350,7 @@ class InProcessRuntime:
             **{k: str(v) for k, v in (fn.environment_vars or {}).items()},
             # after the function's own variables: the model cache (mlops.serving.cache.ModelCache) is in this
             # environment's /tmp whatever the function declares, as it is on Lambda
-            "MODEL_CACHE_DIR": str(tmp / "models"),
+            MODEL_CACHE_DIR: str(tmp / "models"),
         }
 
     @contextlib.contextmanager

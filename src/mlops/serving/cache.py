@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlops.aws.environment import MODEL_CACHE_DIR
 from mlops.aws.storage import parse_s3_uri
 from mlops.registry.versions import ModelVersion
 from mlops.serving.errors import UnverifiableModel
@@ -42,6 +45,15 @@ class ModelCache:
         self.s3 = s3
         self.cache_dir = cache_dir
         self._models: dict[tuple[str, int], LoadedModel] = {}
+
+    @classmethod
+    def for_environment(cls, s3: Any) -> ModelCache:
+        """This execution environment's cache: in MODEL_CACHE_DIR, which the local runtimes give each environment,
+        else in a folder of this process's own under the temporary directory (on Lambda the environment's /tmp).
+        Never a fixed path: two processes sharing a temporary directory (tests, demos, local clouds) never share a
+        cache."""
+        given = os.environ.get(MODEL_CACHE_DIR)
+        return cls(s3, Path(given) if given else Path(tempfile.mkdtemp(prefix="mlops-models-")))
 
     def cached(self, model: str, version: int) -> LoadedModel | None:
         return self._models.get((model, version))

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from mlops.features.online import OnlineFeatures, OnlineStore, entity_text
@@ -68,7 +67,7 @@ class ModelServer:
             model=model,
             version=int(version) if version else None,
             registry=Registry(aws.client("dynamodb"), resources.registry_table),
-            cache=ModelCache(aws.client("s3"), Path(os.environ.get("MODEL_CACHE_DIR", "/tmp/models"))),  # noqa: S108
+            cache=ModelCache.for_environment(aws.client("s3")),
             capture=CaptureSink.from_environment(model, on_capture_error),
             max_batch=int(os.environ.get("MAX_BATCH", "100")),
             features=OnlineStore(aws.client("dynamodb"), features) if features else None,
