@@ -121,7 +121,7 @@ def _sklearn_pipeline(workdir: Path, body: bytes, model_cfg: Any) -> tuple[Any, 
 
 
 def _context() -> Any:
-    from mlops.local.lambda_runtime import LambdaContext
+    from mlops.local.context import LambdaContext
 
     return LambdaContext("bench-infer", "1", "arn:aws:lambda:us-east-1:123456789012:function:bench-infer", 1024, 30)
 
@@ -352,9 +352,10 @@ def capture_paths(quick: bool) -> list[Result]:
 
 def _captured_predictions(cloud: Any) -> list[Any]:
     from mlops.aws.storage import ObjectStore
+    from mlops.core import layout
 
     captures = ObjectStore(cloud.client("s3"), cloud.deployment.names["captures"])
-    return [r for key in captures.keys("captures/") for r in captures.json_lines(key) if r["type"] == "prediction"]
+    return [r for key in captures.keys(layout.CAPTURES) for r in captures.json_lines(key) if r["type"] == "prediction"]
 
 
 # Cold start: a new interpreter that imports what the handler imports, loads the model from a file and

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-
-def one_model_config(model: str, extra: str = "") -> str:
-    """The project configuration of one binary breast-cancer-like model named ``model`` (plus ``extra`` keys of
-    its [[model]] table), as several integration tests write it."""
-    return f"""
+PROJECT = """
 [project]
 project = "mlops"
+"""
 
+
+def model_table(model: str, extra: str = "") -> str:
+    """One binary breast-cancer-like model named ``model``, as a [[model]] table (plus ``extra`` keys)."""
+    return f"""
 [[model]]
 name = "{model}"
 target = "target"
@@ -19,3 +20,9 @@ test_size = 0.25
 thresholds = {{ accuracy = 0.9 }}
 primary_metric = "accuracy"
 {extra}"""
+
+
+def one_model_config(model: str, extra: str = "") -> str:
+    """The project configuration of one binary breast-cancer-like model named ``model`` (plus ``extra`` keys of
+    its [[model]] table), as several integration tests write it."""
+    return PROJECT + model_table(model, extra)

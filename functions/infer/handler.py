@@ -185,14 +185,13 @@ def predicted(event: dict[str, Any], context: LambdaContext, name: str) -> dict[
     started = time.perf_counter()
     try:
         answer = server.predict(name, _read_body(event.get("body"), event.get("isBase64Encoded")))
-        status, body = 200, json.dumps(answer, separators=(",", ":"))  # the resolver's serializer
-        line, counted = _ANSWERED, [len(answer.get("predictions", [answer]))]
+        status, line, counted = 200, _ANSWERED, [len(answer.get("predictions", [answer]))]
     except ServingError as exc:
-        status, body = exc.status, json.dumps(_refused(exc), separators=(",", ":"))
+        answer, status = _refused(exc), exc.status
         line, counted = _refused_line(status), [1]
     except Exception as exc:
-        status, body = 500, json.dumps(_fault(exc), separators=(",", ":"))
-        line, counted = _FAILED, []
+        answer, status, line, counted = _fault(exc), 500, _FAILED, []
+    body = json.dumps(answer, separators=(",", ":"))  # the resolver's serializer
     line.write(*counted, (time.perf_counter() - started) * 1000, 1, status >= 500)
     if metrics.metric_set:  # anything counted through Powertools meanwhile (a capture that failed)
         _add_dimensions()

@@ -112,15 +112,17 @@ def test_invocations_at_once_get_environments_of_their_own(lam: Any, probe: str)
     assert len({answer["tmp"] for answer, _ in answers}) == 4  # and four /tmp
 
 
-def test_a_handler_that_exits_loses_its_environment_not_the_cloud(lam: Any, probe: str, server: LocalUp) -> None:
-    before, _ = _invoke(lam, probe, {})
-    crashed, error = _invoke(lam, probe, {"action": "exit"})
+def test_a_handler_that_exits_loses_its_environment_not_the_cloud(lam: Any, server: LocalUp) -> None:
+    _deploy(lam, "crasher", {"handler.py": HANDLER})  # one environment of its own, whatever the other tests left
+    before, _ = _invoke(lam, "crasher", {})
+    crashed, error = _invoke(lam, "crasher", {"action": "exit"})
     assert error is not None
     assert crashed["errorType"] == "Runtime.ExitError"
     assert "Runtime exited with error: exit status 3" in crashed["errorMessage"]
-    after, error = _invoke(lam, probe, {})
+    after, error = _invoke(lam, "crasher", {})
     assert error is None, after
-    assert after["pid"] != before["pid"] or after["calls"] == 1  # a fresh environment took the dead one's place
+    # a fresh environment took the dead one's place
+    assert (after["calls"], after["environment"] != before["environment"]) == (1, True)
     assert server.process.poll() is None
     assert server.http("GET", "/health")[0] == 200
 
@@ -180,10 +182,12 @@ def test_past_the_environment_limit_invocations_wait_and_idle_ones_make_room(
         answers = list(pool.map(lambda _: _invoke(client, "first", {"action": "sleep", "seconds": 0.5}), range(4)))
     assert all(error is None for _, error in answers), answers
     assert len({answer["pid"] for answer, _ in answers}) <= 2
-    # other functions take the idle environments' places, the oldest first
+    # other functions take the idle environments' places: "first" has none left, and starts cold
     for name in ("second", "third", "first"):
         answer, error = _invoke(client, name, {})
         assert error is None, answer
+    assert answer["calls"] == 1
+    assert answer["pid"] not in {a["pid"] for a, _ in answers}
 
 
 def test_no_environment_outlives_its_server(start_local_up: Callable[..., LocalUp], tmp_path: Any) -> None:

@@ -19,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 from clouds import served_cloud
 from moto import mock_aws
+from project_configs import PROJECT, model_table
 
 from mlops import aws
 from mlops.aws import platform
@@ -137,32 +138,13 @@ def test_what_the_stream_cannot_process_is_set_apart_and_control_messages_are_dr
 
 # -- through the real handlers, with a sample rate -----------------------------------------------------------
 SAMPLE_RATE = 0.2
-CONFIG = f"""
-[project]
-project = "mlops"
-
-[[model]]
-name = "sampled"
-target = "target"
-task = "binary"
-test_size = 0.25
-thresholds = {{ accuracy = 0.9 }}
-primary_metric = "accuracy"
-capture_sample_rate = {SAMPLE_RATE}
-
-[[model]]
-name = "canaried"
-target = "target"
-task = "binary"
-test_size = 0.25
-thresholds = {{ accuracy = 0.9 }}
-primary_metric = "accuracy"
-champion_margin = 0.05
+CONFIG = (PROJECT + model_table("sampled", f"capture_sample_rate = {SAMPLE_RATE}\n")
+          # the rollout does not look during the test: the test joins the captures itself, as each look does
+          + model_table("canaried", f"""champion_margin = 0.05
 canary_weight = 0.5
-# the rollout does not look during the test: the test joins the captures itself, as each look does
 rollout_interval_seconds = 3600
 capture_sample_rate = {SAMPLE_RATE}
-"""
+"""))
 
 
 @pytest.fixture(scope="module")
@@ -208,10 +190,14 @@ def test_a_handlers_own_log_lines_and_metrics_never_reach_the_captures(
     printed = [line for line in output.getvalue().splitlines() if line.startswith("{")]
     assert any('"_aws"' in line for line in printed)  # the handler printed its metrics (EMF)...
     assert any(MARKER in line for line in printed)  # ...and its capture lines, on the same stdout
-    captured = _records(cloud, "sampled")
-    assert captured
-    assert {r["type"] for r in captured} <= {"prediction", "feedback"}  # nothing else of what it printed
-    assert all(r[MARKER] == 1 for r in captured)
+    assert _records(cloud, "sampled")
+    # every line under captures/, whatever model it names or none: nothing else of what the handler printed
+    cloud.flush_captures()
+    store = ObjectStore(aws.client("s3"), cloud.deployment.names["captures"])
+    everything = [r for key in store.keys("captures/") for r in store.json_lines(key)]
+    assert store.invalid_lines == 0
+    assert {r["type"] for r in everything} <= {"prediction", "feedback"}
+    assert all(r.get(MARKER) == 1 for r in everything)
 
 
 def test_the_champion_alone_is_sampled_and_every_feedback_is_captured(

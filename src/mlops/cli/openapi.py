@@ -22,10 +22,10 @@ def run_openapi(args: argparse.Namespace) -> int:
     import runpy
 
     from mlops import __version__
-    from mlops.aws import platform
+    from mlops.aws import environment, platform
 
-    os.environ.setdefault("MODEL_NAME", "model")
-    os.environ.setdefault("REGISTRY_TABLE", "unused-for-openapi")
+    os.environ.setdefault(environment.MODEL_NAME, "model")
+    os.environ.setdefault(environment.REGISTRY_TABLE, "unused-for-openapi")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     handler = runpy.run_path(str(platform.FUNCTIONS_DIR / "infer" / "handler.py"))
     document = handler["app"].get_openapi_json_schema(

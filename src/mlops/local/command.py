@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-# mlops.local.processes.DEFAULT_MAX_ENVIRONMENTS, without importing moto to parse a command line
-DEFAULT_MAX_ENVIRONMENTS = 32
+from mlops.local.worker import DEFAULT_MAX_ENVIRONMENTS
 
 UP_DESCRIPTION = """\
 Start the whole platform on this machine, no AWS account and no Docker: moto's server (S3, DynamoDB,

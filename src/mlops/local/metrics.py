@@ -133,12 +133,16 @@ class LogSubscriptions:
             self._thread.join(10)
         self.flush()
 
-    def subscriptions(self, log_group: str) -> list[_Subscription]:
-        """The group's subscription filters, as moto's CloudWatch Logs holds them now."""
+    def _group(self, log_group: str) -> Any:
+        """The log group as moto's CloudWatch Logs holds it now, or None."""
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.logs.models import logs_backends
 
-        group = logs_backends[DEFAULT_ACCOUNT_ID][self.region].groups.get(log_group)
+        return logs_backends[DEFAULT_ACCOUNT_ID][self.region].groups.get(log_group)
+
+    def subscriptions(self, log_group: str) -> list[_Subscription]:
+        """The group's subscription filters, as moto's CloudWatch Logs holds them now."""
+        group = self._group(log_group)
         if group is None:
             return []
         out = []
@@ -150,10 +154,7 @@ class LogSubscriptions:
         return out
 
     def subscribed(self, log_group: str) -> bool:
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.logs.models import logs_backends
-
-        group = logs_backends[DEFAULT_ACCOUNT_ID][self.region].groups.get(log_group)
+        group = self._group(log_group)
         return bool(group is not None and group.subscription_filters)
 
     def put(self, log_group: str, messages: list[str], version: str = "$LATEST") -> None:

@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from moto.awslambda.models import LambdaFunction
+from moto.core import DEFAULT_ACCOUNT_ID
 
 from mlops.local.context import error_answer
 from mlops.local.lambda_runtime import InProcessRuntime, OverlayEnviron
-from mlops.local.worker import END_OF_INVOCATION, LIFELINE_FD, RESULTS_FD
+from mlops.local.worker import DEFAULT_MAX_ENVIRONMENTS, END_OF_INVOCATION, LIFELINE_FD, RESULTS_FD
 
 # An environment's worker process, started by the runtime: this interpreter, without the working directory on its path
 # (-P: the function's code folder is put first by the worker itself, as /var/task is on Lambda)
 WORKER = (sys.executable, "-P", "-m", "mlops.local.worker")
-DEFAULT_MAX_ENVIRONMENTS = 32
 # How long an environment may take to import its handler. Lambda allows 10 s; here a dozen environments may start at
 # once on two cores, each importing onnxruntime or scikit-learn.
 INIT_TIMEOUT_S = 120.0
@@ -77,7 +77,7 @@ class _Worker:
     shipper: threading.Thread
     lifeline: int  # the write end of the worker's lifeline, held open while this process lives (mlops.local.worker)
     # released by the shipper at each invocation's end-of-output line: the answer waits for its output
-    shipped: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    shipped: threading.Semaphore
     last_used: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
@@ -123,7 +123,7 @@ def _status(code: int) -> str:
 class ProcessRuntime(InProcessRuntime):
     def __init__(self, workdir: Path | None = None, *, handler_output: Any = None,
                  max_environments: int = DEFAULT_MAX_ENVIRONMENTS, policy_of: PolicyOf | None = None,
-                 account: str = "123456789012") -> None:
+                 account: str = DEFAULT_ACCOUNT_ID) -> None:
         super().__init__(workdir, handler_output=handler_output)
         if max_environments < 1:
             raise ValueError(f"max_environments must be at least 1, got {max_environments}")
@@ -136,7 +136,6 @@ class ProcessRuntime(InProcessRuntime):
         self._cond = threading.Condition()
         self._serial = itertools.count(1)
         self._code_lock = threading.Lock()
-        self.started = 0  # environments started so far (cold starts)
         self._closed = False  # uninstalled: an environment handed back is shut down, none is started
         self._workers: set[_Worker] = set()  # every environment alive, idle or busy
 
@@ -170,6 +169,7 @@ class ProcessRuntime(InProcessRuntime):
                              key=lambda w: w.last_used)
                 if oldest is not None:  # another version's idle environment makes room, as Lambda reclaims them
                     self._idle[oldest.key].remove(oldest)
+                    self._workers.discard(oldest)
                     self._live -= 1
                     threading.Thread(target=oldest.stop, daemon=True).start()
                     continue
@@ -195,11 +195,6 @@ class ProcessRuntime(InProcessRuntime):
             self._cond.notify()
         if worker is not None:
             worker.stop()
-
-    def environments(self) -> int:
-        """Environments alive now, idle or busy."""
-        with self._cond:
-            return self._live
 
     # -- an environment ------------------------------------------------------------------------------------
     def _code(self, fn: LambdaFunction) -> Path:
@@ -237,7 +232,6 @@ class ProcessRuntime(InProcessRuntime):
         shipper.start()
         with self._cond:
             self._workers.add(worker)
-        self.started += 1
         # a function the guard knows no policy of may call nothing, as in the guard of the embedded cloud
         policy = None if self.policy_of is None else list(self.policy_of(fn.function_name) or [])
         setup = {"handler": str(fn.handler), "code": str(root), "policy": policy, "account": self.account}

@@ -48,11 +48,12 @@ from mlops.local.iam.guard import Guard
 from mlops.local.iam.policies import platform_policies
 from mlops.local.lambda_runtime import InProcessRuntime, Invocation
 from mlops.local.metrics import EmfBridge, LogSubscriptions, moto_publisher, percentiles_in_moto
-from mlops.local.processes import DEFAULT_MAX_ENVIRONMENTS, ProcessRuntime
+from mlops.local.processes import ProcessRuntime
 from mlops.local.queues import QueuePoller
 from mlops.local.recovery import Recovery
 from mlops.local.scheduler import Scheduler, declared_jobs, lambda_invoker
 from mlops.local.state import GroupCommit, StateDir
+from mlops.local.worker import DEFAULT_MAX_ENVIRONMENTS
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"  # the deployment's ARNs name it; clients must use it too

@@ -32,6 +32,9 @@ from typing import Any
 
 from mlops.local.context import LambdaContext, error_answer
 
+# How many worker processes `mlops local up` keeps alive at once, all functions together (mlops.local.processes);
+# declared in this moto-free module so that parsing a command line imports no moto
+DEFAULT_MAX_ENVIRONMENTS = 32
 RESULTS_FD = "MLOPS_WORKER_RESULTS_FD"
 LIFELINE_FD = "MLOPS_WORKER_LIFELINE_FD"
 # The line that ends an invocation's output on stdout (after the handler's last line, ended or not)

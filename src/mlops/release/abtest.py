@@ -588,19 +588,18 @@ def plan_schedule(plan: Plan, *, daily_requests: float, feedback_rate: float = 1
     _check_open_unit("challenger_weight", weight)
     daily = daily_requests * feedback_rate
     per_arm = (daily * (1.0 - weight), daily * weight)  # (control, challenger) labels a day
-    test = SequentialTest.from_plan(plan)
-    horizon = test.max_samples_per_arm
+    horizon = SequentialTest.from_plan(plan).max_samples_per_arm
     worst = horizon / min(per_arm)  # the horizon counts the smaller arm
     rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
     step = max(1, math.ceil(horizon / 200))  # labels of the smaller arm between two looks
     scale = max(per_arm) / min(per_arm)
+    small = 0 if per_arm[0] <= per_arm[1] else 1  # the arm that sets the pace
+    rates = (plan.baseline, plan.baseline + plan.mde)
     stops = []
     for _ in range(simulations):
         sim = SequentialTest.from_plan(plan)
         successes = [0, 0]
         n = [0, 0]
-        small = 0 if per_arm[0] <= per_arm[1] else 1
-        rates = (plan.baseline, plan.baseline + plan.mde)
         while True:
             add = [0, 0]
             add[small] = step

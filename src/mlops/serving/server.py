@@ -58,11 +58,11 @@ class ModelServer:
         import os
 
         from mlops import aws
-        from mlops.aws.environment import resources
+        from mlops.aws.environment import MODEL_NAME, resources
 
         version = os.environ.get("MODEL_VERSION")
         features = resources.features_table
-        model = os.environ["MODEL_NAME"]
+        model = os.environ[MODEL_NAME]
         return cls(
             model=model,
             version=int(version) if version else None,
@@ -86,8 +86,8 @@ class ModelServer:
             self._aliases = (time.monotonic(), aliases)
         return aliases
 
-    def _variant(self, version: int) -> str:
-        aliases = self._aliases_now()
+    @staticmethod
+    def _variant(version: int, aliases: dict[str, int]) -> str:
         if aliases.get(CHAMPION) == version:
             return CHAMPION
         if aliases.get(CHALLENGER) == version:
@@ -133,7 +133,8 @@ class ModelServer:
             raise InvalidInput(f"{at}: the model gives no finite answer for these values; they are far outside the "
                                "range it was trained on", at)
         version = loaded.version.version
-        variant = self._variant(version)
+        aliases = self._aliases_now()
+        variant = self._variant(version, aliases)
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         answers = [{"request_id": str(uuid.uuid4()), "model_version": version, "variant": variant, **one}
                    for one in scored if one is not None]
@@ -144,7 +145,7 @@ class ModelServer:
         self.capture.put([
             {"type": "prediction", "model": self.model_name, "time": now, "features": row, **answer}
             for row, answer in zip(clean, answers, strict=True)
-        ], sampling=variant == CHAMPION and CHALLENGER not in self._aliases_now())
+        ], sampling=variant == CHAMPION and CHALLENGER not in aliases)
         return answers[0] if has_features else {"predictions": answers}
 
     def _online(self, loaded: LoadedModel, entity: Any) -> OnlineFeatures:
