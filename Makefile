@@ -58,9 +58,11 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
-# numbers to bench/results.json and bench/results.md, each beside its reference measured in the same run
+# numbers to bench/results.json and bench/results.md, each beside its reference measured in the same run; references
+# that cannot share our pinned stack (Evidently needs pandas < 3) get a virtualenv of their own under .bench/, created
+# by their benchmark on first use (bench/bench_drift_files.py)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) cdk.out demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .bench cdk.out demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from constructs import Construct
 
 from infra.constructs.batch import NEW_ACCOUNT_CONCURRENCY, Batch
 from infra.constructs.function import NEW_ACCOUNT_MEMORY_MB, Packaging, check_memory
+from infra.constructs.ingest import IngestMap, state_machine_arn
 from infra.constructs.monitoring import AlarmThresholds, Monitoring
 from infra.constructs.nag import acknowledge
 from infra.constructs.pipeline import Pipeline
@@ -86,6 +87,8 @@ class MlopsStack(Stack):
                 environment.CAPTURES_BUCKET: storage.buckets["captures"].bucket_name,
                 environment.REGISTRY_TABLE: storage.tables["registry"].table_name,
                 environment.IDEMPOTENCY_TABLE: storage.tables["idempotency"].table_name,
+                # built from its physical name: the state machine invokes ingest, which must not name it (a cycle)
+                environment.INGEST_STATE_MACHINE_ARN: state_machine_arn(self, project),
                 environment.FEATURES_TABLE: storage.tables["features"].table_name,
                 environment.NOTIFICATIONS_TOPIC_ARN: storage.topic.topic_arn,
                 # model -> the infer function's physical name (its Ref), as the local cloud gives it
@@ -118,8 +121,12 @@ class MlopsStack(Stack):
                                if infer_reserved_concurrency}})
         check_memory([*self.pipeline.functions.values(), *serving.functions.values(), *self.push.functions.values()],
                      quota_mb=lambda_memory_quota_mb)
+        # a file above its model's ingest_map_above_mb is validated in parts (infra/constructs/ingest.py)
+        self.ingest = IngestMap(self, "Ingest", project=project, storage=storage, functions=self.pipeline.functions,
+                                log_retention=log_retention, removal_policy=removal_policy)
         # one registry of the state machines: monitoring alarms on a failed run, the outputs and the tests find it there
         self.pipeline.state_machines[platform.BATCH_STATE_MACHINE] = self.batch.state_machine
+        self.pipeline.state_machines[platform.INGEST_STATE_MACHINE] = self.ingest.state_machine
         # every function's access, as mlops.aws.access declares it (all resources exist by now)
         self._writes: list[tuple[str, str, iam.IRole]] = []  # (bucket, key prefix, role), recorded by _grant
         for name, access in ACCESS.items():

@@ -1,7 +1,10 @@
-"""ingest: S3 object-created events under incoming/<model>/ -> curated/ or quarantine/."""
+"""ingest: S3 object-created events under incoming/<model>/ -> curated/ or quarantine/; and the steps of the ingest
+state machine (a file above its model's ingest_map_above_mb, validated in parts: mlops.data.ingest_map)."""
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -14,13 +17,17 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
 
 from mlops import aws
+from mlops.aws import environment
 from mlops.aws.environment import resources
 from mlops.aws.observability import instrumented, powertools
 from mlops.aws.storage import ObjectStore
-from mlops.core.config import load_config
-from mlops.data.ingest import ingest_object
+from mlops.core.config import ProjectConfig, load_config
+from mlops.core.errors import ConfigError
+from mlops.data.ingest import IngestOutcome, ingest_object
+from mlops.data.ingest_map import plan, run_step
 from mlops.features.offline import materialize_curated
 from mlops.features.online import OnlineStore
 
@@ -35,9 +42,14 @@ def ingest_one(obj: dict[str, Any]) -> dict[str, Any]:
     config, store = load_config(), ObjectStore(aws.client("s3"), obj["bucket"])
     outcome = ingest_object(
         bucket=obj["bucket"], key=obj["key"], version_id=obj["version_id"], etag=obj["etag"], size=obj["size"],
-        config=config, store=store,
+        config=config, store=store, plan_map=partial(plan, start_map=start_map),
+        progress=lambda done: logger.info("ingest progress", extra={"key": obj["key"], **done}),
     )
     logger.info("ingested", extra=outcome.to_dict())
+    return _finished(outcome, config, store)
+
+
+def _finished(outcome: IngestOutcome, config: ProjectConfig, store: ObjectStore) -> dict[str, Any]:
     if outcome.status == "curated" and outcome.model and resources.features_table:
         materialized = materialize_curated(config.model(outcome.model), outcome, data=store,
                                            online=OnlineStore(aws.client("dynamodb"), resources.features_table))
@@ -49,8 +61,38 @@ def ingest_one(obj: dict[str, Any]) -> dict[str, Any]:
     return outcome.to_dict()
 
 
+def start_map(name: str, payload: dict[str, Any]) -> str | None:
+    """Start the ingest state machine's execution `name` (mlops.data.ingest_map); None when one of that name exists
+    already: this object version is being, or was, validated in parts."""
+    arn = resources.ingest_state_machine_arn
+    if arn is None:
+        raise ConfigError(f"{environment.INGEST_STATE_MACHINE_ARN} is not set: the function is not deployed with the "
+                          "ingest state machine")
+    try:
+        execution: str = aws.client("stepfunctions").start_execution(stateMachineArn=arn, name=name,
+                                                                     input=json.dumps(payload))["executionArn"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ExecutionAlreadyExists":
+            return None
+        raise
+    return execution
+
+
+def map_step(event: dict[str, Any]) -> dict[str, Any]:
+    """A step of the ingest state machine: one part of a large file, the merge, or its abandonment."""
+    config, store = load_config(), ObjectStore(aws.client("s3"), event["job"]["bucket"])
+    result = run_step(event, store=store, config=config)
+    logger.info(f"ingest {event['step']}", extra=result)
+    if event["step"] == "part":
+        return result
+    outcome = IngestOutcome(**result) if "status" in result and "source" in result else None
+    return _finished(outcome, config, store) if outcome is not None else result
+
+
 @instrumented(logger, tracer, metrics)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event.get("step") in ("part", "merge", "abandon"):  # the ingest state machine (infra/ingest.asl.json)
+        return map_step(event)
     idempotency.register_lambda_context(context)
     results = []
     for record in parse(event=event, model=S3Model).Records:

@@ -19,6 +19,7 @@ from aws_cdk import (
     IgnoreMode,
     ILocalBundling,
     RemovalPolicy,
+    Size,
     Tags,
 )
 from aws_cdk import aws_ecr_assets as ecr_assets
@@ -207,6 +208,7 @@ class PlatformFunction(Construct):
             "environment": dict(environment),
             "memory_size": spec.memory_mb,
             "timeout": Duration.seconds(spec.timeout_s),
+            "ephemeral_storage_size": Size.mebibytes(spec.ephemeral_mb),
             "tracing": lambda_.Tracing.ACTIVE,
             "architecture": lambda_.Architecture.X86_64,
             "role": self.role,

@@ -57,8 +57,12 @@ def vended_log_group_name(scope: Construct, name: str) -> str:
     successive instances: a stage deleted with its logs retained (prod) can be created again without colliding with
     the log group it left."""
     stack = Stack.of(scope)
-    instance = Fn.select(4, Fn.split("-", Fn.select(2, Fn.split("/", stack.stack_id))))
-    return f"/aws/vendedlogs/states/{stack.stack_name}-{name}-{instance}"
+    return f"/aws/vendedlogs/states/{stack.stack_name}-{name}-{stack_instance(stack)}"
+
+
+def stack_instance(stack: Stack) -> str:
+    """The last part of the StackId's UUID: unique to this creation of the stack (a token)."""
+    return Fn.select(4, Fn.split("-", Fn.select(2, Fn.split("/", stack.stack_id))))
 
 
 def uses_topic(spec: StateMachineSpec) -> bool:

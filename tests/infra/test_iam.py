@@ -64,6 +64,8 @@ def _dynamic(names: LocalNames) -> dict[str, str]:
     return {
         "$.plan.items_bucket": names.names["data"],
         "$.plan.items_key": f"{layout.BATCH_RUNS}breast-cancer/run-1/{WORK_PREFIX}items.json",
+        "$.job.bucket": names.names["data"],
+        "$.job.items_key": f"{layout.INGEST_RUNS}breast-cancer/run-1/items.json",
         "$$.Execution.Input.results.bucket": names.names["data"],
         "$$.Execution.Input.results.prefix": f"{layout.BATCH_RUNS}breast-cancer/run-1/{WORK_PREFIX}{MAP_RESULTS}",
         "States.Format('candidates/{}/{}/train.json', $.model, $.run_id)": "candidates/breast-cancer/run-1/train.json",

@@ -14,6 +14,7 @@ import pytest
 
 from infra.app import CONFIG_CONTEXT, LAMBDA_MEMORY_QUOTA_CONTEXT, STAGE_CONTEXT, STAGES, cdk_json_context
 from infra.constructs.function import DOCKERFILE, IMAGE_CONTEXT, MEMORY_QUOTA_WARNING
+from infra.constructs.ingest import state_machine_arn as ingest_state_machine_arn
 from infra.constructs.pipeline import STATE_MACHINES, StateMachineSpec, uses_topic
 from layers import builder as layer_build
 from mlops.aws import environment, platform
@@ -112,6 +113,8 @@ def test_environment_values_point_at_the_stack_resources(synthesized: Synthesize
            for machine in STATE_MACHINES},
         # for when mlops.aws.platform declares it for register (test_serving checks what it points at)
         environment.API_SOURCE_ARN: stack.resolve(stack.serving.api_source_arn),
+        # from the state machine's physical name, not its Ref: the state machine invokes ingest (no cycle)
+        environment.INGEST_STATE_MACHINE_ARN: stack.resolve(ingest_state_machine_arn(stack, stack.name_prefix)),
     }
     project = NAMED.project
     infer_functions = {model: platform.infer_function_name(project, model) for model in synthesized.serving()}
@@ -410,6 +413,8 @@ def test_functions_reach_only_their_declared_prefixes_and_tables(synthesized: Sy
     if access.read_versions:
         expected |= {("s3:GetObjectVersion", b, p) for _a, b, p in expected}
     expected |= {("s3:PutObject", bucket, f"{prefix}*") for bucket, prefixes in access.write.items()
+                 for prefix in prefixes}
+    expected |= {("s3:DeleteObject", bucket, f"{prefix}*") for bucket, prefixes in access.deletes.items()
                  for prefix in prefixes}
     assert object_grants(synthesized, function) == expected
 

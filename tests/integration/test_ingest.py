@@ -90,10 +90,10 @@ def test_oversized_file_is_rejected_unread(cloud: EmbeddedCloud) -> None:
     config = load_config()
     cloud.client("s3").put_object(Bucket=cloud.deployment.data_bucket, Key="incoming/wine/big.csv", Body=b"a,b\n")
     outcome = ingest_object(bucket=cloud.deployment.data_bucket, key="incoming/wine/big.csv", version_id=None,
-                            etag="abc", size=300 * 2**20, config=config, store=cloud.data)
+                            etag="abc", size=5000 * 2**20, config=config, store=cloud.data)
     assert outcome.status == "rejected"
     assert outcome.code == "too_large"
-    assert "300.0 MB" in outcome.reason
+    assert "5000.0 MB" in outcome.reason
 
 
 @pytest.mark.parametrize(("key", "status", "code"), [

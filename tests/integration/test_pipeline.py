@@ -76,6 +76,10 @@ def test_candidate_below_threshold_is_rejected_with_reason_and_notified(cloud: C
     assert run.outcome == "rejected"
     assert "accuracy" in run.reason
     assert "below the threshold 0.999" in run.reason
+    # the model's training_backend is left to "auto": its few rows trained in the function, and the record says why
+    assert run.details["training_backend"] == {
+        "backend": "lambda",
+        "reason": "auto: 0.1 MB in memory (569 rows x 31 columns as float64) <= sagemaker_above_mb 400"}
 
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert any("rejected" in json.loads(m["Body"])["Message"] for m in messages)

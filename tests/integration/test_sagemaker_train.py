@@ -103,10 +103,15 @@ def test_an_input_without_a_backend_trains_on_lambda(cloud: Cloud) -> None:
                                                   name=payload["run_id"], input=json.dumps(payload))
     [execution] = cloud.wait_for_executions(1)
     assert entered(cloud, execution["executionArn"])[:2] == ["TrainingBackend", "Train"]
+    # its dataset is nowhere: the failure is recorded all the same, the run's backend by default
+    [run] = cloud.registry.runs("breast-cancer")
+    assert run.outcome == "failed"
+    assert run.details["training_backend"] == {"backend": "lambda", "reason": ""}
 
 
 # -- the whole SageMaker path, the training job played in process ----------------------------------------------
 SAGEMAKER_MODEL = "big-data"
+AUTO_MODEL = "growing"  # training_backend left to its default, "auto", with a threshold of 1 MB in memory
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +129,14 @@ training_backend = "sagemaker"
 sagemaker_instance_type = "ml.m5.4xlarge"
 sagemaker_volume_size_gb = 50
 sagemaker_max_runtime_seconds = 7200
+
+[[model]]
+name = "{AUTO_MODEL}"
+target = "target"
+task = "binary"
+test_size = 0.25
+thresholds = {{ accuracy = 0.9 }}
+sagemaker_above_mb = 1
 """)
     return path
 
@@ -229,4 +242,58 @@ def test_a_failed_training_job_is_recorded_as_a_failed_run(
     [run] = cloud.registry.runs(SAGEMAKER_MODEL)
     assert run.outcome == "failed"
     assert "InvalidDataset" in run.reason
+    assert run.details["training_backend"] == {"backend": "sagemaker",
+                                               "reason": 'sagemaker: training_backend = "sagemaker" in mlops.toml'}
     assert cloud.registry.versions(SAGEMAKER_MODEL) == []
+
+
+def grown(csv: bytes, copies: int) -> bytes:
+    """``copies`` copies of a dataset's rows, each shifted by a little on every feature (so that none is a duplicate
+    ingest would quarantine), under one header."""
+    header, *rows = csv.decode().strip().splitlines()
+    target = header.split(",").index("target")
+    out = [header]
+    for copy in range(copies):
+        for row in rows:
+            cells = row.split(",")
+            out.append(",".join(cell if i == target else repr(float(cell) + copy * 1e-6)
+                                for i, cell in enumerate(cells)))
+    return ("\n".join(out) + "\n").encode()
+
+
+def test_auto_trains_small_data_in_the_function_and_data_above_the_threshold_in_a_training_job(
+        cloud: Cloud, breast_cancer_csv: bytes, training_jobs: PlayedTrainingJobs) -> None:
+    """One model, no setting changed between its two datasets: the size of each decides where it trains."""
+    cloud.upload(AUTO_MODEL, "small.csv", breast_cancer_csv)  # 569 rows x 31 columns: 0.13 MB as float64
+    [small] = cloud.wait_for_executions(1)
+    assert small["status"] == "SUCCEEDED", small.get("cause")
+    inp = PipelineInput.model_validate_json(small["input"])
+    assert (inp.training_backend, inp.sagemaker) == ("lambda", None)
+    assert inp.training_backend_reason == (
+        "auto: 0.1 MB in memory (569 rows x 31 columns as float64) <= sagemaker_above_mb 1")
+    assert entered(cloud, small["executionArn"])[:2] == ["TrainingBackend", "Train"]
+    assert training_jobs.requests == []
+
+    cloud.upload(AUTO_MODEL, "bigger.csv", grown(breast_cancer_csv, copies=8))  # 4,552 rows: 1.08 MB
+    [big] = [e for e in cloud.wait_for_executions(2) if e["executionArn"] != small["executionArn"]]
+    assert big["status"] == "SUCCEEDED", big.get("cause")
+    inp = PipelineInput.model_validate_json(big["input"])
+    assert inp.training_backend == "sagemaker"
+    assert inp.training_backend_reason == (
+        "auto: 1.1 MB in memory (4,552 rows x 31 columns as float64) > sagemaker_above_mb 1")
+    assert inp.sagemaker == TrainingJobResources.of(load_config().model(AUTO_MODEL))
+    states = entered(cloud, big["executionArn"])
+    assert states[:2] == ["TrainingBackend", "TrainOnSageMaker"]
+    assert "Train" not in states
+    [job] = training_jobs.requests
+    # the whole input, the reason included, is one hyperparameter: SageMaker takes values of at most 2,500 characters
+    assert len(job["HyperParameters"][sagemaker_train.PIPELINE_INPUT]) <= 2500
+
+    # and each registered version says where it was trained and why
+    versions = cloud.registry.versions(AUTO_MODEL)
+    assert [v.version for v in versions] == [1, 2]
+    trained = {v.run_id: cloud.models.get_json(v.manifest_uri.split("/", 3)[3])["training_backend"] for v in versions}
+    assert trained == {
+        PipelineInput.model_validate_json(e["input"]).run_id: {"backend": i.training_backend,
+                                                              "reason": i.training_backend_reason}
+        for e, i in ((e, PipelineInput.model_validate_json(e["input"])) for e in (small, big))}

@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.data.baseline import FORMAT, OTHER, bin_counts, build_baseline, categorical_summary, numeric_summary
+from mlops.data.baseline import (
+    FORMAT,
+    OTHER,
+    StreamedBaseline,
+    bin_counts,
+    build_baseline,
+    categorical_summary,
+    numeric_summary,
+)
 from mlops.data.inference import infer_contract
 from mlops.data.schema import DataContract
 
@@ -124,3 +132,54 @@ def test_all_missing_numeric() -> None:
     assert out["shares"] == []
     assert out["missing_share"] == 1.0
     json.dumps(out, allow_nan=False)
+
+
+def _chunks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [frame.iloc[i:i + size] for i in range(0, len(frame), size)]
+
+
+def test_streamed_baseline_equals_the_whole_frame_while_every_row_fits_the_sample(frame: pd.DataFrame) -> None:
+    contract = infer_contract(frame, "label")
+    summary = StreamedBaseline(contract, reservoir=100, seed=7, sample=len(frame))
+    for chunk in _chunks(frame, 700):
+        summary.update(chunk)
+    predictions = frame["label"].to_numpy()
+    assert summary.result(predictions=predictions) == build_baseline(
+        frame, contract, predictions=predictions, reservoir=100, seed=7)
+
+
+def test_streamed_baseline_beyond_its_sample_keeps_counts_and_moments_exact(frame: pd.DataFrame) -> None:
+    contract = infer_contract(frame, "label")
+    big = pd.concat([frame] * 8, ignore_index=True)  # 20,000 rows through a sample of 3,000
+    whole = build_baseline(big, contract, reservoir=500)
+    summary = StreamedBaseline(contract, reservoir=500, sample=3000)
+    for chunk in _chunks(big, 1500):
+        summary.update(chunk)
+    streamed = summary.result()
+    json.dumps(streamed, allow_nan=False)
+    assert streamed["rows"] == 20_000
+    assert streamed["reservoir"]["size"] == len(streamed["reservoir"]["records"]) == 500
+    for name in ("x", "flag", "const"):
+        got, want = streamed["features"][name], whole["features"][name]
+        for key in ("missing_share", "mean", "std", "min", "max"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), (name, key)
+        assert got["edges"][0] == want["edges"][0]
+        assert got["edges"][-1] == want["edges"][-1]
+        assert len(got["edges"]) == len(want["edges"])
+        assert sum(got["counts"]) <= 3000  # bins from the sample
+        assert got["shares"] == pytest.approx(want["shares"], abs=0.03)
+    assert streamed["features"]["color"] == whole["features"]["color"]  # category counts: every row
+
+
+def test_streamed_baseline_sample_is_uniform_over_the_stream() -> None:
+    contract = infer_contract(pd.DataFrame({"i": [1.0, 2.0, 3.0], "y": ["a", "b", "a"]}), "y")
+    summary = StreamedBaseline(contract, reservoir=2000, sample=2000, seed=5)
+    for chunk in _chunks(pd.DataFrame({"i": np.arange(100_000, dtype=float), "y": "a"}), 10_000):
+        summary.update(chunk)
+    picked = np.array([r["i"] for r in summary.result()["reservoir"]["records"]])
+    assert len(np.unique(picked)) == 2000
+    assert list(picked) == sorted(picked)  # in the stream's order
+    # as many from each tenth of the stream, up to noise (a later chunk has no less chance to enter)
+    per_tenth = np.bincount((picked // 10_000).astype(int), minlength=10)
+    assert per_tenth.min() > 150
+    assert per_tenth.max() < 250

@@ -388,3 +388,26 @@ def test_compare_families_marks_the_family_run_training_defaults_to(tmp_path: Pa
                                                       "hist_gradient_boosting": {"max_iter": 5}})
     assert {e["family"]: e["default_for_task"] for e in entries} == {
         "linear_regression": True, "random_forest": False, "hist_gradient_boosting": False}
+
+
+def test_a_file_is_read_chunk_by_chunk_as_ingest_reads_it(tmp_path: Path) -> None:
+    from mlops.training.offline import load_dataset
+
+    rng = np.random.default_rng(8)
+    n = 3000
+    color = rng.choice(["red", "green"], size=n).astype(object)
+    color[-200:] = "blue"  # a category only the last chunks hold
+    x = rng.normal(size=n)
+    frame = pd.DataFrame({"x": x, "color": color, "label": np.where(x > 0, "yes", "no")})
+    lines = frame.to_csv(index=False).splitlines()
+    lines += [lines[5], "0.5,red"]  # a duplicate of a row many chunks earlier, and a ragged row
+    path = tmp_path / "chunked.csv"
+    path.write_text("\n".join(lines) + "\n")
+    whole = load_dataset(path, "label")
+    chunked = load_dataset(path, "label", chunk_bytes=4096)  # ~25 chunks
+    for ds in (whole, chunked):
+        assert ds.rows == {"in": n + 2, "used": n, "quarantined": 2}
+        assert ds.contract.column("color").categories == ["blue", "green", "red"]
+        assert ds.contract.version == 1
+        assert ds.sha256 == manifest_mod.sha256_bytes(path.read_bytes())
+    pd.testing.assert_frame_equal(chunked.frame, whole.frame)

@@ -53,6 +53,7 @@ class Access:
 
     read: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # bucket -> key prefixes
     write: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    deletes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # bucket -> key prefixes (s3:DeleteObject)
     read_versions: bool = False  # reads a given object version (s3:GetObjectVersion)
     tables: Mapping[str, Literal["read", "write"]] = field(default_factory=dict)
     starts: tuple[str, ...] = ()  # state machines it starts executions of
@@ -110,11 +111,16 @@ def dead_letters(model: str) -> str:
 ACCESS: dict[str, Access] = {
     # reads the exact version an S3 event names; the data contract is read and versioned under contracts/; reads back
     # the manifest it curated to fill the online feature store (mlops.features.offline)
-    "ingest": Access(read={"data": ("incoming/", "contracts/", "curated/")},
-                     write={"data": ("curated/", "quarantine/", "contracts/")},
-                     read_versions=True, tables={"idempotency": WRITE, "features": WRITE}),
-    # the manifest it was notified of, or the newest one; claims the dataset in the registry
-    "train_trigger": Access(read={"data": ("curated/",)}, tables={"registry": WRITE},
+    # a file above its model's ingest_map_above_mb: its ranges, parts and summaries under ingest-runs/ (written by the
+    # plan and the parts, read and then removed by the merge), and the ingest state machine's execution that runs them
+    "ingest": Access(read={"data": ("incoming/", "contracts/", "curated/", layout.INGEST_RUNS)},
+                     write={"data": ("curated/", "quarantine/", "contracts/", layout.INGEST_RUNS)},
+                     deletes={"data": (layout.INGEST_RUNS,)},
+                     read_versions=True, tables={"idempotency": WRITE, "features": WRITE},
+                     starts=(platform.INGEST_STATE_MACHINE,)),
+    # the manifest it was notified of, or the newest one, and the dataset's data contract (its columns, for the
+    # training_backend "auto" rule, mlops.pipeline.backend); claims the dataset in the registry
+    "train_trigger": Access(read={"data": ("curated/", "contracts/")}, tables={"registry": WRITE},
                             starts=(platform.STATE_MACHINE,)),
     "train": Access(read={"data": ("curated/", "contracts/")}, write={"models": ("candidates/",)}),
     # the candidate, and the champion's registered model
@@ -177,7 +183,7 @@ def statements(access: Access) -> list[Statement]:
     """The IAM statements an Access stands for."""
     out: list[Statement] = []
     kms: set[str] = set()
-    for bucket in sorted({*access.read, *access.write}):
+    for bucket in sorted({*access.read, *access.write, *access.deletes}):
         read, write = access.read.get(bucket, ()), access.write.get(bucket, ())
         # Without s3:ListBucket a HEAD on a missing key answers 403 instead of 404, and ObjectStore.exists
         # and ObjectStore.keys rely on the 404 and on listing.
@@ -189,6 +195,8 @@ def statements(access: Access) -> list[Statement]:
         if write:
             out.append(Statement(("s3:PutObject",), tuple(Resource("objects", bucket, f"{p}*") for p in write)))
             kms.update(KMS_ENCRYPT)
+        if deletes := access.deletes.get(bucket, ()):
+            out.append(Statement(("s3:DeleteObject",), tuple(Resource("objects", bucket, f"{p}*") for p in deletes)))
     for uri in access.reads_outside:
         bucket, prefix = uri.removeprefix("s3://").split("/", 1)
         # listing is limited to the declared prefix, as reading is; a bucket's own KMS key is its owner's to grant

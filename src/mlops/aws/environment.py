@@ -20,6 +20,8 @@ CAPTURES_BUCKET = "CAPTURES_BUCKET"
 ROLLOUT_STATE_MACHINE_ARN = "ROLLOUT_STATE_MACHINE_ARN"
 BATCH_STATE_MACHINE_ARN = "BATCH_STATE_MACHINE_ARN"  # the infer function starts batch runs (mlops.batch.start)
 API_SOURCE_ARN = "API_SOURCE_ARN"
+# ingest starts the ingest state machine for a file above its model's ingest_map_above_mb (mlops.data.ingest_map)
+INGEST_STATE_MACHINE_ARN = "INGEST_STATE_MACHINE_ARN"
 # JSON object: model name -> the name (or ARN) of that model's infer function
 INFER_FUNCTIONS = "INFER_FUNCTIONS"
 # A model's push function (mlops.serving.push): where its answers go (sns | s3), its topic, its queue's dead-letter
@@ -85,6 +87,10 @@ class Resources:
     @property
     def batch_state_machine_arn(self) -> str | None:
         return os.environ.get(BATCH_STATE_MACHINE_ARN) or None
+
+    @property
+    def ingest_state_machine_arn(self) -> str | None:
+        return os.environ.get(INGEST_STATE_MACHINE_ARN) or None
 
     @property
     def rollout_state_machine_arn(self) -> str | None:

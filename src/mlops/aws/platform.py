@@ -18,6 +18,7 @@ FUNCTIONS_DIR = ROOT / "functions"
 TRAINING_ASL = ROOT / "infra" / "training_pipeline.asl.json"
 ROLLOUT_ASL = ROOT / "infra" / "rollout.asl.json"
 BATCH_ASL = ROOT / "infra" / "batch.asl.json"
+INGEST_ASL = ROOT / "infra" / "ingest.asl.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class FunctionSpec:
     image: bool = False
     # a zip function's layers beyond Powertools' (layers/builder.py LAYERS), e.g. onnxruntime + numpy for infer
     layers: tuple[str, ...] = ()
+    # its /tmp (Lambda's ephemeral storage, 512-10,240 MB): ingest writes a file's curated Parquet and quarantined rows
+    # there before uploading them
+    ephemeral_mb: int = 512
 
     @property
     def code_dir(self) -> Path:
@@ -50,9 +54,13 @@ class S3Trigger:
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
+    # a file above its model's ingest_map_above_mb is planned here and validated by the ingest state machine's
+    # Distributed Map, whose parts and merge are steps of this same function (mlops.data.ingest_map); 10 GB of /tmp
+    # holds the merged dataset of a file at the largest max_file_mb the documentation advises (docs/architecture.md)
     FunctionSpec("ingest", "Validates a CSV under incoming/<model>/ and curates it (or quarantines it)",
-                 (environment.DATA_BUCKET, environment.IDEMPOTENCY_TABLE, environment.FEATURES_TABLE), memory_mb=3008,
-                 timeout_s=600,
+                 (environment.DATA_BUCKET, environment.IDEMPOTENCY_TABLE, environment.FEATURES_TABLE,
+                  environment.INGEST_STATE_MACHINE_ARN), memory_mb=3008,
+                 timeout_s=600, ephemeral_mb=10240,
                  layers=("data",)),
     FunctionSpec("train_trigger", "Starts the training pipeline once per curated dataset",
                  (environment.DATA_BUCKET, environment.REGISTRY_TABLE, environment.TRAINING_STATE_MACHINE_ARN),
@@ -194,6 +202,10 @@ ROLLOUT_SUBSTITUTIONS = {"RolloutFunctionArn": "rollout"}
 # starts it
 BATCH_STATE_MACHINE = "batch"
 BATCH_SUBSTITUTIONS = {"BatchFunctionArn": "batch"}
+# Ingest at scale (mlops.data.ingest_map): a Distributed Map over a large file's byte ranges, then one merge; the ingest
+# function starts it, and runs its parts and merge
+INGEST_STATE_MACHINE = "ingest"
+INGEST_SUBSTITUTIONS = {"IngestFunctionArn": "ingest"}
 
 
 @dataclass(frozen=True)
@@ -257,4 +269,5 @@ def resource_names(project: str) -> dict[str, str]:
         "captures": f"{project}-captures",
         "rollout": f"{project}-rollout",
         "batch": f"{project}-batch",
+        "ingest": f"{project}-ingest",
     }

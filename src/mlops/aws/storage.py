@@ -44,6 +44,14 @@ class ObjectStore:
         body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
         return body
 
+    def open(self, key: str, version_id: str | None = None, *, start: int | None = None,
+             end: int | None = None) -> Any:
+        """The object's body as a stream (``read(n)``), or the bytes ``start`` to ``end`` (exclusive) of it."""
+        extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+        if start is not None or end is not None:
+            extra["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        return self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+
     def head(self, key: str) -> dict[str, Any] | None:
         try:
             head: dict[str, Any] = self.s3.head_object(Bucket=self.bucket, Key=key)

@@ -18,12 +18,6 @@ from typing import Any
 from mlops.cli.common import add_config_option, load_project, resource_name
 from mlops.core.errors import MlopsError
 
-CHUNK_ROWS = 200_000
-# The reference's reservoir bounds the KS test's power and the Wasserstein distance's precision: from a
-# file on disk, keep far more than the 1000 rows a deployed baseline stores.
-CLI_RESERVOIR = 20_000
-NO_TARGET = "__mlops_no_target__"
-
 
 def add_drift_commands(sub: Any) -> None:
     drift = sub.add_parser(
@@ -54,61 +48,11 @@ def run_drift(args: argparse.Namespace) -> int:
     return _cmd_files(args)
 
 
-def _read_header(path: Path) -> list[str]:
-    import pandas as pd
-
-    try:
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except FileNotFoundError as exc:
-        raise MlopsError(f"{path}: no such file") from exc
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise MlopsError(f"{path}: not a readable CSV file with a header row ({exc})") from exc
-
-
 def compare_files(reference: Path, current: Path, *, target: str | None = None) -> dict[str, Any]:
-    """The drift report of ``current`` against a baseline built from ``reference``."""
-    import pandas as pd
+    """The drift report of ``current`` against a baseline built from ``reference`` (:mod:`mlops.drift.files`)."""
+    from mlops.drift import files
 
-    from mlops.core.config import DriftConfig
-    from mlops.data.baseline import build_baseline
-    from mlops.data.inference import infer_contract
-    from mlops.drift.report import build_report
-    from mlops.drift.statistics import WindowDrift
-
-    for path in (reference, current):
-        if not path.is_file():
-            raise MlopsError(f"{path}: no such file")
-    ref_cols, cur_cols = _read_header(reference), _read_header(current)
-    common = [c for c in ref_cols if c in set(cur_cols) and c != target]
-    if not common:
-        raise MlopsError(f"{reference} and {current} have no column in common "
-                         f"(reference: {ref_cols[:10]}, current: {cur_cols[:10]})")
-    ref = pd.read_csv(reference, usecols=common)
-    if ref.empty:
-        raise MlopsError(f"{reference} has a header but no rows")
-    try:
-        contract = infer_contract(ref.assign(**{NO_TARGET: 0}), NO_TARGET)
-    except MlopsError as exc:
-        raise MlopsError(f"{reference}: {exc}") from exc
-    baseline = build_baseline(ref, contract, reservoir=CLI_RESERVOIR)
-    del ref
-    check = WindowDrift(baseline, DriftConfig())
-    numeric = set(check.numeric)
-    for chunk in pd.read_csv(current, usecols=common, chunksize=CHUNK_ROWS):
-        columns: dict[str, Any] = {}
-        for name in common:
-            if name in numeric:
-                values = pd.to_numeric(chunk[name], errors="coerce")
-                if values.isna().sum() > chunk[name].isna().sum():
-                    raise MlopsError(f"{current}: column {name!r} is numeric in {reference} but holds text here")
-                columns[name] = values.to_numpy(dtype="float64", na_value=float("nan"))
-            else:
-                columns[name] = [None if pd.isna(v) else str(v) for v in chunk[name].tolist()]
-        check.update(columns, len(chunk))
-    result = check.result(with_concept=False)
-    context = {"reference": str(reference), "current": str(current), "reference_rows": baseline["rows"],
-               "ignored_columns": sorted((set(ref_cols) ^ set(cur_cols)) - {target})}
-    return build_report(result, context=context)
+    return files.compare_files(reference, current, target=target)
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -128,6 +72,10 @@ def _print_table(report: dict[str, Any]) -> None:
     drifted = report["drifted_features"]
     print(f"\n{report['status']}: {len(drifted)} of {len(report['features'])} features drifted"
           + (f" ({', '.join(drifted)})" if drifted else ""))
+    for which, left in (report.get("left_out") or {}).items():
+        if left["rows"]:
+            reasons = "; ".join(f"{reason} ({count})" for reason, count in left["reasons"].items())
+            print(f"{which}: {left['rows']} rows left out, as ingest would quarantine them: {reasons}")
 
 
 def _cmd_files(args: argparse.Namespace) -> int:

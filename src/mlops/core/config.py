@@ -111,6 +111,12 @@ class FeatureStoreConfig(BaseModel):
 # Distributed Map at once
 BATCH_MAX_CONCURRENCY = 5
 DISTRIBUTED_MAP_MAX_CONCURRENCY = 10_000
+# ingest (ModelConfig.max_file_mb, ingest_map_above_mb): the largest file accepted, and the size above which a file is
+# validated in parts by a Distributed Map rather than by one function (docs/architecture.md, "Ingest at scale")
+INGEST_MAX_FILE_MB = 4096
+INGEST_MAP_ABOVE_MB = 1024
+# ingest reads a file this many MB at a time (mlops.data.reading.DEFAULT_CHUNK_BYTES)
+INGEST_CHUNK_MB = 16
 # s3://bucket/prefix/: an S3 bucket name, then one or more non-empty key segments ending with /, without what IAM
 # would read in a resource ARN (the wildcards * and ?, ${...} policy variables)
 _S3_FOLDER = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[^/*?$]+/)+)$")
@@ -154,16 +160,34 @@ class ModelConfig(BaseModel):
     guardrail_min_requests: int = Field(default=200, ge=1)
     # a declared data contract (see mlops.data.schema.DataContract); inferred from the first file when absent
     contract: dict[str, Any] | None = None
-    # files larger than this are rejected whole by ingest (one Lambda holds the file in memory)
-    max_file_mb: int = Field(default=256, gt=0)
+    # the largest file ingest accepts at all: a larger one is rejected whole, unread, with the reason. Up to
+    # `ingest_map_above_mb` one ingest function streams it; above, a Distributed Map validates it in parts in parallel
+    # and one merge writes the single curated dataset (mlops.data.ingest_map, docs/architecture.md "Ingest at scale").
+    # 4 GiB: what the merge can write into the ingest function's 10 GB of /tmp (curated Parquet and quarantined rows)
+    # and move through S3 well within its 600 s timeout
+    max_file_mb: int = Field(default=INGEST_MAX_FILE_MB, gt=0)
+    # above this size a file is validated by the ingest Distributed Map, in parts of a quarter of it each. 1 GiB: one
+    # function streaming at 20-40 MB/s (make bench) reads it in 25-50 s, and a messy file at 5 MB/s in about 200 s,
+    # a third of its 600 s timeout
+    ingest_map_above_mb: int = Field(default=INGEST_MAP_ABOVE_MB, gt=0)
+    # ingest reads a file this much at a time (mlops.data.reading.CsvReader): its memory is a few times this, whatever
+    # the file's size (docs/ingest.md). Smaller chunks only cost speed; tests use a few KB to cross chunk boundaries
+    ingest_chunk_mb: float = Field(default=INGEST_CHUNK_MB, gt=0, le=256)
     # a file with more bad rows than this share is rejected whole rather than half-curated
     max_bad_row_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     # drift monitoring and drift-driven retraining (see DriftConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
-    # where the train step runs: in the `train` function (at most 15 minutes and 10 GB of memory) or, for data that
+    # where the train step runs: in the `train` function (4,096 MB, 15 minutes: mlops.aws.platform) or, for data that
     # outgrows it, as a SageMaker training job started by the same state machine from the same image, on this
-    # instance type with this much disk, stopped after this long (432000 s, 5 days, is SageMaker's default limit)
-    training_backend: Literal["lambda", "sagemaker"] = "lambda"
+    # instance type with this much disk, stopped after this long (432000 s, 5 days, is SageMaker's default limit).
+    # "auto" decides per dataset when train_trigger starts the run (mlops.pipeline.backend): SageMaker when the data's
+    # size in memory (curated rows x encoded columns x 8 bytes) is above `sagemaker_above_mb`; "lambda" and "sagemaker"
+    # force one path
+    training_backend: Literal["auto", "lambda", "sagemaker"] = "auto"
+    # 400 MB: the train step peaks at 7-8x that estimate (numeric columns; one-hot encoded ones cost less) above the
+    # 0.25-0.45 GB its runtime holds, so data of 400 MB peaks near 3.5 GB, under the train function's 4,096 MB
+    # (measured, docs/deploy.md section 8)
+    sagemaker_above_mb: int = Field(default=400, gt=0)
     sagemaker_instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
     sagemaker_max_runtime_seconds: int = Field(default=3600, ge=60, le=432000)
     sagemaker_volume_size_gb: int = Field(default=30, ge=1, le=16384)

@@ -29,7 +29,10 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@")
 
 def column_text(df: pd.DataFrame, name: str) -> pd.Series:
     """A column as text with "" for missing, whatever dtype a hand-built frame used."""
-    return df[name].astype("str").fillna("")
+    column = df[name]
+    if isinstance(column.dtype, pd.StringDtype) and not column.hasnans:
+        return column  # what the reader gives: no copy
+    return column.astype("str").fillna("")
 
 
 def missing_cells(stripped: pd.Series) -> np.ndarray:
@@ -61,6 +64,18 @@ def to_float(stripped: pd.Series, missing: np.ndarray) -> np.ndarray:
         others = pd.to_numeric(stripped.iloc[rest], errors="coerce")
         numbers[rest] = others.to_numpy(dtype=float, na_value=np.nan)
     return numbers
+
+
+def plain_numbers(cells: pd.Series) -> np.ndarray | None:
+    """The cells as floats when every one is a number as written (no space, no missing value, no NaN spelling):
+    what :func:`to_float` would give, at the cost of one cast; None when some cell needs the careful reading."""
+    try:
+        parsed = pc.cast(as_arrow(cells), pa.float64())
+    except pa.ArrowInvalid:
+        return None
+    numbers = parsed.to_numpy(zero_copy_only=False)
+    # "nan" is a missing value, never a number: the careful reading says so
+    return None if parsed.null_count or np.isnan(numbers).any() else numbers
 
 
 def formula_like(stripped: pd.Series) -> np.ndarray:

@@ -77,15 +77,19 @@ def _infer_feature(name: str, values: pd.Series, *, nullable: bool, n_rows: int)
         # nothing observed yet: a categorical column with no known category
         return ColumnSpec(name=name, kind=ColumnKind.CATEGORICAL, nullable=True, categories=[])
     numbers = _mostly_numbers(values)
-    distinct = pd.Series(pd.unique(values), dtype="str")
+    finite = np.isfinite(numbers) if numbers is not None else np.zeros(0, dtype=bool)
+    all_numbers = numbers is not None and bool(finite.all())
+    # (a column of numbers only is numeric whatever its distinct values: they are not counted then)
+    distinct = pd.Series([], dtype="str") if all_numbers else pd.Series(pd.unique(values), dtype="str")
     # "Yes"/"YES"/"yes"... at most a few spellings; more distinct values cannot be a boolean
     spellings = (*TRUE_SPELLINGS, *FALSE_SPELLINGS)
-    boolean = len(distinct) <= 4 * len(spellings) and set(distinct.str.lower()) <= set(spellings)
-    finite = np.isfinite(numbers) if numbers is not None else np.zeros(0, dtype=bool)
+    boolean = not all_numbers and len(distinct) <= 4 * len(spellings) and set(distinct.str.lower()) <= set(spellings)
     # of the boolean spellings only 0 and 1 are numbers: a 0/1 column is an integer one, but 0/1 with a
     # few yes/no is a boolean one, not an integer column with stray cells
-    if numbers is not None and (finite.all() or not boolean):
-        integer = bool(values[finite].str.fullmatch(r"[+-]?\d+").all())
+    if numbers is not None and (all_numbers or not boolean):
+        whole = numbers[finite]
+        # a number with a fraction is not written as an integer: the pattern only runs on whole numbers
+        integer = bool((whole == np.floor(whole)).all()) and bool(values[finite].str.fullmatch(r"[+-]?\d+").all())
         return ColumnSpec(
             name=name,
             kind=ColumnKind.INTEGER if integer else ColumnKind.NUMERIC,
@@ -119,12 +123,13 @@ def _mostly_numbers(values: pd.Series) -> np.ndarray | None:
         return None
     parsed = to_float(values, np.zeros(n, dtype=bool))
     finite = np.isfinite(parsed)
-    n_numbers = int(finite.sum())
-    if n_numbers == n:
-        return parsed
-    if n_numbers >= _MIN_NUMBERS_TOLERATED and n_numbers >= _NUMERIC_SHARE * n:
-        return parsed
-    return None
+    return parsed if numeric_enough(int(finite.sum()), n) else None
+
+
+def numeric_enough(numbers: int, values: int) -> bool:
+    """Whether ``numbers`` finite numbers among ``values`` non-missing cells make a numeric column: all of them, or
+    at least ``_MIN_NUMBERS_TOLERATED`` that are at least ``_NUMERIC_SHARE`` of the values."""
+    return numbers == values or (numbers >= _MIN_NUMBERS_TOLERATED and numbers >= _NUMERIC_SHARE * values)
 
 
 def _safe_categories(distinct: pd.Series) -> list[str]:

@@ -15,24 +15,26 @@ names) is the same dataset and trains once.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
-from collections import Counter
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import pandas as pd
 
 from mlops.aws.storage import ObjectStore
 from mlops.core import layout
 from mlops.core.clock import now_iso
 from mlops.core.config import ModelConfig, ProjectConfig
 from mlops.core.errors import FileRejected, RegistryConflict, UnknownModel
-from mlops.data.frames import put_parquet
+from mlops.data.frames import PARQUET
 from mlops.data.inference import infer_contract
-from mlops.data.reading import read_csv
+from mlops.data.reading import CsvReader
 from mlops.data.schema import DataContract
-from mlops.data.validation import validate
+from mlops.data.validation import ChunkedValidation
+from mlops.data.writers import CuratedWriter, QuarantineWriter
 
 _CONTRACT_KEY = re.compile(r"v(\d{6})\.json$")
 
@@ -50,6 +52,9 @@ class IngestOutcome:
     rows_quarantined: int = 0
     dataset_sha256: str | None = None
     contract_version: int | None = None
+    # a file above its model's ingest_map_above_mb: the ingest state machine's execution and how many parts it has
+    execution: str | None = None
+    parts: int = 0
     manifest_uri: str | None = None
     report_uri: str | None = None
     quarantine_uri: str | None = None
@@ -106,7 +111,7 @@ def _report_prefix(model: str | None, dataset_sha256: str | None, key: str, etag
     return f"quarantine/{model or '_unknown'}/{ident}/"
 
 
-def _reject(outcome: IngestOutcome, store: ObjectStore, exc: FileRejected, key: str, etag: str | None) -> IngestOutcome:
+def reject(outcome: IngestOutcome, store: ObjectStore, exc: FileRejected, key: str, etag: str | None) -> IngestOutcome:
     prefix = _report_prefix(outcome.model, outcome.dataset_sha256, key, etag)
     outcome.status, outcome.code, outcome.reason = "rejected", exc.code, exc.message
     outcome.report_uri = store.uri(prefix + "report.json")
@@ -131,10 +136,21 @@ def _advice(code: str) -> str:
     return _ADVICE.get(code, "fix the file as described in `reason` and upload it again")
 
 
+# (execution name, execution input) -> the execution's ARN, or None when an execution of that name exists already
+MapStarter = Callable[[str, dict[str, Any]], "str | None"]
+# what takes over a file above its model's ingest_map_above_mb: mlops.data.ingest_map.plan with its starter, given
+# (outcome, model, reader of the object, store) and the keywords key, version_id, etag, size, chunk_bytes
+MapPlanner = Callable[..., "IngestOutcome"]
+
+
 def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | None, size: int | None,
-                  config: ProjectConfig, store: ObjectStore) -> IngestOutcome:
-    """Validate one incoming object and curate it. Never raises for bad input: the outcome says why."""
+                  config: ProjectConfig, store: ObjectStore, chunk_bytes: int | None = None,
+                  progress: Progress | None = None, plan_map: MapPlanner | None = None) -> IngestOutcome:
+    """Validate one incoming object and curate it, streaming it chunk by chunk; or, above the model's
+    ingest_map_above_mb and given ``plan_map``, hand it to that (mlops.data.ingest_map.plan: it starts the ingest state
+    machine, which validates the file in parts). Never raises for bad input: the outcome says why."""
     outcome = IngestOutcome(status="rejected", model=None, source=f"s3://{bucket}/{key}", source_version=version_id)
+    reader: CsvReader | None = None
     try:
         model_name, _name = model_of_key(key)
         outcome.model = model_name
@@ -146,49 +162,119 @@ def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | 
         if size is not None and size > max_bytes:
             raise FileRejected(
                 "too_large",
-                f"{key} is {size / 2**20:.1f} MB; one ingest holds at most {model.max_file_mb} MB in memory",
+                f"{key} is {size / 2**20:.1f} MB, over the model's max_file_mb ({model.max_file_mb} MB); split it "
+                "into parts below the limit, or raise max_file_mb in mlops.toml",
             )
-        data = store.get_bytes(key, version_id)
-        outcome.dataset_sha256 = hashlib.sha256(data).hexdigest()
-        return _curate(outcome, model, data, max_bytes, store)
+        chunk_bytes = chunk_bytes or max(int(model.ingest_chunk_mb * 2**20), 1)
+        if plan_map is not None and size is not None and size > model.ingest_map_above_mb * 1024 * 1024:
+            reader = CsvReader(store.open(key, version_id), max_bytes=max_bytes, chunk_bytes=chunk_bytes)
+            planned: IngestOutcome = plan_map(outcome, model, reader, store, key=key, version_id=version_id, etag=etag,
+                                              size=size, chunk_bytes=chunk_bytes)
+            return planned
+        reader = CsvReader(store.open(key, version_id), max_bytes=max_bytes, chunk_bytes=chunk_bytes)
+        with tempfile.TemporaryDirectory(prefix="mlops-ingest-") as work:
+            return _curate(outcome, model, reader, store, Path(work), size=size, progress=progress)
     except FileRejected as exc:
-        return _reject(outcome, store, exc, key, etag)
+        if reader is not None and exc.code != "too_large" and outcome.dataset_sha256 is None:
+            # the report is filed under the content's hash, as a curated file's is: read what is left
+            outcome.dataset_sha256 = reader.blocks.drain()
+        return reject(outcome, store, exc, key, etag)
 
 
-def _curate(outcome: IngestOutcome, model: ModelConfig, data: bytes, max_bytes: int,
-            store: ObjectStore) -> IngestOutcome:
-    assert outcome.dataset_sha256 is not None
-    frame = read_csv(data, max_bytes=max_bytes)
-    contracts = ContractStore(store)
-    contract = contracts.current(model.name)
-    if contract is None:
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Curation:
+    """A file read and judged chunk by chunk: its good rows and bad rows in local files, and the verdicts."""
+
+    contract: DataContract
+    validation: ChunkedValidation
+    curated: CuratedWriter
+    quarantine: QuarantineWriter
+
+
+def curate_stream(reader: CsvReader, *, contract: Callable[[pd.DataFrame], DataContract], max_bad_row_fraction: float,
+                  work: Path, progress: Progress | None = None, size: int | None = None) -> Curation:
+    """Read, validate and write a file chunk by chunk; ``contract`` gives the contract from the first rows read
+    (the current one, or one inferred from them). Raises FileRejected for a file refused whole."""
+    curation: Curation | None = None
+    quarantine = QuarantineWriter(work / "rows.csv")
+    for number, frame in enumerate(reader.chunks(), start=1):
+        if curation is None:
+            if frame.empty:
+                continue  # a header longer than a chunk: the rows come next
+            rules = contract(frame)
+            curation = Curation(rules, ChunkedValidation(rules, max_bad_row_fraction=max_bad_row_fraction),
+                                CuratedWriter(work / "data.parquet", rules), quarantine)
+        result = curation.validation.chunk(frame)
+        curation.curated.write(result.good)
+        quarantine.write(result.bad)
+        del frame, result  # one chunk in memory at a time: not this one while the next is read
+        if progress is not None:
+            progress({"chunk": number, "bytes_read": reader.blocks.bytes_read, "bytes_total": size,
+                      "rows": curation.validation.rows, "rows_quarantined": curation.validation.bad})
+    reader.finish()
+    assert curation is not None  # finish() refuses a file without rows
+    curation.validation.finish()
+    return curation
+
+
+def contract_rules(model: ModelConfig, contracts: ContractStore) -> Callable[[pd.DataFrame], DataContract]:
+    """The contract a file is validated with, given its first rows: the current one, else the one mlops.toml declares,
+    else one inferred from those rows (saved as the model's first version)."""
+
+    def rules(first_rows: pd.DataFrame) -> DataContract:
+        current = contracts.current(model.name)
+        if current is not None:
+            return current
         declared = DataContract.model_validate({**model.contract, "target": model.target}) if model.contract else None
-        contract = contracts.save(model.name, declared or infer_contract(frame, model.target))
-    result = validate(frame, contract, max_bad_row_fraction=model.max_bad_row_fraction)
-    if result.new_categories:
-        contract = contracts.save(model.name, contract.with_categories(result.new_categories))
+        return contracts.save(model.name, declared or infer_contract(first_rows, model.target))
+
+    return rules
+
+
+def _curate(outcome: IngestOutcome, model: ModelConfig, reader: CsvReader, store: ObjectStore, work: Path, *,
+            size: int | None, progress: Progress | None) -> IngestOutcome:
+    contracts = ContractStore(store)
+    curation = curate_stream(reader, contract=contract_rules(model, contracts),
+                             max_bad_row_fraction=model.max_bad_row_fraction, work=work, progress=progress, size=size)
+    outcome.dataset_sha256 = reader.sha256
+    validation = curation.validation
+    return publish(outcome, model, store, curation.contract, rows_in=validation.rows, curated=curation.curated,
+                   quarantine=curation.quarantine, top_reasons=validation.reasons.most_common(10),
+                   new_categories=validation.categories())
+
+
+def publish(outcome: IngestOutcome, model: ModelConfig, store: ObjectStore, contract: DataContract, *, rows_in: int,
+            curated: CuratedWriter, quarantine: QuarantineWriter, top_reasons: list[tuple[str, int]],
+            new_categories: dict[str, list[str]]) -> IngestOutcome:
+    """A judged file's outputs: the quarantined rows and their report, the curated Parquet, then the manifest, last
+    (its arrival starts training). Raises FileRejected when no row is valid."""
+    contracts = ContractStore(store)
+    if new_categories:
+        contract = contracts.save(model.name, contract.with_categories(new_categories))
     prefix = f"{model.name}/{outcome.dataset_sha256}/"
-    outcome.rows_in, outcome.rows_curated, outcome.rows_quarantined = result.rows_in, len(result.good), len(result.bad)
-    outcome.contract_version, outcome.new_categories = contract.version, result.new_categories
-    if len(result.bad):
-        buffer = io.StringIO()
-        result.bad.to_csv(buffer, index=False)
-        store.put_bytes(f"quarantine/{prefix}rows.csv", buffer.getvalue().encode(), content_type="text/csv")
+    outcome.rows_in, outcome.rows_curated, outcome.rows_quarantined = rows_in, curated.rows, quarantine.rows
+    outcome.contract_version, outcome.new_categories = contract.version, new_categories
+    if quarantine.rows:
+        store.put_file(f"quarantine/{prefix}rows.csv", quarantine.path, content_type="text/csv")
         outcome.quarantine_uri = store.uri(f"quarantine/{prefix}rows.csv")
         outcome.report_uri = store.uri(f"quarantine/{prefix}report.json")
-        top = Counter(r for reasons in result.bad["_reason"] for r in str(reasons).split("; ")).most_common(10)
         store.put_json(f"quarantine/{prefix}report.json", {**outcome.to_dict(), "status": "partially_curated",
-                                                           "top_reasons": top, "at": now_iso()})
-    if result.good.empty:
-        raise FileRejected("no_valid_rows", f"none of the {result.rows_in} rows is valid; see {outcome.quarantine_uri}")
-    parquet = put_parquet(store, f"curated/{prefix}data.parquet", result.good)
+                                                           "top_reasons": top_reasons, "at": now_iso()})
+    if not curated.rows:
+        raise FileRejected("no_valid_rows",
+                           f"none of the {rows_in} rows is valid; see {outcome.quarantine_uri}")
+    parquet_sha256 = curated.close()
+    store.put_file(f"curated/{prefix}data.parquet", curated.path, content_type=PARQUET)
     manifest = {
         "model": model.name,
         "dataset_sha256": outcome.dataset_sha256,
-        "parquet_sha256": hashlib.sha256(parquet).hexdigest(),
+        "parquet_sha256": parquet_sha256,
         "data_uri": store.uri(f"curated/{prefix}data.parquet"),
         "source": {"uri": outcome.source, "version_id": outcome.source_version},
-        "rows": {"in": result.rows_in, "curated": len(result.good), "quarantined": len(result.bad)},
+        "rows": {"in": rows_in, "curated": curated.rows, "quarantined": quarantine.rows},
         "contract_version": contract.version,
         "quarantine_uri": outcome.quarantine_uri,
         "created_at": now_iso(),
@@ -197,4 +283,3 @@ def _curate(outcome: IngestOutcome, model: ModelConfig, data: bytes, max_bytes: 
     outcome.status = "curated"
     outcome.manifest_uri = store.uri(f"curated/{prefix}manifest.json")
     return outcome
-

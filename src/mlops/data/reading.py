@@ -25,32 +25,114 @@ import codecs
 import csv
 import io
 import json
-from typing import Any
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from mlops.core.config import INGEST_CHUNK_MB
 from mlops.core.errors import FileRejected
+from mlops.data.blocks import LINE_END, Block, RecordBlocks, terminators, too_large
 from mlops.data.cells import excerpt
+from mlops.data.lines import BLANK_CHARS, record_lines
 from mlops.data.schema import LINE
 
 # Row-level problems found while reading (wrong number of fields), keyed by line. A JSON string rather
 # than a dict because pandas deep-copies ``attrs`` on nearly every operation, and copying a str is free.
 _ROW_ERRORS_ATTR = "mlops_row_errors"
 
-_BLANK_CHARS = " \t\r\n"
+# a chunk with at least this many rows, most of them ragged, rejects the file before the rest is read
+_EARLY_RAGGED_ROWS = 1000
 
 
+# pyarrow's default allocator here (mimalloc) hands each chunk's memory back and pays page faults for the next one:
+# the system allocator read a 104 MiB file 1.4x faster (bench/bench_ingest.py). An explicit choice is respected.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    pa.set_memory_pool(pa.system_memory_pool())
+
+# One chunk of a file in memory at a time: a few times this in RSS while it is parsed and validated, whatever the
+# file's size (bench/bench_ingest.py measures it).
+DEFAULT_CHUNK_BYTES = INGEST_CHUNK_MB << 20
 def read_csv(data: bytes, *, max_bytes: int) -> pd.DataFrame:
-    """Parse an uploaded file into an all-text frame indexed by line number (``_line``)."""
+    """Parse an uploaded file held in memory into one all-text frame indexed by line number (``_line``)."""
     if len(data) > max_bytes:
-        raise FileRejected(
-            "too_large",
-            f"the file is {_mb(len(data))}, over the {_mb(max_bytes)} limit for one upload; "
-            "split it into smaller files, each with the header row, and upload them separately.",
-        )
+        raise FileRejected("too_large", too_large(len(data), max_bytes))
+    reader = CsvReader(io.BytesIO(data), max_bytes=max_bytes, chunk_bytes=max(len(data), 1))
+    frames = list(reader.chunks())
+    reader.finish()
+    return frames[0] if len(frames) == 1 else pd.concat(frames)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header record as the file writes it: later chunks are parsed behind a copy of it."""
+
+    names: list[str]
+    raw: bytes  # the file's bytes up to the end of the header record, byte order mark removed
+    lines: int  # the physical lines those bytes span (blank lines before the header included)
+
+
+class CsvReader:
+    """A CSV read from a binary stream chunk by chunk, each chunk an all-text frame indexed by the file's line
+    numbers; whole-file verdicts that need every row (no data row at all, mostly ragged rows) come from
+    :meth:`finish`, once the chunks are consumed.
+
+    A part of a file (a byte range starting on a record boundary) is read with the file's ``header`` and the
+    range's ``offset`` and ``first_line``.
+    """
+
+    def __init__(self, source: BinaryIO, *, max_bytes: int | None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 header: Header | None = None, offset: int = 0, first_line: int = 1) -> None:
+        self.blocks = RecordBlocks(source, chunk_bytes=chunk_bytes, max_bytes=max_bytes, offset=offset,
+                                   first_line=first_line)
+        self.header = header
+        self.rows = 0  # data rows (blank lines aside), ragged ones included
+        self.ragged = 0
+
+    @property
+    def sha256(self) -> str:
+        return self.blocks.sha256
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        for block in self.blocks:
+            # once a chunk held ragged rows, the others are read single-threaded at once (see _parse)
+            threads = not self.ragged
+            if self.header is None:
+                self.header, frame = _first_chunk(block.data, threads=threads)
+            else:
+                frame = _later_chunk(block, self.header, threads=threads)
+            self.rows += len(frame)
+            self.ragged += len(row_errors(frame))
+            yield frame
+            del frame, block  # not held while the next chunk is parsed: one chunk in memory at a time
+            pa.default_memory_pool().release_unused()  # and what it freed goes back, not kept as fragments
+        if self.header is None:
+            raise FileRejected("empty_file",
+                               "the file is empty (0 bytes); upload a CSV with a header row and data rows.")
+
+    def finish(self) -> None:
+        assert self.header is not None
+        names = self.header.names
+        if self.rows == 0:
+            raise FileRejected(
+                "header_only",
+                f"the file has a header ({', '.join(names)}) but no data rows; add rows below the header.",
+            )
+        if self.ragged * 2 > self.rows:
+            raise FileRejected(
+                "unparseable",
+                f"{self.ragged} of {self.rows} data rows do not have the header's {len(names)} fields; the file "
+                "must be comma-separated, with values that contain commas quoted: check the delimiter "
+                "and the quoting.",
+            )
+
+
+def _first_chunk(data: bytes, *, threads: bool = True) -> tuple[Header, pd.DataFrame]:
     if not data:
         raise FileRejected("empty_file", "the file is empty (0 bytes); upload a CSV with a header row and data rows.")
     _reject_compressed(data)
@@ -61,13 +143,17 @@ def read_csv(data: bytes, *, max_bytes: int) -> pd.DataFrame:
             f"the file holds only whitespace ({len(data)} bytes); upload a CSV with a header row and data rows.",
         )
     raw = data.removeprefix(codecs.BOM_UTF8)
-    names = _header_names(text)
-    return _parse(raw, text, names)
+    names, header_lines = _header_names(text)
+    ends = [m.end() for _, m in zip(range(header_lines), LINE_END.finditer(raw), strict=False)]
+    header = Header(names, raw[: ends[-1]] if len(ends) == header_lines else raw, header_lines)
+    return header, _parse(raw, text, names, line_shift=0, threads=threads)
 
 
-def _mb(n: int) -> str:
-    mb = n / 2**20
-    return f"{mb:.1f} MB" if mb >= 0.1 else f"{mb:.6f}".rstrip("0") + f" MB ({n:,} bytes)"
+def _later_chunk(block: Block, header: Header, *, threads: bool = True) -> pd.DataFrame:
+    text = header.raw.decode("utf-8") + _decode(block.data, offset=block.offset, first_line=block.first_line)
+    # the chunk is parsed behind the header's bytes, so its lines count from the header's; shift them back
+    return _parse(header.raw + block.data, text, header.names, line_shift=block.first_line - 1 - header.lines,
+                  threads=threads)
 
 
 _COMPRESSED = (
@@ -93,11 +179,12 @@ def _reject_compressed(data: bytes) -> None:
         )
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes, *, offset: int = 0, first_line: int = 1) -> str:
+    """``data`` as text; ``offset`` and ``first_line`` place it in the file, for the messages."""
     resave = "save it as 'CSV UTF-8' (in Excel: File > Save As > CSV UTF-8) and upload it again."
-    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+    if offset == 0 and data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         raise FileRejected("encoding", f"the file is encoded as UTF-32, not UTF-8; {resave}")
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if offset == 0 and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise FileRejected(
             "encoding",
             f"the file is encoded as UTF-16 (it starts with a UTF-16 byte order mark), not UTF-8; {resave}",
@@ -107,9 +194,10 @@ def _decode(data: bytes) -> str:
         sample = data[:4096]
         nuls = sample.count(0)
         # ASCII text in UTF-16 has a NUL in every other byte, all on the same parity
-        if nuls * 4 >= len(sample) and max(sample[0::2].count(0), sample[1::2].count(0)) >= 0.9 * nuls:
+        utf16 = max(sample[0::2].count(0), sample[1::2].count(0)) >= 0.9 * nuls
+        if offset == 0 and nuls * 4 >= len(sample) and utf16:
             raise FileRejected("encoding", f"the file looks like UTF-16 text without a byte order mark; {resave}")
-        line = data.count(b"\n", 0, nul) + 1
+        line = first_line + terminators(data[:nul])
         raise FileRejected(
             "encoding",
             f"the file contains NUL bytes (first on line {line}): it is a binary file (an Excel .xls "
@@ -118,16 +206,17 @@ def _decode(data: bytes) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        line = first_line + terminators(data[: exc.start])
         raise FileRejected(
             "encoding",
-            f"line {line} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); the file "
+            f"line {line} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {offset + exc.start}); the file "
             f"is probably in another encoding such as Windows-1252 or Latin-1; {resave}",
         ) from None
-    return text.removeprefix("\ufeff")
+    return text.removeprefix("\ufeff") if offset == 0 else text
 
 
-def _header_names(text: str) -> list[str]:
+def _header_names(text: str) -> tuple[list[str], int]:
+    """The header's column names, and the physical line on which the header record ends."""
     # a header longer than this is not a header; pyarrow's own reading of it is compared later anyway
     reader = csv.reader(io.StringIO(text[: 1 << 20], newline=""))
     try:
@@ -162,10 +251,11 @@ def _header_names(text: str) -> list[str]:
                 "column names must be unique.",
             )
         seen[n] = i
-    return names
+    return names, line
 
 
-def _parse(raw: bytes, text: str, names: list[str]) -> pd.DataFrame:
+def _parse(raw: bytes, text: str, names: list[str], *, line_shift: int, threads: bool = True) -> pd.DataFrame:
+    """One chunk (the header's bytes, then whole records) as an all-text frame indexed by the file's lines."""
     ncols = len(names)
     invalid: list[tuple[int | None, int, str]] = []
 
@@ -174,17 +264,11 @@ def _parse(raw: bytes, text: str, names: list[str]) -> pd.DataFrame:
         return "skip"
 
     try:
-        table = pacsv.read_csv(
-            io.BytesIO(raw),
-            # single-threaded: only then does pyarrow know the record number of a ragged row
-            read_options=pacsv.ReadOptions(use_threads=False, autogenerate_column_names=True),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types={f"f{i}": pa.string() for i in range(ncols)},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        table = _read_text_table(raw, ncols, on_invalid, threads=threads)
+        if invalid and threads:
+            # only single-threaded does pyarrow know the record number of a ragged row: read the chunk again
+            invalid.clear()
+            table = _read_text_table(raw, ncols, on_invalid, threads=False)
     except pa.ArrowInvalid as exc:
         hint = " (a quote that is never closed?)" if "straddl" in str(exc) else ""
         raise FileRejected(
@@ -212,7 +296,7 @@ def _parse(raw: bytes, text: str, names: list[str]) -> pd.DataFrame:
             raise FileRejected("unparseable", "the file's rows could not be numbered; re-export it as CSV.")
         pos = number - 2
         invalid_pos.append(pos)
-        if ncols > 1 and actual == 1 and not row_text.strip(_BLANK_CHARS):
+        if ncols > 1 and actual == 1 and not row_text.strip(BLANK_CHARS):
             dropped[pos] = True
             continue
         fields = _split(row_text)
@@ -225,19 +309,18 @@ def _parse(raw: bytes, text: str, names: list[str]) -> pd.DataFrame:
         frame = pd.concat([frame.set_axis(ok_pos), ragged]).sort_index()
     kept = n_records - int(dropped.sum())
     if kept == 0:
-        raise FileRejected(
-            "header_only",
-            f"the file has a header ({', '.join(names)}) but no data rows; add rows below the header.",
-        )
-    if len(ragged_pos) * 2 > kept:
+        return pd.DataFrame({name: pd.Series([], dtype="str") for name in names}).set_axis(
+            pd.Index([], dtype=np.int64, name=LINE))
+    if len(ragged_pos) * 2 > kept and kept >= _EARLY_RAGGED_ROWS:
+        # a wrong delimiter shows at once: no need to read the rest of a large file to say so
         raise FileRejected(
             "unparseable",
-            f"{len(ragged_pos)} of {kept} data rows do not have the header's {ncols} fields; the file "
-            "must be comma-separated, with values that contain commas quoted: check the delimiter "
-            "and the quoting.",
+            f"{len(ragged_pos)} of {kept} data rows (from line {line_shift + 2}) do not have the header's {ncols} "
+            "fields; the file must be comma-separated, with values that contain commas quoted: check the "
+            "delimiter and the quoting.",
         )
 
-    lines = _record_lines(raw, text, ncols, kept, skipped_blank=bool(dropped.any()))
+    lines = record_lines(raw, text, ncols, kept, skipped_blank=bool(dropped.any()), line_shift=line_shift)
     frame.index = pd.Index(lines, name=LINE)
     if ragged_pos:
         # position among kept records = position among all records minus the dropped ones before it
@@ -245,6 +328,19 @@ def _parse(raw: bytes, text: str, names: list[str]) -> pd.DataFrame:
         ragged_lines = [int(lines[p - shift[p]]) for p in ragged_pos]
         frame.attrs[_ROW_ERRORS_ATTR] = json.dumps(dict(zip(map(str, ragged_lines), ragged_reasons, strict=True)))
     return frame
+
+
+def _read_text_table(raw: bytes, ncols: int, on_invalid: Any, *, threads: bool) -> pa.Table:
+    return pacsv.read_csv(
+        io.BytesIO(raw),
+        read_options=pacsv.ReadOptions(use_threads=threads, autogenerate_column_names=True),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={f"f{i}": pa.large_string() for i in range(ncols)},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def _split(row_text: str) -> list[str]:
@@ -262,66 +358,6 @@ def _ragged_reason(fields: list[str], names: list[str]) -> str:
     fields_word = "field" if n == 1 else "fields"
     missing = ", ".join(names[n:])
     return f"the line has {n} {fields_word} but the header has {ncols} (missing: {missing})"
-
-
-def _record_lines(raw: bytes, text: str, ncols: int, n_records: int, *, skipped_blank: bool) -> np.ndarray:
-    """The 1-based line on which each data record starts."""
-    lone_cr = raw.count(b"\r") != raw.count(b"\r\n")
-    blank_line = b"\n\n" in raw or b"\n\r\n" in raw or raw.startswith((b"\n", b"\r\n"))
-    if not (skipped_blank or lone_cr or blank_line):
-        # no blank line anywhere: if lines and records match up, no record spans two lines
-        n_lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
-        if n_lines - 1 == n_records:
-            return np.arange(2, n_records + 2, dtype=np.int64)
-    starts, has_content = _physical_lines(raw, whitespace_is_blank=ncols > 1)
-    content = np.flatnonzero(has_content) + 1
-    if len(content) - 1 == n_records:
-        return content[1:]
-    # A quoted value spans lines: only a real CSV scan knows where records start (slower, so not first).
-    record_starts = _scan_record_starts(text, ncols)
-    last = record_starts[-1]
-    if raw.count(b'"', int(starts[last - 1])) % 2:
-        raise FileRejected(
-            "unparseable",
-            f'line {last}: a quoted value starts here and its closing quote (") is missing; fix the quoting.',
-        )
-    if len(record_starts) - 1 != n_records:
-        raise FileRejected(
-            "unparseable", "the file's quoting is ambiguous (stray quote characters?); re-export it as CSV."
-        )
-    return np.asarray(record_starts[1:], dtype=np.int64)
-
-
-def _physical_lines(raw: bytes, *, whitespace_is_blank: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Start offset of every line (split on LF, CRLF or lone CR like the parser) and whether it holds text."""
-    a = np.frombuffer(raw, dtype=np.uint8)
-    lf, cr = a == 10, a == 13
-    ends = lf.copy()
-    ends[:-1] |= cr[:-1] & ~lf[1:]
-    ends[-1] |= cr[-1]
-    starts = np.concatenate(([0], np.flatnonzero(ends) + 1))
-    if starts[-1] == a.size:
-        starts = starts[:-1]
-    blank = lf | cr
-    if whitespace_is_blank:
-        blank |= (a == 32) | (a == 9)
-    # every segment holds at least its terminator, so reduceat never sees an empty one
-    return starts, np.logical_or.reduceat(~blank, starts)
-
-
-def _scan_record_starts(text: str, ncols: int) -> list[int]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    starts: list[int] = []
-    previous = 0
-    try:
-        for record in reader:
-            start, previous = previous + 1, reader.line_num
-            if not record or (ncols > 1 and len(record) == 1 and not record[0].strip(_BLANK_CHARS)):
-                continue
-            starts.append(start)
-    except csv.Error as exc:
-        raise FileRejected("unparseable", f"line {reader.line_num}: {exc}.") from None
-    return starts
 
 
 def row_errors(df: pd.DataFrame) -> dict[int, str]:

@@ -498,7 +498,7 @@ class WindowDrift:
         self.categorical: dict[str, CategoricalAccumulator] = {}
         for name, summary in baseline["features"].items():
             if summary["kind"] == "numeric":
-                ref = np.asarray([np.nan if r.get(name) is None else r[name] for r in records], dtype=np.float64)
+                ref = np.asarray([r.get(name) for r in records], dtype=np.float64)  # None (missing) -> NaN
                 self.numeric[name] = NumericAccumulator(name, summary, ref if records else None)
             else:
                 self.categorical[name] = CategoricalAccumulator(name, summary)

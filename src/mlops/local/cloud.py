@@ -72,6 +72,7 @@ class Deployment:
             environment.CAPTURES_BUCKET: self.names["captures"],
             environment.ROLLOUT_STATE_MACHINE_ARN: self.rollout_arn,
             environment.BATCH_STATE_MACHINE_ARN: self.batch_arn,
+            environment.INGEST_STATE_MACHINE_ARN: self.ingest_arn,
             environment.INFER_FUNCTIONS: json.dumps({m: self.infer_function(m) for m in self.models}),
             environment.API_SOURCE_ARN: self.api_source_arn,
         }[variable]
@@ -85,6 +86,10 @@ class Deployment:
     @property
     def batch_arn(self) -> str:
         return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names[platform.BATCH_STATE_MACHINE]}"
+
+    @property
+    def ingest_arn(self) -> str:
+        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names[platform.INGEST_STATE_MACHINE]}"
 
     @property
     def rollout_arn(self) -> str:
@@ -151,12 +156,17 @@ def batch_definition(deployment: Deployment) -> str:
     return _definition(platform.BATCH_ASL, platform.BATCH_SUBSTITUTIONS, deployment)
 
 
+def ingest_definition(deployment: Deployment) -> str:
+    """The very file the stack deploys: moto's interpreter runs its Distributed Map (ItemReader included)."""
+    return _definition(platform.INGEST_ASL, platform.INGEST_SUBSTITUTIONS, deployment)
+
+
 def rollout_definition(deployment: Deployment) -> str:
     return _definition(platform.ROLLOUT_ASL, platform.ROLLOUT_SUBSTITUTIONS, deployment)
 
 
-# moto warns on every parse of the training ASL that it cannot run SageMaker tasks: the local cloud never
-# takes that branch (training_backend = "lambda" locally), so the warning only hides real messages.
+# moto warns on every parse of the training ASL that it cannot run SageMaker tasks: the local cloud takes that branch
+# only for a model set to "sagemaker" or data above its sagemaker_above_mb, so the warning only hides real messages.
 logging.getLogger("moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
                   "state_task_service_unsupported").setLevel(logging.ERROR)
 
@@ -232,6 +242,9 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     batch = client("stepfunctions").create_state_machine(
         name=deployment.names[platform.BATCH_STATE_MACHINE], definition=batch_definition(deployment), roleArn=role)
     assert batch["stateMachineArn"] == deployment.batch_arn
+    ingest = client("stepfunctions").create_state_machine(
+        name=deployment.names[platform.INGEST_STATE_MACHINE], definition=ingest_definition(deployment), roleArn=role)
+    assert ingest["stateMachineArn"] == deployment.ingest_arn
     for bucket in platform.BUCKETS:
         triggers = [t for t in platform.S3_TRIGGERS if t.bucket == bucket]
         if not triggers:

@@ -167,7 +167,8 @@ def embedded_cloud(config_file: Path, *, handler_output: Any = None, buffered_ca
                 if execution["status"] == "RUNNING":
                     with contextlib.suppress(sfn.exceptions.ExecutionDoesNotExist):
                         sfn.stop_execution(executionArn=execution["executionArn"], cause="the local cloud stops")
-            for arn in (cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn, cloud.deployment.batch_arn):
+            for arn in (cloud.deployment.ingest_arn, cloud.deployment.state_machine_arn, cloud.deployment.rollout_arn,
+                        cloud.deployment.batch_arn):
                 with contextlib.suppress(TimeoutError):
                     cloud.wait_for_executions(0, timeout=60, state_machine_arn=arn)
             guard.uninstall()

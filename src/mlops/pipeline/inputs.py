@@ -6,9 +6,9 @@ Light on purpose (pydantic only): the zip functions train_trigger and record_out
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from mlops.core.config import ModelConfig
 
@@ -45,6 +45,22 @@ class PipelineInput(BaseModel):
     run_id: str
     reason: str
     dataset: Dataset
-    # the state machine's TrainingBackend choice; `sagemaker` comes with the training job's resources
+    # the state machine's TrainingBackend choice, never "auto": train_trigger applies the model's rule
+    # (mlops.pipeline.backend) and says why here; `sagemaker` comes with the training job's resources
     training_backend: Literal["lambda", "sagemaker"] = "lambda"
+    training_backend_reason: str = ""
     sagemaker: TrainingJobResources | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_as_started(cls, data: Any) -> Any:
+        """Register, RecordRejection and RecordFailure name the fields they pass (the ASL's Parameters), and a path to
+        a field an input lacks fails the execution: an input started by hand may lack the backend. They pass the
+        execution's input whole instead (``execution_input``, ``$$.Execution.Input``); the backend is read there."""
+        if isinstance(data, dict) and isinstance(started := data.get("execution_input"), dict):
+            backend = {key: started[key] for key in _BACKEND_FIELDS if key in started}
+            return {**backend, **{key: value for key, value in data.items() if key != "execution_input"}}
+        return data
+
+
+_BACKEND_FIELDS = ("training_backend", "training_backend_reason", "sagemaker")

@@ -28,7 +28,9 @@ def record_outcome(inp: PipelineInput, *, outcome: str, registry: Registry, eval
             pass
         reason = f"{error.get('Error', 'Error')}: {cause}".strip()
         details = {"error": error.get("Error"), "cause": cause}
-    registry.record_run(inp.model, inp.run_id, outcome, reason, {**details, "dataset_sha256": inp.dataset.sha256})
+    registry.record_run(inp.model, inp.run_id, outcome, reason, {
+        **details, "dataset_sha256": inp.dataset.sha256,
+        "training_backend": {"backend": inp.training_backend, "reason": inp.training_backend_reason}})
     return {"outcome": outcome, "reason": reason,
             "subject": f"[mlops] {inp.model}: training run {outcome}"[:100],
             "message": f"Model {inp.model}, run {inp.run_id} ({inp.reason}) was {outcome}: {reason}"}

@@ -199,6 +199,7 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         extra={"parity_max_abs_diff": train["parity_max_abs_diff"], "execution_arn": execution_arn,
                "feature_store": train.get("features"),
                "champion_at_evaluation": evaluation.get("champion"), "reason": inp.reason,
+               "training_backend": {"backend": inp.training_backend, "reason": inp.training_backend_reason},
                "dataset_manifest": {"bucket": dataset_manifest_bucket, "key": dataset_manifest_key},
                **{name.removesuffix(".json"): {"uri": models.uri(final + name),
                                                "sha256": hashlib.sha256(body).hexdigest()}

@@ -15,6 +15,7 @@ from mlops.aws.storage import ObjectStore
 from mlops.core import layout
 from mlops.core.config import ProjectConfig
 from mlops.data.curated import newest_manifest
+from mlops.pipeline import backend as backends
 from mlops.pipeline.inputs import Dataset, PipelineInput, TrainingJobResources
 from mlops.registry.store import Registry
 
@@ -33,6 +34,8 @@ def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str
     if manifest is None:
         return {"status": "skipped", "model": model, "reason": f"no curated data for {model} yet"}
     run_id = execution_name(model, manifest["dataset_sha256"])
+    # before the claim: a read that fails leaves the dataset unclaimed, and the trigger's retry decides again
+    backend = backends.for_dataset(model_cfg, manifest, data)
     if not registry.claim_dataset(model, manifest["dataset_sha256"], run_id):
         return {"status": "skipped", "model": model, "run_id": run_id,
                 "reason": f"dataset {manifest['dataset_sha256'][:12]} was already sent to training"}
@@ -45,8 +48,9 @@ def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str
             rows=manifest["rows"]["curated"],
             contract_version=manifest["contract_version"],
         ),
-        training_backend=model_cfg.training_backend,
-        sagemaker=TrainingJobResources.of(model_cfg) if model_cfg.training_backend == "sagemaker" else None,
+        training_backend=backend.backend,
+        training_backend_reason=backend.reason,
+        sagemaker=TrainingJobResources.of(model_cfg) if backend.backend == "sagemaker" else None,
     )
     try:
         execution = sfn.start_execution(stateMachineArn=state_machine_arn, name=run_id, input=payload.model_dump_json())
@@ -55,4 +59,5 @@ def request_training(*, model: str, manifest: dict[str, Any] | None, reason: str
             return {"status": "skipped", "model": model, "run_id": run_id, "reason": "execution already exists"}
         registry.release_dataset(model, manifest["dataset_sha256"])
         raise
-    return {"status": "started", "model": model, "run_id": run_id, "execution_arn": execution["executionArn"]}
+    return {"status": "started", "model": model, "run_id": run_id, "execution_arn": execution["executionArn"],
+            "training_backend": backend.backend, "training_backend_reason": backend.reason}

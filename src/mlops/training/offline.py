@@ -89,13 +89,17 @@ def _task(task: Task | str | None) -> Task | None:
 
 
 def load_dataset(
-    data_path: Path | str, target: str, task: Task | str | None = None, progress: Progress | None = None
+    data_path: Path | str, target: str, task: Task | str | None = None, progress: Progress | None = None, *,
+    chunk_bytes: int | None = None,
 ) -> LoadedDataset:
-    """Read, infer the contract, validate: bad rows are dropped and counted, never trained on."""
+    """Read, infer the contract, validate, as ingest does (:func:`mlops.data.ingest.curate_stream`): the file is read
+    chunk by chunk by the same reader, the contract inferred from its first chunk and widened by the categories later
+    chunks bring, every chunk validated by the same rules; bad rows are dropped and counted, never trained on."""
+    import pandas as pd
+
     from mlops.data.inference import infer_contract
-    from mlops.data.reading import read_csv
-    from mlops.data.validation import validate
-    from mlops.registry.manifest import sha256_bytes
+    from mlops.data.reading import DEFAULT_CHUNK_BYTES, CsvReader
+    from mlops.data.validation import ChunkedValidation
     from mlops.training.train import infer_task
 
     path = Path(data_path)
@@ -103,24 +107,47 @@ def load_dataset(
     if not path.is_file():
         raise FileRejected("not_found", f"{path} does not exist or is not a file")
     try:
-        data = path.read_bytes()
+        stream = path.open("rb")
     except OSError as exc:
         raise FileRejected("unreadable", f"cannot read {path}: {exc}") from exc
-    _say(progress, f"reading {path} ({len(data) / 2**20:.1f} MB)")
-    frame = read_csv(data, max_bytes=MAX_BYTES)
-    if target not in frame.columns:
-        raise InvalidDataset(f"target column {target!r} is not in {path.name}; columns: {list(frame.columns)}")
-    contract = infer_contract(frame, target)
-    checked = validate(frame, contract, max_bad_row_fraction=MAX_BAD_ROW_FRACTION)
-    good = checked.good
-    rows = {"in": int(checked.rows_in), "used": len(good), "quarantined": len(checked.bad)}
-    if len(checked.bad):
-        _say(progress, f"dropped {len(checked.bad)} of {checked.rows_in} rows that break the inferred contract")
+    _say(progress, f"reading {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    contract: DataContract | None = None
+    validation: ChunkedValidation | None = None
+    goods: list[pd.DataFrame] = []
+    quarantined = 0
+    with stream:
+        reader = CsvReader(stream, max_bytes=MAX_BYTES, chunk_bytes=chunk_bytes or DEFAULT_CHUNK_BYTES)
+        try:
+            for frame in reader.chunks():
+                if validation is None:
+                    if frame.empty:
+                        continue  # a header longer than a chunk: the rows come next
+                    if target not in frame.columns:
+                        raise InvalidDataset(
+                            f"target column {target!r} is not in {path.name}; columns: {list(frame.columns)}")
+                    contract = infer_contract(frame, target)
+                    validation = ChunkedValidation(contract, max_bad_row_fraction=MAX_BAD_ROW_FRACTION)
+                checked = validation.chunk(frame)
+                goods.append(checked.good)
+                quarantined += len(checked.bad)
+        except OSError as exc:
+            raise FileRejected("unreadable", f"cannot read {path}: {exc}") from exc
+        reader.finish()
+    # finish() refuses a file without data rows
+    assert contract is not None
+    assert validation is not None
+    validation.finish()
+    # the categories met after the first chunk, as ingest adds them; still the contract inferred from this one file
+    contract = contract.with_categories(validation.categories()).model_copy(update={"version": contract.version})
+    good = pd.concat(goods, ignore_index=True) if len(goods) > 1 else goods[0]
+    rows = {"in": int(validation.rows), "used": len(good), "quarantined": quarantined}
+    if quarantined:
+        _say(progress, f"dropped {quarantined} of {validation.rows} rows that break the inferred contract")
     if good.empty:
-        raise InvalidDataset(f"none of the {checked.rows_in} rows of {path.name} is valid")
+        raise InvalidDataset(f"none of the {validation.rows} rows of {path.name} is valid")
     resolved = wanted or infer_task(good[target])
     _say(progress, f"{len(good)} rows, {len(contract.feature_columns)} features, task {resolved.value}")
-    return LoadedDataset(path, target, sha256_bytes(data), good, contract, resolved, rows, task_inferred=wanted is None)
+    return LoadedDataset(path, target, reader.sha256, good, contract, resolved, rows, task_inferred=wanted is None)
 
 
 def _export_and_evaluate(

@@ -1,0 +1,206 @@
+"""Ingest at scale on the local cloud: a file over its model's ingest_map_above_mb (1 MB here) is cut into byte ranges,
+validated in parts by the ingest state machine's Distributed Map (the very ASL file the stack deploys, run by moto)
+and merged into one curated dataset: the same rows curated and the same lines quarantined, for the same reasons, as
+one function reading the same file gives; one manifest, one training trigger. A file over max_file_mb is rejected
+whole, unread."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from project_configs import PROJECT, model_table
+
+from mlops.core import layout
+from mlops.local.embedded import EmbeddedCloud, embedded_cloud
+
+MAPPED, WHOLE, SMALL = "mapped", "whole", "small"  # the same file: by the Map, by one function; a small max_file_mb
+CHUNKED = "chunked"  # the same file by one function, in chunks of 50 KB: about 32 of them
+CONFIG = (PROJECT + model_table(MAPPED, "ingest_map_above_mb = 1") + model_table(WHOLE)
+          + model_table(SMALL, "max_file_mb = 1") + model_table(CHUNKED, "ingest_chunk_mb = 0.05"))
+COLUMNS = [f"f{i}" for i in range(8)]
+N_ROWS = 14_000
+
+
+def _file() -> tuple[bytes, dict[int, str]]:
+    """About 1.6 MB: 14,000 distinct rows with, at known lines, bad values, a ragged row, a missing target,
+    duplicates of a good row and of a bad row across parts (far apart) and within one."""
+    rng = random.Random(18)
+    rows = [[f"{rng.uniform(-1000, 1000):.9f}" for _ in COLUMNS] + [str(rng.randint(0, 1))] for _ in range(N_ROWS)]
+    expected: dict[int, str] = {}  # line -> a reason expected in the quarantine
+    rows[10][3] = "abc"
+    expected[12] = "f3: 'abc' is not a number"
+    rows[4000][0] = "xyz"
+    expected[4002] = "f0: 'xyz' is not a number"
+    rows[6000][-1] = ""
+    expected[6002] = "target: missing target value"
+    rows[13000] = list(rows[5])  # a good row of the first part, again in the last one
+    expected[13002] = "duplicate of line 7"
+    rows[13500] = list(rows[10])  # a bad row of the first part, again in the last one: bad, and a duplicate
+    expected[13502] = "duplicate of line 12"
+    rows[2001] = list(rows[2000])  # within one part
+    expected[2003] = "duplicate of line 2002"
+    lines = [",".join([*COLUMNS, "target"])] + [",".join(r) for r in rows]
+    lines[3001] = "1,2,3"  # ragged: line 3002
+    expected[3002] = "fields"
+    return ("\n".join(lines) + "\n").encode(), expected
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCloud]:
+    config_file: Path = tmp_path_factory.mktemp("ingest-map") / "mlops.toml"
+    config_file.write_text(CONFIG)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_CONFIG", str(config_file))
+        with embedded_cloud(config_file) as embedded:
+            yield embedded
+
+
+def _manifests(cloud: EmbeddedCloud, model: str) -> list[str]:
+    return [k for k in cloud.data.keys(f"{layout.CURATED}{model}/") if k.endswith("manifest.json")]
+
+
+def _quarantine(cloud: EmbeddedCloud, model: str, sha: str) -> pd.DataFrame:
+    body = cloud.data.get_bytes(f"{layout.QUARANTINE}{model}/{sha}/rows.csv")
+    return pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False)
+
+
+def test_a_file_over_the_map_threshold_is_validated_in_parts_and_curated_as_one_function_would(
+    cloud: EmbeddedCloud,
+) -> None:
+    body, expected = _file()
+    assert 1.3 * 2**20 < len(body) < 2 * 2**20
+    ingest = cloud.deployment.ingest_arn
+
+    cloud.upload(WHOLE, "data.csv", body)  # one function: the reference
+    cloud.upload(MAPPED, "data.csv", body)
+    [execution] = cloud.wait_for_executions(1, state_machine_arn=ingest)
+    assert execution["status"] == "SUCCEEDED", cloud.history(execution["executionArn"])[-3:]
+    cloud.wait_for_executions(2)  # both datasets went on to training
+
+    invocations = [i for i in cloud.runtime.invocations if i.function == cloud.function("ingest")]
+    parts = [i for i in invocations if isinstance(i.event, dict) and i.event.get("step") == "part"]
+    merges = [i for i in invocations if isinstance(i.event, dict) and i.event.get("step") == "merge"]
+    assert len(parts) >= 5, len(parts)  # ranges of a quarter MB
+    assert not any(i.errored for i in invocations)
+    [merged] = [m.result for m in merges]
+    [planned] = [r for i in invocations if isinstance(i.result, dict)
+                 for r in i.result.get("results", []) if r["status"] == "mapped"]
+    assert planned["parts"] == len(parts)
+
+    [manifest_key] = _manifests(cloud, MAPPED)
+    [reference_key] = _manifests(cloud, WHOLE)
+    manifest, reference = cloud.data.get_json(manifest_key), cloud.data.get_json(reference_key)
+    assert manifest["dataset_sha256"] == reference["dataset_sha256"] == planned["dataset_sha256"]
+    assert manifest["rows"] == reference["rows"]
+    rows = manifest["rows"]
+    assert rows["in"] == N_ROWS == rows["curated"] + rows["quarantined"]
+    assert rows["quarantined"] == len(expected)
+    assert merged["status"] == "curated"
+    assert merged["rows_curated"] == rows["curated"]
+
+    # the same curated rows, in the same order, with the same types
+    curated = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{MAPPED}/{manifest['dataset_sha256']}/"
+                                                              "data.parquet")))
+    whole = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{WHOLE}/{reference['dataset_sha256']}/"
+                                                            "data.parquet")))
+    pd.testing.assert_frame_equal(curated, whole)
+    # the same quarantined lines, verbatim, for the same reasons
+    quarantined = _quarantine(cloud, MAPPED, manifest["dataset_sha256"])
+    pd.testing.assert_frame_equal(quarantined, _quarantine(cloud, WHOLE, reference["dataset_sha256"]))
+    reasons = dict(zip(quarantined["_line"].astype(int), quarantined["_reason"], strict=True))
+    assert set(reasons) == set(expected)
+    for line, reason in expected.items():
+        assert reason in reasons[line], (line, reasons[line])
+    assert reasons[13502] == "f3: 'abc' is not a number; duplicate of line 12"
+    report = cloud.data.get_json(f"{layout.QUARANTINE}{MAPPED}/{manifest['dataset_sha256']}/report.json")
+    assert report["rows_quarantined"] == len(expected)
+    assert report["parts"] == len(parts)
+
+    # one manifest, one training trigger, and the work files are gone
+    triggers = [i for i in cloud.runtime.invocations if i.function == cloud.function("train_trigger")
+                and MAPPED in str(i.event)]
+    assert len(triggers) == 1
+    assert list(cloud.data.keys(f"{layout.INGEST_RUNS}{MAPPED}/")) == []
+
+
+def test_a_redelivered_object_starts_no_second_execution(cloud: EmbeddedCloud) -> None:
+    """Past Powertools' idempotency (its record expired, or lost): the execution's name, after the content and the
+    object version, still refuses a second run."""
+    import json
+    from functools import partial
+
+    from botocore.exceptions import ClientError
+
+    from mlops.core.config import load_config
+    from mlops.data.ingest import ingest_object
+    from mlops.data.ingest_map import plan
+
+    key = f"incoming/{MAPPED}/data.csv"
+    if not cloud.data.exists(key):
+        cloud.upload(MAPPED, "data.csv", _file()[0])
+    machine = cloud.deployment.ingest_arn
+    cloud.wait_for_executions(1, state_machine_arn=machine)
+    before = cloud.executions(machine)
+    head = cloud.client("s3").head_object(Bucket=cloud.deployment.data_bucket, Key=key)
+
+    def start(name: str, payload: dict[str, object]) -> str | None:
+        try:
+            return str(cloud.client("stepfunctions").start_execution(stateMachineArn=machine, name=name,
+                                                                      input=json.dumps(payload))["executionArn"])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":
+                raise
+            return None
+
+    outcome = ingest_object(bucket=cloud.deployment.data_bucket, key=key, version_id=head.get("VersionId"),
+                            etag=head["ETag"].strip('"'), size=head["ContentLength"], config=load_config(),
+                            store=cloud.data, plan_map=partial(plan, start_map=start))
+    assert outcome.status == "mapped"
+    assert "nothing started again" in outcome.reason
+    assert len(cloud.executions(machine)) == len(before)
+    assert list(cloud.data.keys(f"{layout.INGEST_RUNS}{MAPPED}/")) == []  # what it wrote is removed
+
+
+def test_a_file_over_max_file_mb_is_rejected_whole_with_the_reason(cloud: EmbeddedCloud) -> None:
+    body, _ = _file()
+    cloud.upload(SMALL, "big.csv", body)
+    [report_key] = [k for k in cloud.data.keys(f"{layout.QUARANTINE}{SMALL}/") if k.endswith("report.json")]
+    report = cloud.data.get_json(report_key)
+    assert report["code"] == "too_large"
+    assert "max_file_mb (1 MB)" in report["reason"]
+    assert report["rows_in"] == 0
+    assert report["what_to_do"]
+    assert _manifests(cloud, SMALL) == []
+
+
+def test_a_file_of_many_chunks_is_curated_by_one_function_as_if_read_whole(cloud: EmbeddedCloud) -> None:
+    body, expected = _file()
+    cloud.upload(CHUNKED, "data.csv", body)
+    if not _manifests(cloud, WHOLE):
+        cloud.upload(WHOLE, "data.csv", body)
+    [manifest_key], [reference_key] = _manifests(cloud, CHUNKED), _manifests(cloud, WHOLE)
+    manifest, reference = cloud.data.get_json(manifest_key), cloud.data.get_json(reference_key)
+    assert manifest["dataset_sha256"] == reference["dataset_sha256"]
+    rows = manifest["rows"]
+    assert rows == reference["rows"]
+    assert rows["in"] == N_ROWS == rows["curated"] + rows["quarantined"]
+    sha = manifest["dataset_sha256"]
+    chunked = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{CHUNKED}/{sha}/data.parquet")))
+    whole = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{WHOLE}/{sha}/data.parquet")))
+    pd.testing.assert_frame_equal(chunked, whole)
+    quarantined = _quarantine(cloud, CHUNKED, sha)
+    pd.testing.assert_frame_equal(quarantined, _quarantine(cloud, WHOLE, sha))
+    reasons = dict(zip(quarantined["_line"].astype(int), quarantined["_reason"], strict=True))
+    assert set(reasons) == set(expected)
+    # a duplicate of a row read 30 chunks earlier is found
+    assert "duplicate of line 7" in reasons[13002]
+    # the function read it in chunks, one Parquet row group each
+    import pyarrow.parquet as pq
+
+    groups = pq.ParquetFile(io.BytesIO(cloud.data.get_bytes(f"curated/{CHUNKED}/{sha}/data.parquet"))).num_row_groups
+    assert groups >= 25, groups
