@@ -86,7 +86,12 @@ def map_step(event: dict[str, Any]) -> dict[str, Any]:
     if event["step"] == "part":
         return result
     outcome = IngestOutcome(**result) if "status" in result and "source" in result else None
-    return _finished(outcome, config, store) if outcome is not None else result
+    if outcome is None:
+        return result
+    answer = _finished(outcome, config, store)
+    # the state's output stays far below Step Functions' 256 KiB: the new categories are in the report and the logs
+    answer["new_categories"] = {column: len(values) for column, values in outcome.new_categories.items()}
+    return answer
 
 
 @instrumented(logger, tracer, metrics)

@@ -71,7 +71,8 @@ class Synthesized:
 
     def render(self, value: Any) -> str:
         """A template value as text: a function's Ref becomes its physical name when it has one, any other Ref
-        `ref:<logical id>`, a GetAtt `<logical id>.<attribute>`, a pseudo parameter `<AWS::...>`."""
+        `ref:<logical id>`, a GetAtt `<logical id>.<attribute>`, a pseudo parameter `<AWS::...>`, a Select of a
+        Split a description of it."""
         if isinstance(value, str):
             return value
         if "Fn::Join" in value:
@@ -85,6 +86,12 @@ class Synthesized:
         if "Fn::GetAtt" in value:
             lid, attribute = value["Fn::GetAtt"]
             return f"{lid}.{attribute}"
+        if "Fn::Select" in value:  # a part of a value known at deploy time, e.g. the stack instance of a name
+            index, of = value["Fn::Select"]
+            return f"<part {index} of {self.render(of)}>"
+        if "Fn::Split" in value:
+            separator, of = value["Fn::Split"]
+            return f"{self.render(of)} split on {separator!r}"
         raise ValueError(f"cannot render {value!r}")
 
     def function_names_by_logical_id(self) -> dict[str, str]:

@@ -20,8 +20,12 @@ from mlops.local.embedded import EmbeddedCloud, embedded_cloud
 
 MAPPED, WHOLE, SMALL = "mapped", "whole", "small"  # the same file: by the Map, by one function; a small max_file_mb
 CHUNKED = "chunked"  # the same file by one function, in chunks of 50 KB: about 32 of them
+MOSTLY_BAD, RENAMED = "mostly-bad", "renamed"  # whole-file verdicts that only the merge can give
+GAPPED, GAPPED_WHOLE = "gapped", "gapped-whole"  # a part with no good row, duplicates repeated: by the Map, by one
 CONFIG = (PROJECT + model_table(MAPPED, "ingest_map_above_mb = 1") + model_table(WHOLE)
-          + model_table(SMALL, "max_file_mb = 1") + model_table(CHUNKED, "ingest_chunk_mb = 0.05"))
+          + model_table(SMALL, "max_file_mb = 1") + model_table(CHUNKED, "ingest_chunk_mb = 0.05")
+          + model_table(MOSTLY_BAD, "ingest_map_above_mb = 1") + model_table(RENAMED, "ingest_map_above_mb = 1")
+          + model_table(GAPPED, "ingest_map_above_mb = 1") + model_table(GAPPED_WHOLE))
 COLUMNS = [f"f{i}" for i in range(8)]
 N_ROWS = 14_000
 
@@ -204,3 +208,64 @@ def test_a_file_of_many_chunks_is_curated_by_one_function_as_if_read_whole(cloud
 
     groups = pq.ParquetFile(io.BytesIO(cloud.data.get_bytes(f"curated/{CHUNKED}/{sha}/data.parquet"))).num_row_groups
     assert groups >= 25, groups
+
+
+def test_too_many_bad_rows_over_the_whole_file_rejects_it_though_no_part_can_tell(cloud: EmbeddedCloud) -> None:
+    """No part rejects for its share of bad rows; the merge does, on the whole file's counts, and leaves nothing
+    curated and no work file behind."""
+    body, _ = _file()
+    lines = body.decode().splitlines()
+    cloud.upload(MOSTLY_BAD, "first.csv", ("\n".join(lines[:200]) + "\n").encode())  # the contract: f0 numeric
+    [first_manifest] = _manifests(cloud, MOSTLY_BAD)
+    # 60% of the rows bad, spread over every part: over the default max_bad_row_fraction of 0.5
+    damaged = [line if i == 0 or i % 5 in (1, 2) else "abc," + line.split(",", 1)[1] for i, line in enumerate(lines)]
+    cloud.upload(MOSTLY_BAD, "data.csv", ("\n".join(damaged) + "\n").encode())
+    cloud.wait_for_executions(1, state_machine_arn=cloud.deployment.ingest_arn)
+    [report] = [r for r in (cloud.data.get_json(k) for k in cloud.data.keys(f"{layout.QUARANTINE}{MOSTLY_BAD}/")
+                            if k.endswith("report.json")) if r.get("status") == "rejected"]
+    assert report["code"] == "too_many_bad_rows"
+    assert f"of {N_ROWS} rows" in str(report["reason"])
+    assert "f0: not a number" in str(report["reason"])
+    assert report["parts"] >= 5
+    assert _manifests(cloud, MOSTLY_BAD) == [first_manifest]  # nothing curated of the rejected file
+    assert list(cloud.data.keys(f"{layout.INGEST_RUNS}{MOSTLY_BAD}/")) == []
+
+
+def test_a_large_file_whose_columns_are_not_the_contracts_is_rejected_whole(cloud: EmbeddedCloud) -> None:
+    body, _ = _file()
+    cloud.upload(RENAMED, "first.csv", b"\n".join(body.splitlines()[:200]) + b"\n")  # one function: the contract
+    assert len(_manifests(cloud, RENAMED)) == 1
+    renamed = body.replace(b"f3,", b"feature_3,", 1)
+    cloud.upload(RENAMED, "renamed.csv", renamed)
+    executions = cloud.executions(cloud.deployment.ingest_arn)
+    cloud.wait_for_executions(len(executions), state_machine_arn=cloud.deployment.ingest_arn)
+    [report] = [r for r in (cloud.data.get_json(k) for k in cloud.data.keys(f"{layout.QUARANTINE}{RENAMED}/")
+                            if k.endswith("report.json")) if r.get("code") == "missing_columns"]
+    assert "f3" in str(report["reason"])
+    assert "feature_3" in str(report["reason"])  # the likely rename is named
+    assert len(_manifests(cloud, RENAMED)) == 1  # only the first file's
+    assert list(cloud.data.keys(f"{layout.INGEST_RUNS}{RENAMED}/")) == []
+
+
+def test_a_part_without_a_good_row_and_repeated_duplicates_come_out_as_one_function_gives(cloud: EmbeddedCloud) -> None:
+    body, _ = _file()
+    lines = body.decode().splitlines()
+    for i in range(9_501, 12_501):  # 3,000 rows without a target: at least one part holds no good row
+        lines[i] = lines[i].rsplit(",", 1)[0] + ","
+    lines[13_002] = lines[13_003] = lines[6]  # twice the same earlier part's row, in the last part
+    data = ("\n".join(lines) + "\n").encode()
+    cloud.upload(GAPPED_WHOLE, "data.csv", data)
+    cloud.upload(GAPPED, "data.csv", data)
+    cloud.wait_for_executions(1, state_machine_arn=cloud.deployment.ingest_arn)
+    [manifest_key], [reference_key] = _manifests(cloud, GAPPED), _manifests(cloud, GAPPED_WHOLE)
+    manifest, reference = cloud.data.get_json(manifest_key), cloud.data.get_json(reference_key)
+    assert manifest["rows"] == reference["rows"]
+    assert manifest["rows"]["in"] == N_ROWS == manifest["rows"]["curated"] + manifest["rows"]["quarantined"]
+    sha = manifest["dataset_sha256"]
+    mapped = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{GAPPED}/{sha}/data.parquet")))
+    whole = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{GAPPED_WHOLE}/{sha}/data.parquet")))
+    pd.testing.assert_frame_equal(mapped, whole)
+    quarantined = _quarantine(cloud, GAPPED, sha)
+    pd.testing.assert_frame_equal(quarantined, _quarantine(cloud, GAPPED_WHOLE, sha))
+    reasons = dict(zip(quarantined["_line"].astype(int), quarantined["_reason"], strict=True))
+    assert reasons[13_003] == reasons[13_004] == "duplicate of line 7"

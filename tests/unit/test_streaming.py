@@ -17,7 +17,8 @@ from mlops.core.errors import FileRejected
 from mlops.data.blocks import RecordBlocks
 from mlops.data.reading import CsvReader, read_csv
 from mlops.data.schema import LINE, REASON, DataContract
-from mlops.data.validation import ChunkedValidation, SeenRows, validate
+from mlops.data.seen_rows import SeenRows
+from mlops.data.validation import ChunkedValidation, validate
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_csvs"
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
@@ -160,3 +161,18 @@ def test_seen_rows_finds_every_hash_across_merged_runs() -> None:
         seen.add(part, np.arange(start, start + len(part)) + 2)
     assert (seen.first_lines(hashes) == np.arange(5000) + 2).all()
     assert len(seen._runs) < 8
+
+
+def test_a_mostly_ragged_stretch_past_the_first_chunk_is_quarantined_not_the_whole_file() -> None:
+    """Only the first chunk may refuse the file early for ragged rows (a wrong delimiter shows there); further on,
+    ragged rows count toward the whole file's verdict, so the chunk size never changes the outcome."""
+    good = [f"{i},{i % 7},{i % 3}" for i in range(40_000)]
+    ragged = [f"{i};{i % 7};{i % 3}" for i in range(1_500)]
+    data = ("a,b,c\n" + "\n".join(good[:20_000] + ragged + good[20_000:]) + "\n").encode()
+    contract = DataContract.model_validate({"target": "c", "columns": [
+        {"name": "a", "kind": "numeric"}, {"name": "b", "kind": "numeric"},
+        {"name": "c", "kind": "categorical", "categories": ["0", "1", "2"]}]})
+    whole = _whole(data, contract, max_bytes=1 << 30)
+    assert whole[0] == "curated"
+    assert len(whole[1]) == 1_500
+    assert _chunked(data, contract, 16 << 10, max_bytes=1 << 30) == whole

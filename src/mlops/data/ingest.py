@@ -179,6 +179,9 @@ def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | 
             # the report is filed under the content's hash, as a curated file's is: read what is left
             outcome.dataset_sha256 = reader.blocks.drain()
         return reject(outcome, store, exc, key, etag)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 Progress = Callable[[dict[str, Any]], None]

@@ -53,7 +53,8 @@ from mlops.data.frames import PARQUET
 from mlops.data.ingest import ContractStore, IngestOutcome, MapStarter, contract_rules, publish, reject
 from mlops.data.reading import CsvReader, Header, row_errors
 from mlops.data.schema import LINE, REASON, DataContract
-from mlops.data.validation import ChunkedValidation, SeenRows
+from mlops.data.seen_rows import SeenRows
+from mlops.data.validation import ChunkedValidation
 from mlops.data.writers import CuratedWriter, QuarantineWriter
 
 MB = 1 << 20
@@ -83,12 +84,25 @@ def plan(outcome: IngestOutcome, model: ModelConfig, reader: CsvReader, store: O
         reader.finish()  # no data row
     assert first is not None
     assert reader.header is not None
-    reader.blocks.source.close()
-    contract = contract_rules(model, ContractStore(store))(first)
+    contract = contract_rules(model, ContractStore(store))(first)  # may reject the file: the stream is still open
     del first
-    blocks = RecordBlocks(store.open(key, version_id), chunk_bytes=part_bytes(model), max_bytes=model.max_file_mb * MB)
-    ranges = [{"index": i, "start": b.offset, "end": b.offset + len(b.data), "first_line": b.first_line}
-              for i, b in enumerate(blocks)]
+    reader.close()
+    # cut in blocks of one chunk (bounded memory), grouped into ranges of about part_bytes
+    blocks = RecordBlocks(store.open(key, version_id), chunk_bytes=min(chunk_bytes, part_bytes(model)),
+                          max_bytes=model.max_file_mb * MB)
+    ranges: list[dict[str, int]] = []
+    try:
+        for block in blocks:
+            if ranges and ranges[-1]["end"] - ranges[-1]["start"] + len(block.data) <= part_bytes(model):
+                ranges[-1]["end"] = block.offset + len(block.data)
+            else:
+                ranges.append({"index": len(ranges), "start": block.offset, "end": block.offset + len(block.data),
+                               "first_line": block.first_line})
+    except FileRejected:
+        outcome.dataset_sha256 = blocks.drain()  # the report is named by the content's hash
+        raise
+    finally:
+        blocks.close()
     outcome.dataset_sha256 = blocks.sha256
     name = run_name(blocks.sha256, key, version_id, etag)
     prefix = f"{layout.INGEST_RUNS}{model.name}/{name}/"
@@ -169,8 +183,10 @@ def run_part(store: ObjectStore, job: dict[str, Any], part: dict[str, Any], work
         store.put_json(prefix + "summary.json", {"index": index, "rejected": {"code": exc.code,
                                                                                "message": exc.message}})
         return {"index": index, "rejected": exc.code}
-    curated.close()
-    if curated.rows:
+    finally:
+        reader.close()
+    if curated.rows:  # a part may hold no good row at all: then it has no Parquet file
+        curated.close()
         store.put_file(prefix + "data.parquet", curated.path, content_type=PARQUET)
     if quarantine.rows:
         store.put_file(prefix + "rows.csv", quarantine.path, content_type="text/csv")
@@ -233,6 +249,11 @@ def abandon(store: ObjectStore, job: dict[str, Any], error: dict[str, Any]) -> I
 def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: dict[str, Any],
            work: Path) -> IngestOutcome:
     n = int(job["parts"])
+    missing = [i for i in range(n) if not store.exists(_part_prefix(job, i) + "summary.json")]
+    if missing:
+        # on AWS the Map fails when a part does (ToleratedFailurePercentage 0) and Abandon runs; say the same here
+        raise FileRejected("ingest_failed", f"validating the file in parts failed: part(s) {missing} left no result; "
+                                            "upload it again, or report the error if it persists")
     summaries = [store.get_json(_part_prefix(job, i) + "summary.json") for i in range(n)]
     for summary in summaries:
         if "rejected" in summary:
@@ -280,6 +301,12 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
         reasons.update(f"duplicate of line {line}" for line in [*earlier.tolist(), *bad.values()])
     verdict.finish()  # too many bad rows over the whole file
 
+    # a row of a part that repeats one of the same part names that row's line; when that row itself repeats an
+    # earlier part's, one function would name the earlier line: so does the merge
+    first_of: dict[int, int] = {}
+    for (_, lines, earlier), bad in zip(good_duplicates, bad_duplicates, strict=True):
+        first_of.update(zip(lines.tolist(), earlier.tolist(), strict=True))
+        first_of.update(bad)
     curated = _MergedParquet(work / "data.parquet", contract)
     quarantine = QuarantineWriter(work / "rows.csv")
     for i in range(n):
@@ -298,10 +325,17 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
         if len(lines):
             bad = pd.concat([bad, _reread(store, job, i, dict(zip(lines.tolist(), earlier.tolist(), strict=True)))]
                             ).sort_values(LINE, kind="stable")
+        if first_of and len(bad):
+            bad[REASON] = bad[REASON].str.replace(
+                _DUPLICATE_OF, lambda m: f"duplicate of line {first_of.get(int(m.group(1)), int(m.group(1)))}",
+                regex=True)
         quarantine.write(bad)
     return publish(outcome, model, store, contract, rows_in=whole.rows, curated=curated, quarantine=quarantine,
                    top_reasons=reasons.most_common(10),
                    new_categories={column: sorted(values) for column, values in categories.items()})
+
+
+_DUPLICATE_OF = r"duplicate of line (\d+)"
 
 
 def _quarantined(store: ObjectStore, prefix: str, rows: int, duplicates: dict[int, int]) -> pd.DataFrame:

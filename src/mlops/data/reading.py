@@ -46,7 +46,8 @@ from mlops.data.schema import LINE
 # than a dict because pandas deep-copies ``attrs`` on nearly every operation, and copying a str is free.
 _ROW_ERRORS_ATTR = "mlops_row_errors"
 
-# a chunk with at least this many rows, most of them ragged, rejects the file before the rest is read
+# a first chunk with at least this many rows, most of them ragged, rejects the file before the rest is read
+# (a wrong delimiter); later chunks count toward the whole file's verdict (CsvReader.finish)
 _EARLY_RAGGED_ROWS = 1000
 
 
@@ -97,6 +98,13 @@ class CsvReader:
     @property
     def sha256(self) -> str:
         return self.blocks.sha256
+
+    def close(self) -> None:
+        """Stop reading: the stream closed, the hashing thread ended (what it read so far stays hashed)."""
+        self.blocks.close()
+        close = getattr(self.blocks.source, "close", None)
+        if close is not None:
+            close()
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         for block in self.blocks:
@@ -311,7 +319,7 @@ def _parse(raw: bytes, text: str, names: list[str], *, line_shift: int, threads:
     if kept == 0:
         return pd.DataFrame({name: pd.Series([], dtype="str") for name in names}).set_axis(
             pd.Index([], dtype=np.int64, name=LINE))
-    if len(ragged_pos) * 2 > kept and kept >= _EARLY_RAGGED_ROWS:
+    if line_shift == 0 and len(ragged_pos) * 2 > kept and kept >= _EARLY_RAGGED_ROWS:
         # a wrong delimiter shows at once: no need to read the rest of a large file to say so
         raise FileRejected(
             "unparseable",

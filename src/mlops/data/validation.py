@@ -44,6 +44,7 @@ from mlops.data.cells import (
 )
 from mlops.data.reading import row_errors
 from mlops.data.schema import LINE, REASON, ColumnKind, ColumnSpec, DataContract
+from mlops.data.seen_rows import SeenRows
 
 _SHOWN_CATEGORIES = 10
 
@@ -72,43 +73,6 @@ def validate(df: pd.DataFrame, contract: DataContract, *, max_bad_row_fraction: 
     result = validation.chunk(df)
     validation.finish()
     return result
-
-
-class SeenRows:
-    """The rows of earlier chunks, as 64-bit hashes of their text with the line each first appeared on.
-
-    Sorted runs merged as they grow (a log-structured set): adding a chunk and looking one up cost
-    O(rows of the chunk x log), and memory is 16 bytes a row whatever the rows hold. Within a chunk, duplicates
-    are confirmed cell by cell; across chunks two rows are the same when their hashes are (Python's 64-bit
-    SipHash of the joined cells: a false match among a billion distinct rows has odds of about 1 in 40).
-    """
-
-    def __init__(self) -> None:
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
-
-    @property
-    def nbytes(self) -> int:
-        return sum(h.nbytes + lines.nbytes for h, lines in self._runs)
-
-    def first_lines(self, hashes: np.ndarray) -> np.ndarray:
-        """The line each hash was first seen on, 0 where it was not."""
-        found = np.zeros(len(hashes), dtype=np.int64)
-        for run, lines in self._runs:
-            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
-            hit = (run[at] == hashes) & (found == 0)
-            found[hit] = lines[at[hit]]
-        return found
-
-    def add(self, hashes: np.ndarray, lines: np.ndarray) -> None:
-        if not len(hashes):
-            return
-        order = np.argsort(hashes, kind="stable")
-        self._runs.append((hashes[order], lines[order]))
-        while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
-            (h1, l1), (h2, l2) = self._runs.pop(-2), self._runs.pop()
-            merged = np.concatenate((h1, h2))
-            order = np.argsort(merged, kind="stable")
-            self._runs.append((merged[order], np.concatenate((l1, l2))[order]))
 
 
 class ChunkedValidation:
@@ -213,8 +177,12 @@ def _validate_chunk(df: pd.DataFrame, contract: DataContract,
                         for c in df.columns}, dtype="str")
     bad[LINE] = lines[bad_pos]
     bad[REASON] = pd.Series(reasons, dtype="str")
-    good_pos = np.flatnonzero(~bad_mask)
-    good = pd.DataFrame({name: _take(values, good_pos) for name, values in typed.items()})
+    if len(bad_pos):
+        good_pos = np.flatnonzero(~bad_mask)
+        good = pd.DataFrame({name: _take(values, good_pos) for name, values in typed.items()})
+    else:  # every row is good: the typed columns as they are, no copy
+        good = pd.DataFrame({name: values.reset_index(drop=True) if isinstance(values, pd.Series) else values
+                             for name, values in typed.items()})
     new_categories = {
         name: sorted(pd.unique(texts[name].str.strip()[mask & ~bad_mask]).tolist())
         for name, mask in unknown.items()
