@@ -73,6 +73,24 @@ def _quarantine(cloud: EmbeddedCloud, model: str, sha: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False)
 
 
+def _curated_alike(cloud: EmbeddedCloud, model: str, reference: str) -> tuple[str, pd.DataFrame]:
+    """The same file curated for ``model`` as for ``reference`` (one function, read whole): one dataset each, the same
+    counts with no row lost, frame-equal curated rows and quarantined rows. The sha256 and the quarantined rows."""
+    [manifest_key], [reference_key] = _manifests(cloud, model), _manifests(cloud, reference)
+    manifest, expected = cloud.data.get_json(manifest_key), cloud.data.get_json(reference_key)
+    assert manifest["dataset_sha256"] == expected["dataset_sha256"]
+    rows = manifest["rows"]
+    assert rows == expected["rows"]
+    assert rows["in"] == N_ROWS == rows["curated"] + rows["quarantined"]
+    sha = manifest["dataset_sha256"]
+    ours, theirs = (pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{m}/{sha}/data.parquet")))
+                    for m in (model, reference))
+    pd.testing.assert_frame_equal(ours, theirs)
+    quarantined = _quarantine(cloud, model, sha)
+    pd.testing.assert_frame_equal(quarantined, _quarantine(cloud, reference, sha))
+    return sha, quarantined
+
+
 def test_a_file_over_the_map_threshold_is_validated_in_parts_and_curated_as_one_function_would(
     cloud: EmbeddedCloud,
 ) -> None:
@@ -187,18 +205,7 @@ def test_a_file_of_many_chunks_is_curated_by_one_function_as_if_read_whole(cloud
     cloud.upload(CHUNKED, "data.csv", body)
     if not _manifests(cloud, WHOLE):
         cloud.upload(WHOLE, "data.csv", body)
-    [manifest_key], [reference_key] = _manifests(cloud, CHUNKED), _manifests(cloud, WHOLE)
-    manifest, reference = cloud.data.get_json(manifest_key), cloud.data.get_json(reference_key)
-    assert manifest["dataset_sha256"] == reference["dataset_sha256"]
-    rows = manifest["rows"]
-    assert rows == reference["rows"]
-    assert rows["in"] == N_ROWS == rows["curated"] + rows["quarantined"]
-    sha = manifest["dataset_sha256"]
-    chunked = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{CHUNKED}/{sha}/data.parquet")))
-    whole = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{WHOLE}/{sha}/data.parquet")))
-    pd.testing.assert_frame_equal(chunked, whole)
-    quarantined = _quarantine(cloud, CHUNKED, sha)
-    pd.testing.assert_frame_equal(quarantined, _quarantine(cloud, WHOLE, sha))
+    sha, quarantined = _curated_alike(cloud, CHUNKED, WHOLE)
     reasons = dict(zip(quarantined["_line"].astype(int), quarantined["_reason"], strict=True))
     assert set(reasons) == set(expected)
     # a duplicate of a row read 30 chunks earlier is found
@@ -257,15 +264,6 @@ def test_a_part_without_a_good_row_and_repeated_duplicates_come_out_as_one_funct
     cloud.upload(GAPPED_WHOLE, "data.csv", data)
     cloud.upload(GAPPED, "data.csv", data)
     cloud.wait_for_executions(1, state_machine_arn=cloud.deployment.ingest_arn)
-    [manifest_key], [reference_key] = _manifests(cloud, GAPPED), _manifests(cloud, GAPPED_WHOLE)
-    manifest, reference = cloud.data.get_json(manifest_key), cloud.data.get_json(reference_key)
-    assert manifest["rows"] == reference["rows"]
-    assert manifest["rows"]["in"] == N_ROWS == manifest["rows"]["curated"] + manifest["rows"]["quarantined"]
-    sha = manifest["dataset_sha256"]
-    mapped = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{GAPPED}/{sha}/data.parquet")))
-    whole = pd.read_parquet(io.BytesIO(cloud.data.get_bytes(f"curated/{GAPPED_WHOLE}/{sha}/data.parquet")))
-    pd.testing.assert_frame_equal(mapped, whole)
-    quarantined = _quarantine(cloud, GAPPED, sha)
-    pd.testing.assert_frame_equal(quarantined, _quarantine(cloud, GAPPED_WHOLE, sha))
+    _sha, quarantined = _curated_alike(cloud, GAPPED, GAPPED_WHOLE)
     reasons = dict(zip(quarantined["_line"].astype(int), quarantined["_reason"], strict=True))
     assert reasons[13_003] == reasons[13_004] == "duplicate of line 7"

@@ -30,6 +30,14 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ObjectStore:
     def __init__(self, s3: Any, bucket: str) -> None:
         self.s3 = s3
@@ -80,16 +88,14 @@ class ObjectStore:
             raise
 
     def put_file(self, key: str, path: Path | str, *, content_type: str = "application/octet-stream",
-                 create_only: bool = False, part_bytes: int = PART_BYTES) -> None:
+                 create_only: bool = False, part_bytes: int = PART_BYTES, sha256: str | None = None) -> None:
         """A local file, in one PUT or, above ``part_bytes``, in parts. ``create_only`` makes the write conditional
         (If-None-Match on PutObject, or on CompleteMultipartUpload): an existing object is never overwritten; the
-        same content already there (an earlier attempt of ours) is not a conflict."""
+        same content already there (an earlier attempt of ours) is not a conflict. ``sha256``: the file's, when the
+        caller has it already (the file is not read twice)."""
         path = Path(path)
-        digest = hashlib.sha256()
-        with path.open("rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": {SHA256_METADATA: digest.hexdigest()}}
+        sha256 = sha256 or file_sha256(path)
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": {SHA256_METADATA: sha256}}
         condition = {"IfNoneMatch": "*"} if create_only else {}
         try:
             if path.stat().st_size <= part_bytes:
@@ -100,7 +106,7 @@ class ObjectStore:
         except ClientError as exc:
             if exc.response["Error"]["Code"] in CONFLICT_CODES:
                 there = self.head(key)
-                if there is not None and there.get("Metadata", {}).get(SHA256_METADATA) == digest.hexdigest():
+                if there is not None and there.get("Metadata", {}).get(SHA256_METADATA) == sha256:
                     return
                 raise RegistryConflict(f"{self.uri(key)} already exists and is immutable") from exc
             raise

@@ -270,7 +270,7 @@ def publish(outcome: IngestOutcome, model: ModelConfig, store: ObjectStore, cont
         raise FileRejected("no_valid_rows",
                            f"none of the {rows_in} rows is valid; see {outcome.quarantine_uri}")
     parquet_sha256 = curated.close()
-    store.put_file(f"curated/{prefix}data.parquet", curated.path, content_type=PARQUET)
+    store.put_file(f"curated/{prefix}data.parquet", curated.path, content_type=PARQUET, sha256=parquet_sha256)
     manifest = {
         "model": model.name,
         "dataset_sha256": outcome.dataset_sha256,

@@ -186,8 +186,7 @@ def run_part(store: ObjectStore, job: dict[str, Any], part: dict[str, Any], work
     finally:
         reader.close()
     if curated.rows:  # a part may hold no good row at all: then it has no Parquet file
-        curated.close()
-        store.put_file(prefix + "data.parquet", curated.path, content_type=PARQUET)
+        store.put_file(prefix + "data.parquet", curated.path, content_type=PARQUET, sha256=curated.close())
     if quarantine.rows:
         store.put_file(prefix + "rows.csv", quarantine.path, content_type="text/csv")
     buffer = io.BytesIO()
@@ -201,18 +200,6 @@ def run_part(store: ObjectStore, job: dict[str, Any], part: dict[str, Any], work
                "reasons": validation.reasons.most_common(TOP_REASONS), "new_categories": validation.categories()}
     store.put_json(prefix + "summary.json", summary)
     return {"index": index, "rows": validation.rows}
-
-
-class _MergedParquet(CuratedWriter):
-    """The one curated Parquet, written from the parts' row groups (already typed): rows are never re-validated."""
-
-    def write_table(self, table: pa.Table) -> None:
-        if not table.num_rows:
-            return
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, self.schema)
-        self._writer.write_table(table.cast(self.schema))
-        self.rows += table.num_rows
 
 
 def _outcome(job: dict[str, Any]) -> IngestOutcome:
@@ -307,7 +294,7 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
     for (_, lines, earlier), bad in zip(good_duplicates, bad_duplicates, strict=True):
         first_of.update(zip(lines.tolist(), earlier.tolist(), strict=True))
         first_of.update(bad)
-    curated = _MergedParquet(work / "data.parquet", contract)
+    curated = CuratedWriter(work / "data.parquet", contract)
     quarantine = QuarantineWriter(work / "rows.csv")
     for i in range(n):
         prefix = _part_prefix(job, i)

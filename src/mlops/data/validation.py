@@ -86,12 +86,9 @@ class ChunkedValidation:
         self.problems: dict[str, tuple[int, int]] = {}  # label -> (rows, first line)
         self.reasons: Counter[str] = Counter()
         self.new_categories: dict[str, set[str]] = {}
-        self._first_chunk = True
 
     def chunk(self, df: pd.DataFrame) -> ValidationResult:
-        first, self._first_chunk = self._first_chunk, False
-        if first or len(df.columns):
-            _check_columns(df, self.contract)
+        _check_columns(df, self.contract)
         result, problems, lines = _validate_chunk(df, self.contract, self.seen)
         n_bad = len(result.bad)
         self.rows += len(df)

@@ -3,7 +3,6 @@ as Parquet row groups, the bad rows as CSV. Uploaded once the whole file has bee
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlops.aws.storage import file_sha256
 from mlops.data.schema import ColumnKind, DataContract
 
 
@@ -31,15 +31,20 @@ class CuratedWriter:
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, good: pd.DataFrame) -> None:
-        if good.empty:
+        if not good.empty:
+            self.write_table(pa.Table.from_pandas(good, schema=self.schema, preserve_index=False))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Rows already typed (a validated chunk, or a part's row group in the merge), as one row group."""
+        if not table.num_rows:
             return
-        table = pa.Table.from_pandas(good, schema=self.schema, preserve_index=False)
+        table = table.cast(self.schema)
         if self._writer is None:
             # dictionary pages pay for categories, not for floats, which are nearly all distinct
             text = [f.name for f in self.schema if f.type == pa.large_string()]
             self._writer = pq.ParquetWriter(self.path, table.schema, use_dictionary=text)
         self._writer.write_table(table)
-        self.rows += len(good)
+        self.rows += table.num_rows
 
     def close(self) -> str:
         """Close the file; its sha256 (the manifest's ``parquet_sha256``)."""
@@ -64,12 +69,3 @@ class QuarantineWriter:
         with self.path.open("ab") as file:
             pacsv.write_csv(table, file, write_options=options)
         self.rows += len(bad)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
