@@ -11,9 +11,11 @@ import random
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from mlops.core.errors import FileRejected
+from mlops.data import row_hashes
 from mlops.data.blocks import RecordBlocks
 from mlops.data.reading import CsvReader, read_csv
 from mlops.data.schema import LINE, REASON, DataContract
@@ -40,8 +42,8 @@ def _chunked(data: bytes, contract: DataContract, chunk_bytes: int, max_bytes: i
     validation = ChunkedValidation(contract, max_bad_row_fraction=MAX_BAD)
     goods, bads = [], []
     try:
-        for frame in reader.chunks():
-            result = validation.chunk(frame)
+        for frame, hashes in reader.hashed_chunks():  # as ingest reads: plain lines hashed from their bytes
+            result = validation.chunk(frame, hashes)
             goods.append(result.good)
             bads.append(result.bad)
         reader.finish()
@@ -176,3 +178,34 @@ def test_a_mostly_ragged_stretch_past_the_first_chunk_is_quarantined_not_the_who
     assert whole[0] == "curated"
     assert len(whole[1]) == 1_500
     assert _chunked(data, contract, 16 << 10, max_bytes=1 << 30) == whole
+
+
+def test_a_row_hashes_alike_from_its_plain_line_and_from_its_cells() -> None:
+    data = b"a,b,c\n1,x y,\n2,,z\n"
+    frame = read_csv(data, max_bytes=MAX_BYTES)
+    columns = [pa.array(frame[name], type=pa.large_string()) for name in frame.columns]
+    assert row_hashes.from_lines(data[len(b"a,b,c\n"):], 2).tolist() == row_hashes.from_cells(columns).tolist()
+    # lines that are not plainly their rows are hashed from their cells
+    assert row_hashes.from_lines(b'1,"x",\n', 1) is None
+    assert row_hashes.from_lines(b"1,x,\r\n", 1) is None
+    assert row_hashes.from_lines(b"1,x,\n\n2,y,\n", 2) is None
+
+
+def test_a_duplicate_is_found_whether_its_chunk_was_hashed_from_lines_or_from_cells() -> None:
+    contract = DataContract.from_json(json.dumps({
+        "version": 1, "target": "label", "columns": [
+            {"name": "name", "kind": "categorical", "nullable": True},
+            {"name": "n", "kind": "numeric", "nullable": True},
+            {"name": "label", "kind": "numeric", "nullable": False}]}))
+    plain = "".join(f"r{i},{i},1\n" for i in range(40))  # chunks of plain lines
+    quoted = '"r3",3,1\n"with, comma",1,0\n"r5","5",1\n'  # the same rows as lines 5 and 7, quoted
+    data = ("name,n,label\n" + plain + quoted).encode()
+    reader = CsvReader(io.BytesIO(data), max_bytes=MAX_BYTES, chunk_bytes=64)
+    validation = ChunkedValidation(contract)
+    bads, plain_chunks = [], 0
+    for frame, hashes in reader.hashed_chunks():
+        plain_chunks += hashes is not None
+        bads.append(validation.chunk(frame, hashes).bad)
+    bad = pd.concat(bads)
+    assert plain_chunks >= 3
+    assert dict(zip(bad[LINE], bad[REASON], strict=True)) == {42: "duplicate of line 5", 44: "duplicate of line 7"}

@@ -203,17 +203,17 @@ def curate_stream(reader: CsvReader, *, contract: Callable[[pd.DataFrame], DataC
     (the current one, or one inferred from them). Raises FileRejected for a file refused whole."""
     curation: Curation | None = None
     quarantine = QuarantineWriter(work / "rows.csv")
-    for number, frame in enumerate(reader.chunks(), start=1):
+    for number, (frame, hashes) in enumerate(reader.hashed_chunks(), start=1):
         if curation is None:
             if frame.empty:
                 continue  # a header longer than a chunk: the rows come next
             rules = contract(frame)
             curation = Curation(rules, ChunkedValidation(rules, max_bad_row_fraction=max_bad_row_fraction),
                                 CuratedWriter(work / "data.parquet", rules), quarantine)
-        result = curation.validation.chunk(frame)
+        result = curation.validation.chunk(frame, hashes)
         curation.curated.write(result.good)
         quarantine.write(result.bad)
-        del frame, result  # one chunk in memory at a time: not this one while the next is read
+        del frame, hashes, result  # one chunk in memory at a time: not this one while the next is read
         if progress is not None:
             progress({"chunk": number, "bytes_read": reader.blocks.bytes_read, "bytes_total": size,
                       "rows": curation.validation.rows, "rows_quarantined": curation.validation.bad})

@@ -172,10 +172,10 @@ def run_part(store: ObjectStore, job: dict[str, Any], part: dict[str, Any], work
     curated, quarantine = CuratedWriter(work / "data.parquet", contract), QuarantineWriter(work / "rows.csv")
     keys: list[tuple[np.ndarray, ...]] = []
     try:
-        for frame in reader.chunks():
+        for frame, hashes in reader.hashed_chunks():
             if frame.empty:
                 continue
-            result = validation.chunk(frame)
+            result = validation.chunk(frame, hashes)
             curated.write(result.good)
             quarantine.write(result.bad)
             keys.append(_row_keys(frame, result.bad, contract))

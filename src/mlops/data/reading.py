@@ -37,6 +37,7 @@ import pyarrow.csv as pacsv
 
 from mlops.core.config import INGEST_CHUNK_MB
 from mlops.core.errors import FileRejected
+from mlops.data import row_hashes
 from mlops.data.blocks import LINE_END, Block, RecordBlocks, terminators, too_large
 from mlops.data.cells import excerpt
 from mlops.data.lines import BLANK_CHARS, record_lines
@@ -108,17 +109,28 @@ class CsvReader:
             close()
 
     def chunks(self) -> Iterator[pd.DataFrame]:
+        for frame, _ in self.hashed_chunks():
+            yield frame
+
+    def hashed_chunks(self) -> Iterator[tuple[pd.DataFrame, np.ndarray | None]]:
+        """The chunks, each with its rows' hashes (:mod:`mlops.data.row_hashes`) when its lines could give them
+        cheaply, None otherwise."""
         for block in self.blocks:
             # once a chunk held ragged rows, the others are read single-threaded at once (see _parse)
             threads = not self.ragged
             if self.header is None:
                 self.header, frame = _first_chunk(block.data, threads=threads)
+                rows = block.data.removeprefix(codecs.BOM_UTF8)[len(self.header.raw):]
             else:
                 frame = _later_chunk(block, self.header, threads=threads)
+                rows = block.data
+            ragged = len(row_errors(frame))
             self.rows += len(frame)
-            self.ragged += len(row_errors(frame))
-            yield frame
-            del frame, block  # not held while the next chunk is parsed: one chunk in memory at a time
+            self.ragged += ragged
+            hashes = None if ragged else row_hashes.from_lines(rows, len(frame))
+            del rows
+            yield frame, hashes
+            del frame, block, hashes  # not held while the next chunk is parsed: one chunk in memory at a time
             pa.default_memory_pool().release_unused()  # and what it freed goes back, not kept as fragments
         if self.header is None:
             raise FileRejected("empty_file",

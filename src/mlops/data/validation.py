@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mlops.core.errors import FileRejected
 from mlops.data.cells import (
@@ -43,6 +42,7 @@ from mlops.data.cells import (
     to_float,
 )
 from mlops.data.reading import row_errors
+from mlops.data.row_hashes import from_cells
 from mlops.data.schema import LINE, REASON, ColumnKind, ColumnSpec, DataContract
 from mlops.data.seen_rows import SeenRows
 
@@ -87,9 +87,10 @@ class ChunkedValidation:
         self.reasons: Counter[str] = Counter()
         self.new_categories: dict[str, set[str]] = {}
 
-    def chunk(self, df: pd.DataFrame) -> ValidationResult:
+    def chunk(self, df: pd.DataFrame, hashes: np.ndarray | None = None) -> ValidationResult:
+        """Judge one chunk; ``hashes``, its rows' hashes when the reader has them (:mod:`mlops.data.row_hashes`)."""
         _check_columns(df, self.contract)
-        result, problems, lines = _validate_chunk(df, self.contract, self.seen)
+        result, problems, lines = _validate_chunk(df, self.contract, self.seen, hashes)
         n_bad = len(result.bad)
         self.rows += len(df)
         self.bad += n_bad
@@ -124,8 +125,8 @@ class ChunkedValidation:
 _EARLY_ROWS = 1_000_000
 
 
-def _validate_chunk(df: pd.DataFrame, contract: DataContract,
-                    seen: SeenRows | None) -> tuple[ValidationResult, list[_Problem], np.ndarray]:
+def _validate_chunk(df: pd.DataFrame, contract: DataContract, seen: SeenRows | None,
+                    hashes: np.ndarray | None) -> tuple[ValidationResult, list[_Problem], np.ndarray]:
     n = len(df)
     lines = df.index.to_numpy(dtype=np.int64) if df.index.name == LINE else np.arange(n, dtype=np.int64) + 2
     structural = row_errors(df)
@@ -146,7 +147,8 @@ def _validate_chunk(df: pd.DataFrame, contract: DataContract,
         if unknown_mask is not None:
             unknown[spec.name] = unknown_mask
     if not contract.allow_duplicates:
-        problems.append(_duplicates(texts, lines, is_structural, seen))
+        file_order = {str(name): texts[str(name)] for name in df.columns}
+        problems.append(_duplicates(file_order, lines, is_structural, seen, hashes))
     if structural:
         problems.append(
             _Problem(
@@ -170,7 +172,7 @@ def _validate_chunk(df: pd.DataFrame, contract: DataContract,
         current = reasons[at]
         reasons[at] = np.where(current == "", new, current + "; " + new)
 
-    bad = pd.DataFrame({str(c): (texts[c] if c in texts else column_text(df, c)).iloc[bad_pos].to_numpy()
+    bad = pd.DataFrame({str(c): _take(texts[c] if c in texts else column_text(df, c), bad_pos).to_numpy()
                         for c in df.columns}, dtype="str")
     bad[LINE] = lines[bad_pos]
     bad[REASON] = pd.Series(reasons, dtype="str")
@@ -190,6 +192,8 @@ def _validate_chunk(df: pd.DataFrame, contract: DataContract,
 
 def _take(values: Any, positions: np.ndarray) -> Any:
     if isinstance(values, pd.Series):
+        if not len(positions):
+            return values.iloc[:0].reset_index(drop=True)  # pandas' take of nothing from Arrow costs as much as some
         return values.iloc[positions].reset_index(drop=True)
     return values[positions]
 
@@ -333,25 +337,25 @@ def _check_numbers(spec: ColumnSpec, raw: pd.Series, numbers: np.ndarray, missin
 
 
 def _duplicates(texts: dict[str, pd.Series], lines: np.ndarray, is_structural: np.ndarray,
-                seen: SeenRows | None = None) -> _Problem:
+                seen: SeenRows | None = None, row_hashes: np.ndarray | None = None) -> _Problem:
     n = len(lines)
     mask = np.zeros(n, dtype=bool)
     # ragged rows hold shifted values: they neither duplicate nor are duplicated
     candidates = np.flatnonzero(~is_structural)
     if not candidates.size:
         return _Problem("duplicate row", mask, lambda pos: [])
-    subset = (lambda t: t.iloc[candidates]) if is_structural.any() else (lambda t: t)
-    columns = [as_arrow(subset(t)) for t in texts.values()]
-    key = (
-        pc.binary_join_element_wise(*columns, pa.scalar("\x1f", pa.large_string())) if len(columns) > 1 else columns[0]
-    )
-    # one 64-bit hash per row (Python's SipHash: ~5x faster than Arrow's dictionary encoding of the joined key)
-    hashes = np.fromiter(map(hash, key.to_numpy(zero_copy_only=False)), dtype=np.int64, count=len(key)).view(np.uint64)
+    if row_hashes is not None:
+        hashes = row_hashes[candidates]
+    else:
+        subset = (lambda t: t.iloc[candidates]) if is_structural.any() else (lambda t: t)
+        hashes = from_cells([as_arrow(subset(t)) for t in texts.values()])
     _, first_of_code, codes = np.unique(hashes, return_index=True, return_inverse=True)
     first = candidates[first_of_code[codes]]
     dup = np.flatnonzero(first != candidates)
     # equal hashes are confirmed cell by cell (the separator may also occur inside a value)
     for values in texts.values():
+        if not len(dup):
+            break
         same = values.iloc[candidates[dup]].to_numpy() == values.iloc[first[dup]].to_numpy()
         dup = dup[same]
     mask[candidates[dup]] = True
