@@ -6,16 +6,19 @@ whole, unread."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from project_configs import PROJECT, model_table
 
 from mlops.core import layout
+from mlops.data import ingest_map
 from mlops.local.embedded import EmbeddedCloud, embedded_cloud
 
 MAPPED, WHOLE, SMALL = "mapped", "whole", "small"  # the same file: by the Map, by one function; a small max_file_mb
@@ -267,3 +270,62 @@ def test_a_part_without_a_good_row_and_repeated_duplicates_come_out_as_one_funct
     _sha, quarantined = _curated_alike(cloud, GAPPED, GAPPED_WHOLE)
     reasons = dict(zip(quarantined["_line"].astype(int), quarantined["_reason"], strict=True))
     assert reasons[13_003] == reasons[13_004] == "duplicate of line 7"
+
+
+def _rejected(cloud: EmbeddedCloud, model: str, body: bytes) -> dict[str, object]:
+    sha = hashlib.sha256(body).hexdigest()
+    report: dict[str, object] = cloud.data.get_json(f"{layout.QUARANTINE}{model}/{sha}/report.json")
+    assert report["status"] == "rejected"
+    return report
+
+
+def test_the_merge_failing_after_its_retries_abandons_the_file_with_the_error_and_leaves_nothing(
+    cloud: EmbeddedCloud, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Catch runs Abandon: a rejection report naming the error, nothing curated, no work file, and the execution
+    fails (the state machine's failure alarm). (RENAMED's model: each model adds about 44 resources to the stack, and 8
+    models is what CloudFormation's 500 allow.)"""
+
+    def merge_fails(*_args: object) -> None:
+        raise OSError("No space left on device: /tmp")
+
+    monkeypatch.setattr(ingest_map, "merge", merge_fails)
+    before = {e["executionArn"] for e in cloud.executions(cloud.deployment.ingest_arn)}
+    body = _file()[0]
+    cloud.upload(RENAMED, "data.csv", body)
+    [execution] = [e for e in cloud.wait_for_executions(len(before) + 1, state_machine_arn=cloud.deployment.ingest_arn)
+                   if e["executionArn"] not in before]
+    assert execution["status"] == "FAILED"
+    assert [e for e in cloud.history(execution["executionArn"]) if e.get("stateEnteredEventDetails", {}).get("name")
+            == "Abandon"]
+    report = _rejected(cloud, RENAMED, body)
+    assert report["code"] == "ingest_failed"
+    assert "OSError" in str(report["reason"])
+    assert "No space left on device" in str(report["reason"])
+    assert "upload it again" in str(report["reason"])
+    assert not cloud.data.exists(f"{layout.CURATED}{RENAMED}/{hashlib.sha256(body).hexdigest()}/manifest.json")
+    assert list(cloud.data.keys(f"{layout.INGEST_RUNS}{RENAMED}/")) == []
+
+
+def test_a_part_that_left_no_result_abandons_the_file_at_the_merge(
+    cloud: EmbeddedCloud, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On AWS a failed part fails the Map (no failure tolerated) and Abandon runs; moto's Map goes on to the merge,
+    which refuses to merge without every part's result (docs/local.md)."""
+    real = ingest_map.run_part
+
+    def third_part_fails(store: Any, job: dict[str, Any], part: dict[str, Any], work: Path) -> dict[str, Any]:
+        if int(part["index"]) == 2:
+            raise OSError("No space left on device: /tmp")
+        return real(store, job, part, work)
+
+    monkeypatch.setattr(ingest_map, "run_part", third_part_fails)
+    started = len(cloud.executions(cloud.deployment.ingest_arn))
+    body = _file()[0].replace(b"\n", b"\r\n")  # another file than the test above's
+    cloud.upload(RENAMED, "other.csv", body)
+    cloud.wait_for_executions(started + 1, state_machine_arn=cloud.deployment.ingest_arn)
+    report = _rejected(cloud, RENAMED, body)
+    assert report["code"] == "ingest_failed"
+    assert "part(s) [2] left no result" in str(report["reason"])
+    assert not cloud.data.exists(f"{layout.CURATED}{RENAMED}/{hashlib.sha256(body).hexdigest()}/manifest.json")
+    assert list(cloud.data.keys(f"{layout.INGEST_RUNS}{RENAMED}/")) == []
