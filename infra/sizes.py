@@ -21,8 +21,10 @@ TARGETS = {"infer": 0.60, "push": 0.60, "ingest": 0.75}
 # What each part may weigh unzipped (MiB): a dependency bump that outgrows its part fails tests/infra/test_sizes.py
 # naming that part. The budgets of a function's parts add up to no more than its target (a test checks it), so a
 # function cannot outgrow its target before one of its parts outgrows its budget. Set a little above what each part
-# weighs today (code 0.5, powertools 10.3, infer 114.4, data 170.7): raising one is a decision, taken here.
-BUDGETS_MIB = {CODE: 1.0, POWERTOOLS: 12.0, "infer": 125.0, "data": 174.0}
+# weighs today (code 1.1, powertools 10.3, infer 114.4, data 170.7): raising one is a decision, taken here. Code went
+# from 1.0 to 1.5 when the package grew past 1 MiB (issue 17: clustering, models import, user code, boosting): every
+# zip carries the whole mlops package but mlops.local, and the training modules weigh little beside the layers.
+BUDGETS_MIB = {CODE: 1.5, POWERTOOLS: 12.0, "infer": 125.0, "data": 174.0}
 
 
 def budget_bytes(part: str) -> int:

@@ -168,6 +168,7 @@ class MlopsStack(Stack):
                      environment.ROLLOUT_STATE_MACHINE_ARN:
                          self.pipeline.state_machines[platform.ROLLOUT_STATE_MACHINE].state_machine_arn,
                      environment.BATCH_STATE_MACHINE_ARN: self.batch.state_machine.state_machine_arn,
+                     environment.REGISTER_FUNCTION: self.pipeline.functions["register"].function.function_name,
                      "POWERTOOLS_METRICS_NAMESPACE": self.name_prefix}
         CfnOutput(self, "Environment", value=self.to_json_string(variables),
                   description="resource variables (mlops.aws.environment) of this deployment, as a JSON object")

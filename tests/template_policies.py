@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,24 @@ def _config_in_repository(config_file: Path) -> str:
         (ROOT / ".mlops").mkdir(exist_ok=True)
         _workdir = Path(tempfile.mkdtemp(prefix="template-configs-", dir=ROOT / ".mlops"))
     text = config_file.read_bytes()
-    copy = _workdir / f"{hashlib.sha256(text).hexdigest()[:16]}.toml"
+    home = _workdir / hashlib.sha256(text).hexdigest()[:16]
+    home.mkdir(exist_ok=True)
+    copy = home / "mlops.toml"
     copy.write_bytes(text)
+    # the models' own code, at its place relative to the configuration (the image copies it from there)
+    for model in tomllib.loads(text.decode()).get("model", []):
+        if model.get("code"):
+            shutil.copytree(config_file.parent / model["code"], home / model["code"], dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
     return copy.relative_to(ROOT).as_posix()
 
 
 def cleanup() -> None:
     if _workdir is not None:
+        from infra.constructs.function import user_code_stage
+
+        for config in _workdir.glob("*/mlops.toml"):  # what the synthesis staged of their models' own code
+            shutil.rmtree(user_code_stage(config), ignore_errors=True)
         shutil.rmtree(_workdir, ignore_errors=True)
 
 

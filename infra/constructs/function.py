@@ -4,6 +4,7 @@ for functions invoked asynchronously, a bounded retry policy with an encrypted f
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,10 +34,12 @@ from constructs import Construct
 from infra.constructs.nag import acknowledge
 from layers import builder as layer_build
 from mlops.aws import platform
-from mlops.core.config import CONFIG_FILE
+from mlops.core.config import CONFIG_FILE, load_config
 
 ROOT = platform.ROOT
 DOCKERFILE = "infra/Dockerfile"
+# what the image's USER_CODE copies when no model has code of its own: a directory holding one explanatory file
+NO_USER_CODE = "infra/no-user-code"
 # The tag that maps a deployed function back to its platform name (tests, console, cost reports).
 FUNCTION_TAG = "mlops:function"
 # What `docker build` needs from the repository, and nothing else (.venv, node_modules, cdk.out stay out of
@@ -56,6 +59,11 @@ NEW_ACCOUNT_MEMORY_MB = 3_008
 MEMORY_QUOTA_WARNING = "mlops:lambda-memory-above-quota"
 
 
+def user_code_stage(config_file: Path) -> Path:
+    """Where the models' own code of this configuration is staged for the image (git-ignored, one per configuration)."""
+    return ROOT / ".mlops" / "user-code" / hashlib.sha256(str(config_file.resolve()).encode()).hexdigest()[:16]
+
+
 class LayerNotBuilt(RuntimeError):
     pass
 
@@ -69,18 +77,43 @@ class Packaging(Construct):
         super().__init__(scope, construct_id)
         self.config_file = config_file
         self.built_layers: dict[str, lambda_.LayerVersion] = {}
+        self._user_code: str | None = None
 
     def image(self, spec: platform.FunctionSpec) -> lambda_.DockerImageCode:
         config = self.config_file.resolve().relative_to(ROOT).as_posix()
+        user_code = self.user_code()
         return lambda_.DockerImageCode.from_image_asset(
             str(ROOT),
             file=DOCKERFILE,
             cmd=[f"functions.{spec.name}.handler.handler"],
-            build_args={"CONFIG_FILE": config},
+            build_args={"CONFIG_FILE": config, "USER_CODE": user_code},
             platform=ecr_assets.Platform.LINUX_AMD64,
             ignore_mode=IgnoreMode.DOCKER,
-            exclude=["*", *(f"!{path}" for path in (*IMAGE_CONTEXT, config)), *BUILD_LEFTOVERS],
+            exclude=["*", *(f"!{path}" for path in (*IMAGE_CONTEXT, config, user_code)), *BUILD_LEFTOVERS],
         )
+
+    def user_code(self) -> str:
+        """The models' own code (`family = "package.module:build"`, `code = "<dir>"`), staged in one directory that
+        the Dockerfile copies beside the image's mlops.toml, each `code` directory at its place relative to it: the
+        import is then the same in the image as next to mlops.toml here. NO_USER_CODE when no model has code."""
+        if self._user_code is not None:
+            return self._user_code
+        models = [m for m in load_config(self.config_file).models if m.code is not None]
+        if not models:
+            self._user_code = NO_USER_CODE
+            return NO_USER_CODE
+        stage = user_code_stage(self.config_file)
+        shutil.rmtree(stage, ignore_errors=True)
+        for model in models:
+            assert model.code is not None
+            source = self.config_file.resolve().parent / model.code
+            if not source.is_dir():
+                raise FileNotFoundError(f"model {model.name!r}: its code directory {source} does not exist (`code` "
+                                        f"is relative to {self.config_file})")
+            shutil.copytree(source, stage / model.code, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        self._user_code = stage.relative_to(ROOT).as_posix()
+        return self._user_code
 
     def zip(self, spec: platform.FunctionSpec) -> lambda_.Code:
         return lambda_.Code.from_asset(

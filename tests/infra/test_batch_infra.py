@@ -260,3 +260,10 @@ def test_a_failed_run_raises_an_alarm_and_the_outputs_carry_the_state_machine(sy
                and {"Name": "StateMachineArn", "Value": {"Ref": machine}} in a.get("Dimensions", []) for a in alarms)
     rendered = synthesized.render(synthesized.template["Outputs"]["Environment"]["Value"])
     assert f'"{environment.BATCH_STATE_MACHINE_ARN}":"ref:{machine}"' in rendered
+
+
+def test_the_outputs_name_the_register_function_the_model_import_invokes(synthesized: Synthesized) -> None:
+    [register] = [lid for lid, fn in synthesized.of_type("AWS::Lambda::Function").items()
+                  if {"Key": "mlops:function", "Value": "register"} in fn["Properties"].get("Tags", [])]
+    rendered = synthesized.render(synthesized.template["Outputs"]["Environment"]["Value"])
+    assert f'"{environment.REGISTER_FUNCTION}":"ref:{register}"' in rendered

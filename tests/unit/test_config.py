@@ -134,3 +134,43 @@ def test_a_family_that_cannot_do_the_task_is_refused_at_load(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"'logistic_regression' cannot be trained for a regression model.*"
                                           r"leave family out to get linear_regression"):
         load_config(path)
+
+
+def test_xgboost_and_lightgbm_models_are_declared_like_any_other(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[[model]]\nname = "churn"\ntarget = "y"\nfamily = "xgboost"\n'
+                                          'params = { n_estimators = 50, max_depth = 4 }\n\n'
+                                          '[[model]]\nname = "species"\ntarget = "y"\ntask = "multiclass"\n'
+                                          'family = "lightgbm"\n\n'
+                                          '[[model]]\nname = "price"\ntarget = "y"\ntask = "regression"\n'
+                                          'primary_metric = "r2"\nfamily = "xgboost"\n'
+                                          'params = { objective = "reg:absoluteerror" }\n'))
+    assert [(m.name, m.task, m.family) for m in config.models] == [
+        ("churn", Task.BINARY, "xgboost"), ("species", Task.MULTICLASS, "lightgbm"),
+        ("price", Task.REGRESSION, "xgboost")]
+
+
+@pytest.mark.parametrize(
+    ("task", "family", "params", "message"),
+    [
+        # an objective of another task: the model would not be the task's, nor its export
+        ("regression", "xgboost", 'objective = "binary:logistic"',
+         r"params of this regression xgboost model: objective = 'binary:logistic' is not a regression objective "
+         r"xgboost models are exported with; use one of \['reg:squarederror', 'reg:absoluteerror', "
+         r"'reg:pseudohubererror'\] \(or leave it out\)"),
+        ("multiclass", "lightgbm", 'objective = "binary"',
+         r"objective = 'binary' is not a multiclass objective lightgbm models are exported with; use one of "
+         r"\['multiclass'\]"),
+        # multi:softmax's graph would answer raw margins where predict_proba answers probabilities
+        ("multiclass", "xgboost", 'objective = "multi:softmax"', r"use one of \['multi:softprob'\]"),
+        ("binary", "xgboost", 'booster = "gblinear"', r"booster = 'gblinear' is not one of \['gbtree'\] for xgboost"),
+        ("binary", "lightgbm", 'boosting_type = "rf"', r"boosting_type = 'rf' is not one of \['gbdt'\] for lightgbm"),
+    ],
+)
+def test_an_xgboost_or_lightgbm_model_its_export_cannot_serve_is_refused_at_load(tmp_path: Path, task: str,
+                                                                                 family: str, params: str,
+                                                                                 message: str) -> None:
+    metric = "r2" if task == "regression" else "accuracy"
+    path = _write(tmp_path, f'[[model]]\nname = "m1"\ntarget = "y"\ntask = "{task}"\nprimary_metric = "{metric}"\n'
+                            f'family = "{family}"\nparams = {{ {params} }}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -24,10 +24,11 @@ class Captured(CaptureSink):
         self.records.extend(records)
 
 
-def _server(is_classifier: bool, classes: list[str]) -> tuple[ModelServer, Captured]:
+def _server(is_classifier: bool, classes: list[str], is_clustering: bool = False) -> tuple[ModelServer, Captured]:
     """A server whose pinned version 1 is warm: a model with these classes (none for a regression)."""
     version = SimpleNamespace(model="m", version=1)
-    loaded = LoadedModel(version, SimpleNamespace(is_classifier=is_classifier, classes=classes), [], 0.0)  # type: ignore[arg-type]
+    model = SimpleNamespace(is_classifier=is_classifier, classes=classes, is_clustering=is_clustering)
+    loaded = LoadedModel(version, model, [], 0.0)  # type: ignore[arg-type]
     cache = SimpleNamespace(cached=lambda model, v: loaded if (model, v) == ("m", 1) else None)
     capture = Captured()
     return ModelServer(model="m", version=1, registry=None, cache=cache, capture=capture), capture  # type: ignore[arg-type]
@@ -58,3 +59,15 @@ def test_a_classifiers_label_is_one_of_its_classes() -> None:
     for label in ("yes", "no"):
         server.feedback("m", {"request_id": "r-1", "label": label})
     assert [r["label"] for r in capture.records] == ["yes", "no"]
+
+
+def test_a_clustering_takes_no_feedback_and_says_why() -> None:
+    """Its predictions are cluster ids, which no observed outcome confirms: a label or a reward is refused (422)."""
+    server, capture = _server(False, ["0", "1", "2"], is_clustering=True)
+    for field, value in (("label", "1"), ("reward", 1.0)):
+        with pytest.raises(InvalidInput) as refused:
+            server.feedback("m", {"request_id": "r-1", field: value})
+        assert (refused.value.status, refused.value.field) == (422, field)
+        assert "m is a clustering model" in refused.value.message
+        assert "takes no feedback" in refused.value.message
+    assert capture.records == []

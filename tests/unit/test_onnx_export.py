@@ -18,11 +18,19 @@ from mlops.core.errors import ParityError
 from mlops.core.tasks import Task
 from mlops.data.inference import infer_contract
 from mlops.serving.onnx_model import FeedError, InputSpec, OnnxModel, Prediction, feeds_from_records
-from mlops.training.onnx_export import TARGET_OPSET, check_parity, onnx_opset, to_onnx
+from mlops.training.onnx_export import (
+    PARITY_TOL,
+    TARGET_OPSET,
+    XGBOOST_PARITY_TOL,
+    check_parity,
+    onnx_opset,
+    parity_tolerance,
+    to_onnx,
+)
 from mlops.training.train import TrainResult, feature_frame, train
 
-CLASSIFIERS = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
-REGRESSORS = ["linear_regression", "random_forest", "hist_gradient_boosting"]
+CLASSIFIERS = ["logistic_regression", "random_forest", "hist_gradient_boosting", "xgboost", "lightgbm"]
+REGRESSORS = ["linear_regression", "random_forest", "hist_gradient_boosting", "xgboost", "lightgbm"]
 DATASETS = {"breast_cancer": (load_breast_cancer, Task.BINARY), "wine": (load_wine, Task.MULTICLASS)}
 
 
@@ -92,12 +100,96 @@ def test_regression_parity(family: str) -> None:
     df = _frame(load_diabetes, as_str=False)
     result, contract, data = _fit(df, "target", Task.REGRESSION, family)
     report = check_parity(result.pipeline, data, result.test_df, contract, Task.REGRESSION)
+    assert report.tolerance == (XGBOOST_PARITY_TOL if family == "xgboost" else PARITY_TOL)
     assert report.label_mismatches == 0
     assert report.max_rel_diff is not None
     assert report.max_rel_diff <= 1e-5
     pred = OnnxModel(data).predict(result.test_df)
     assert pred.probabilities is None
     assert pred.values.dtype == np.float64
+
+
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm"])
+def test_xgboost_and_lightgbm_trees_compare_as_their_library_does(classifiers: dict, family: str) -> None:
+    """One double-precision v3 tree node; XGBoost's input rounded to float32 first, as XGBoost rounds every feature
+    before comparing it with its float32 thresholds (comparing the doubles parts by up to 0.29 in probability)."""
+    _, _, data = classifiers[("wine", family)]
+    graph = onnx.load_from_string(data).graph
+    [tree] = [n for n in graph.node if n.op_type == "TreeEnsembleClassifier"]
+    attributes = {a.name for a in tree.attribute}
+    assert {"nodes_values_as_tensor", "class_weights_as_tensor"} <= attributes
+    assert not {"nodes_values", "class_weights"} & attributes
+    producers = {out: node for node in graph.node for out in node.output}
+    chain = []
+    node = producers.get(tree.input[0])
+    while node is not None and node.op_type == "Cast":
+        chain.append(next(a.i for a in node.attribute if a.name == "to"))
+        node = producers.get(node.input[0])
+    rounded = [onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT]  # nearest first: back to double, from float
+    assert chain == (rounded if family == "xgboost" else [])
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in graph.input)
+
+
+def test_xgboost_is_held_to_its_float32_tolerance() -> None:
+    """XGBoost sums its leaves in float32, the graph in double: they part by rounding that grows with the trees
+    (XGBOOST_PARITY_TOL says how much was measured; this is the synthetic case it quotes for 1,000 trees)."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.uniform(size=n), "c": rng.choice(["p", "q", "r"], size=n)})
+    # a target of magnitude 1e5 that crosses zero: float32 resolves it to ~0.03
+    df["y"] = 1e5 * (3 + df.a + 2 * df.b**2 + (df.c == "p")) + rng.normal(size=n) * 1e4
+    result, contract, data = _fit(df, "y", Task.REGRESSION, "xgboost", params={"n_estimators": 1000})
+    assert parity_tolerance(result.pipeline) == XGBOOST_PARITY_TOL == 1e-4
+    report = check_parity(result.pipeline, data, pd.concat([result.train_df, result.test_df]), contract,
+                          Task.REGRESSION)
+    assert report.tolerance == XGBOOST_PARITY_TOL
+    assert report.max_rel_diff is not None
+    assert 1e-7 < report.max_rel_diff < 1e-5  # measured 8.3e-6: a tenth of the tolerance
+    assert report.label_mismatches == 0
+
+
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm"])
+def test_an_xgboost_or_lightgbm_model_is_served_by_onnxruntime_alone(classifiers: dict, family: str,
+                                                                      tmp_path: Any) -> None:
+    """What infer holds (onnxruntime + numpy): the model answers with XGBoost, LightGBM, onnxmltools and the
+    scientific stack unimportable."""
+    result, _, data = classifiers[("breast_cancer", family)]
+    (tmp_path / "model.onnx").write_bytes(data)
+    rows = result.test_df.drop(columns="target").head(5)
+    rows.to_json(tmp_path / "rows.json", orient="records")
+    code = (
+        "import importlib.abc, json, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in {'xgboost', 'lightgbm', 'onnxmltools', 'sklearn', 'skl2onnx', 'pandas',"
+        " 'scipy'}:\n"
+        "            raise ImportError(f'{name} is not in the infer layer')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from mlops.serving.onnx_model import OnnxModel\n"
+        f"model = OnnxModel(open({str(tmp_path / 'model.onnx')!r}, 'rb').read())\n"
+        f"pred = model.predict_records(json.load(open({str(tmp_path / 'rows.json')!r})))\n"
+        "print(json.dumps({'labels': pred.labels.tolist(), 'p': pred.probabilities.tolist()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    served = json.loads(out.stdout)
+    expected = result.pipeline.predict_proba(rows)
+    assert served["labels"] == result.pipeline.predict(rows).tolist()
+    assert np.abs(np.asarray(served["p"]) - expected).max() <= parity_tolerance(result.pipeline)
+
+
+@pytest.mark.parametrize(
+    ("family", "objective"),
+    [("xgboost", "reg:absoluteerror"), ("xgboost", "reg:pseudohubererror"), ("lightgbm", "regression_l1"),
+     ("lightgbm", "huber")],
+)
+def test_every_objective_the_catalog_allows_exports_with_parity(family: str, objective: str) -> None:
+    from mlops.core.families import FAMILIES
+
+    assert objective in FAMILIES[family].objectives[Task.REGRESSION]
+    df = _frame(load_diabetes, as_str=False)
+    result, contract, data = _fit(df, "target", Task.REGRESSION, family, params={"objective": objective})
+    full = pd.concat([result.train_df, result.test_df])
+    assert check_parity(result.pipeline, data, full, contract, Task.REGRESSION).label_mismatches == 0
 
 
 def test_parity_error_reports_the_numbers(classifiers: dict) -> None:

@@ -230,7 +230,9 @@ def test_run_training_end_to_end(bc_csv: Path, tmp_path: Path, code_version: str
     assert man["seed"] == 1
     assert man["classes"] == ["0", "1"]
     assert len(man["features"]) == 30
-    assert set(man["libraries"]) == {"sklearn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas"}
+    assert set(man["libraries"]) == {"sklearn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas", "xgboost",
+                                     "lightgbm", "onnxmltools"}
+    assert man["libraries"]["xgboost"] == "3.2.0"  # the xgboost-cpu wheel's version
     assert man["onnx"]["opset"]["ai.onnx"] >= 13
     assert man["version"] is None
     assert set(man["timings"]) == {"fit_seconds", "export_seconds", "evaluate_seconds"}
@@ -370,7 +372,7 @@ def test_a_named_family_that_cannot_do_the_inferred_task_says_where_the_task_cam
     message = str(inferred.value)
     assert "model family 'logistic_regression' cannot be trained for a regression target" in message
     assert "inferred from 'ozone', a numeric column with more than 20 distinct values" in message
-    assert "['hist_gradient_boosting', 'linear_regression', 'random_forest']" in message
+    assert "['hist_gradient_boosting', 'lightgbm', 'linear_regression', 'random_forest', 'xgboost']" in message
     assert message.endswith("or name no family to train linear_regression")
     with pytest.raises(ConfigError) as given:
         run_training(path, "ozone", family="logistic_regression", task="regression")
@@ -385,9 +387,13 @@ def test_compare_families_marks_the_family_run_training_defaults_to(tmp_path: Pa
     path = tmp_path / "airquality.csv"
     _airquality().to_csv(path, index=False)
     entries = compare_families(path, "ozone", params={"random_forest": {"n_estimators": 5},
-                                                      "hist_gradient_boosting": {"max_iter": 5}})
+                                                      "hist_gradient_boosting": {"max_iter": 5},
+                                                      "xgboost": {"n_estimators": 5}, "lightgbm": {"n_estimators": 5}})
     assert {e["family"]: e["default_for_task"] for e in entries} == {
-        "linear_regression": True, "random_forest": False, "hist_gradient_boosting": False}
+        "linear_regression": True, "random_forest": False, "hist_gradient_boosting": False, "xgboost": False,
+        "lightgbm": False}
+    # every family exported and passed its parity gate (an entry with "error" would have no metrics)
+    assert all("error" not in e and e["parity_max_abs_diff"] is not None for e in entries), entries
 
 
 def test_a_file_is_read_chunk_by_chunk_as_ingest_reads_it(tmp_path: Path) -> None:

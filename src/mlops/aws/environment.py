@@ -19,6 +19,8 @@ CAPTURE_STREAM = "CAPTURE_STREAM"
 CAPTURES_BUCKET = "CAPTURES_BUCKET"
 ROLLOUT_STATE_MACHINE_ARN = "ROLLOUT_STATE_MACHINE_ARN"
 BATCH_STATE_MACHINE_ARN = "BATCH_STATE_MACHINE_ARN"  # the infer function starts batch runs (mlops.batch.start)
+# the register function's name, for `mlops models import`, which hands its candidate to it (mlops.pipeline.external)
+REGISTER_FUNCTION = "REGISTER_FUNCTION"
 API_SOURCE_ARN = "API_SOURCE_ARN"
 # ingest starts the ingest state machine for a file above its model's ingest_map_above_mb (mlops.data.ingest_map)
 INGEST_STATE_MACHINE_ARN = "INGEST_STATE_MACHINE_ARN"

@@ -143,9 +143,12 @@ def _from_text(spec: FeatureSpec, text: str) -> Any:
 
 def added_columns(loaded: LoadedModel) -> dict[str, pa.DataType]:
     model = loaded.model
-    columns: dict[str, pa.DataType] = {"prediction": pa.string() if model.is_classifier else pa.float64()}
+    columns: dict[str, pa.DataType] = {
+        "prediction": pa.string() if model.is_classifier or model.is_clustering else pa.float64()}
     if model.is_classifier:
         columns.update({f"probability_{c}": pa.float64() for c in model.classes})
+    elif model.is_clustering:  # the cluster id, and the distance to each cluster's centre
+        columns.update({f"distance_{c}": pa.float64() for c in model.classes})
     columns["model_version"] = pa.int64()
     return columns
 
@@ -211,6 +214,9 @@ class ObjectScorer:
         if self.loaded.model.is_classifier:
             for c in self.loaded.model.classes:
                 added[f"probability_{c}"] = [a["probabilities"][c] for a in found]
+        elif self.loaded.model.is_clustering:
+            for c in self.loaded.model.classes:
+                added[f"distance_{c}"] = [a["distances"][c] for a in found]
         added["model_version"] = [self.loaded.version.version] * len(found)
         return keep, added, sorted(failed, key=lambda f: f[0])
 

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlops.core.config import ProjectConfig
@@ -64,17 +64,58 @@ def infer_function(project: str, model: str) -> str:
     return resources.infer_functions.get(model) or platform.infer_function_name(project, model)
 
 
-def batch_state_machine_arn(project: str) -> str:
-    """The batch state machine: the deployed stack's, else the local cloud's, in the caller's account."""
+def state_machine_arn(project: str, variable: str, machine: str) -> str:
+    """A state machine of the platform (``machine``: a platform name, ``platform.BATCH_STATE_MACHINE`` say): the
+    deployed stack's (the environment ``variable`` holding its ARN), else the local cloud's, in the caller's account."""
     from mlops import aws
-    from mlops.aws import environment, platform
+    from mlops.aws import platform
 
-    arn = os.environ.get(environment.BATCH_STATE_MACHINE_ARN)
+    arn = os.environ.get(variable)
     if arn:
         return arn
     account = aws.client("sts").get_caller_identity()["Account"]
-    name = platform.resource_names(project)[platform.BATCH_STATE_MACHINE]
+    name = platform.resource_names(project)[machine]
     return f"arn:aws:states:{aws.region()}:{account}:stateMachine:{name}"
+
+
+def batch_state_machine_arn(project: str) -> str:
+    """The batch state machine: the deployed stack's, else the local cloud's."""
+    from mlops.aws import environment, platform
+
+    return state_machine_arn(project, environment.BATCH_STATE_MACHINE_ARN, platform.BATCH_STATE_MACHINE)
+
+
+def invoke_platform_function(project: str, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Invoke a platform function (``mlops.aws.platform.FUNCTIONS``: "register", say) synchronously with ``event``, as
+    a state machine's task does, and return its answer; its error is an MlopsError. The function: the deployed
+    stack's, named by the environment variable <NAME>_FUNCTION (REGISTER_FUNCTION: its name or ARN; CloudFormation
+    names the stack's functions), else the local cloud's (its physical name, as for the state machines). No retry (a
+    retried invocation would run twice) and Lambda's longest timeout: the function ends by its own."""
+    import json
+
+    import boto3
+    from botocore.config import Config
+
+    from mlops import aws
+    from mlops.aws import platform
+    from mlops.core.errors import MlopsError
+
+    variable = f"{name.upper()}_FUNCTION"  # environment.REGISTER_FUNCTION for "register", in the stack's outputs
+    function = os.environ.get(variable) or platform.function(name).physical_name(project)
+    lam = boto3.client("lambda", region_name=aws.region(),
+                       config=Config(retries={"total_max_attempts": 1}, read_timeout=900, connect_timeout=5))
+    try:
+        response = lam.invoke(FunctionName=function, Payload=json.dumps(event, default=str).encode())
+    except lam.exceptions.ResourceNotFoundException:
+        raise MlopsError(f"no function {function}: against AWS, export {variable} as the deployed stack's {name} "
+                         "function (its name or ARN)") from None
+    answer = json.loads(response["Payload"].read() or b"null")
+    if response.get("FunctionError"):
+        error = answer if isinstance(answer, dict) else {}
+        raise MlopsError(f"{function} failed: {error.get('errorType', 'Error')}: {error.get('errorMessage', answer)}")
+    if not isinstance(answer, dict):
+        raise MlopsError(f"{function} answered {str(answer)[:200]!r}, not a JSON object")
+    return answer
 
 
 def api_source_arn() -> str | None:

@@ -91,13 +91,17 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
     config_file = demo_config(config_file, out_dir)
     config = load_config(config_file)
     model = config.models[0]
+    target = model.target
+    if target is None:
+        raise MlopsError(f"the demo tells its story with the first model of {config_file}, which must learn a target "
+                         f"(its data is breast-cancer's); {model.name} is a {model.task} model")
     started = time.perf_counter()
-    say(f"== serverless-mlops demo: model '{model.name}' (target '{model.target}', {model.family}) ==")
+    say(f"== serverless-mlops demo: model '{model.name}' (target '{target}', {model.family}) ==")
     say("-> starting the local cloud (embedded moto: S3, DynamoDB, SNS, Lambda, Step Functions)")
     with embedded_cloud(config_file, handler_output=quiet, buffered_captures=True) as cloud:
         d = cloud.deployment
         say(f"   data bucket s3://{d.data_bucket}, models bucket s3://{d.models_bucket}")
-        body = demo_dataset(model.target)
+        body = demo_dataset(target)
         key = cloud.upload(model.name, "breast_cancer.csv", body)
         rows = body.count(b"\n") - 1
         say(f"-> uploaded s3://{d.data_bucket}/{key} ({len(body) / 1024:.0f} KiB, {rows} rows, "
@@ -146,10 +150,10 @@ def run_demo(*, config_file: Path, out_dir: Path, say: Callable[[str], None] | N
         say(f"     onnx      sha256 {manifest['onnx']['sha256'][:16]}..., opset {manifest['onnx'].get('opset')}")
         say(f"   artefacts in the (in-memory) cloud: {version.artefacts_prefix}")
         say(f"   copied to {out_dir}/: " + ", ".join(sorted(p.name for p in out_dir.iterdir())))
-        canary = (_serve_and_canary(cloud, model.name, model.target, model.rollout_interval_seconds, say, out_dir)
+        canary = (_serve_and_canary(cloud, model.name, target, model.rollout_interval_seconds, say, out_dir)
                   if model.task.is_classification else None)
-        drift = _drift_and_retrain(cloud, model.name, model.target, say, out_dir) if canary else None
-        batch = _batch(cloud, model.name, model.target, say) if canary else None
+        drift = _drift_and_retrain(cloud, model.name, target, say, out_dir) if canary else None
+        batch = _batch(cloud, model.name, target, say) if canary else None
         features = _feature_store(cloud, say) if FEATURE_MODEL in {m.name for m in config.models} else None
         versions = cloud.registry.versions(model.name)
         say(f"== done in {time.perf_counter() - started:.1f}s: {len(versions)} versions of {model.name}, champion "

@@ -89,7 +89,7 @@ def _training_set(model: Any, source: Path, out: Path) -> int:
     if not source.is_file():
         raise MlopsError(f"--data {source}: no such file")
     frame = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source)
-    if model.target not in frame.columns:
+    if model.target is not None and model.target not in frame.columns:
         raise MlopsError(f"--data {source}: no column {model.target!r} (the model's target)")
     table, contract = training_set(frame, infer_contract(frame, model.target), model.features)
     if out.suffix == ".parquet":

@@ -2,6 +2,7 @@
 
     mlops models list|show|promote|rollback <name> [--version N] [--reason WHY] [--json]
     mlops models republish <name> | --all
+    mlops models import <name> --onnx model.onnx --contract contract.json [--metrics m.json] [--json]
     mlops status [--json] [--html FILE] [--window-minutes M]   (every declared model)
     mlops ab status <name> [--challenger N] [--html FILE] [--json]
     mlops ab plan --baseline P --mde D [--alpha A] [--power B] [--weight W]
@@ -19,19 +20,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlops.cli.common import add_config_option, api_source_arn, infer_function, load_project, resource_name
+from mlops.cli.common import (
+    add_config_option,
+    api_source_arn,
+    infer_function,
+    invoke_platform_function,
+    load_project,
+    resource_name,
+)
 from mlops.core.errors import MlopsError
 
 
 def add_model_commands(sub: Any) -> None:
     models = sub.add_parser("models", help="list, show, promote or roll back a model's versions")
-    models.add_argument("action", choices=["list", "show", "promote", "rollback", "republish"],
+    models.add_argument("action", choices=["list", "show", "promote", "rollback", "republish", "import"],
                         help="republish: champion and challenger again on the infer function's current code "
-                             "(after a code-only cdk deploy), the split unchanged")
+                             "(after a code-only cdk deploy), the split unchanged; import: an ONNX model trained "
+                             "elsewhere, through the same gate, registry and canary as a trained one")
     models.add_argument("name", nargs="?", help="the model's name (as declared in mlops.toml)")
     models.add_argument("--all", action="store_true", help="republish: every declared model")
     models.add_argument("--version", type=int, help="show: only this version")
     models.add_argument("--reason", default="manual", help="promote/rollback: why (recorded in the registry)")
+    models.add_argument("--onnx", help="import: the model file (one [N, 1] input per feature column, named after it, "
+                                       "or one [N, F] input of the numeric feature columns in the contract's order)")
+    models.add_argument("--contract", help="import: the data contract its inputs are checked against (JSON)")
+    models.add_argument("--metrics", help="import: its metrics (JSON), recorded in its lineage; gated as declared "
+                                          "when the model has no curated data to measure it on")
     add_config_option(models)
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=run_models)
@@ -98,6 +112,8 @@ def run_models(args: argparse.Namespace) -> int:
         return _republish(args)
     if not args.name:
         raise MlopsError(f"models {args.action} needs a model name")
+    if args.action == "import":
+        return _import(args)
     lifecycle = _lifecycle(args)
     if args.action in ("promote", "rollback"):
         result = getattr(lifecycle, args.action)(args.name, who=_who(), why=args.reason)
@@ -149,6 +165,68 @@ def _republish(args: argparse.Namespace) -> int:
                           for v, x in r.get("lambda_versions", {}).items())
         print(f"{r['model']}: {r['action']} {moved or r['why']}")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Checked and gated here, with the caller's credentials; registered and deployed by the platform's register
+    function (the bucket policy lets only the platform's writer roles write under models/: mlops.pipeline.external)."""
+    from mlops import aws
+    from mlops.aws.storage import ObjectStore
+    from mlops.pipeline.external import import_model, read_request
+    from mlops.registry.store import Registry
+    from mlops.release.deploy import ServingDeployer
+
+    if not (args.onnx and args.contract):
+        raise MlopsError("models import needs --onnx FILE and --contract FILE")
+    config = load_project(args)
+    config.model(args.name)
+    request = read_request(args.name, onnx_path=args.onnx, contract_path=args.contract, metrics_path=args.metrics,
+                           who=_who())
+    deployer = ServingDeployer(aws.client("lambda"))
+    result = import_model(
+        request, config=config, data=ObjectStore(aws.client("s3"), resource_name("data", config.project)),
+        models=ObjectStore(aws.client("s3"), resource_name("models", config.project)),
+        registry=Registry(aws.client("dynamodb"), resource_name("registry", config.project)),
+        register=lambda event: invoke_platform_function(config.project, "register", event),
+        current_split=lambda: deployer.split(infer_function(config.project, args.name)).to_dict())
+    print(json.dumps(result, indent=2, default=str) if args.json else _import_summary(result))
+    return 1 if result["status"] == "rejected" else 0
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "r2", "neg_rmse")
+                     if isinstance(metrics.get(k), int | float))
+
+
+def _import_summary(result: dict[str, Any]) -> str:
+    """``mlops models import`` for a person: what became of the file, on what evidence, and where its lineage is."""
+    file = result["file"]
+    lines = [f"{result['model']}: {file['name']} (sha256 {file['sha256'][:12]}, {file['producer']}): "
+             + (result["message"] if result["status"] != "rejected" else "rejected by the gate")]
+    evaluation = result.get("evaluation")
+    if evaluation:
+        candidate, champion = evaluation["candidate"], evaluation["champion"]
+        if evaluation["metrics_from"] == "holdout":
+            holdout = evaluation["holdout"]
+            lines.append(f"  measured on {holdout['rows']} held-out rows of dataset {holdout['dataset_sha256'][:12]}: "
+                         f"{_metrics_line(candidate['metrics'])}; p95 {candidate['latency_ms']['p95']:.2f} ms")
+        else:
+            lines.append("  metrics DECLARED, not measured (no curated data yet): "
+                         f"{_metrics_line(candidate['metrics'])}; p95 {candidate['latency_ms']['p95']:.2f} ms on rows "
+                         "made from the contract")
+        if champion:
+            lines.append(f"  champion v{champion['version']}: {_metrics_line(champion['metrics'])}"
+                         + (f" ({champion['note']})" if champion.get("note") else ""))
+        lines += [f"  - {reason}" for reason in evaluation["reasons"]]
+    if result.get("split"):
+        weights = result["split"]["weights"]
+        lines.append(f"  live alias: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}"
+                     + (f"; rollout {result['rollout'].rsplit(':', 1)[-1]}" if result.get("rollout") else ""))
+    lines += [f"  changed in the stored copy: {change}" for change in result["changes"]]
+    if result.get("manifest_uri"):
+        lines.append(f"  lineage: {result['manifest_uri']} (imported by {result['imported_by']} at "
+                     f"{result['imported_at']})")
+    return "\n".join(lines)
 
 
 def run_ab_status(args: argparse.Namespace) -> int:

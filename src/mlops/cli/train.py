@@ -21,9 +21,9 @@ def add_train_commands(sub: Any) -> None:
     # Spelled out rather than read from mlops.core.families; tests/unit/test_cli.py keeps the words in step with the
     # code.
     train.add_argument("--model-family",
-                       help="logistic_regression | random_forest | hist_gradient_boosting | linear_regression "
-                            "(default: chosen for the task: logistic_regression for a binary or multiclass "
-                            "target, linear_regression for a regression target)")
+                       help="logistic_regression | random_forest | hist_gradient_boosting | xgboost | lightgbm | "
+                            "linear_regression (default: chosen for the task: logistic_regression for a binary or "
+                            "multiclass target, linear_regression for a regression target)")
     train.add_argument("--params", help="hyperparameters as a JSON object")
     train.add_argument("--out", help="write model.onnx, manifest.json and contract.json to this folder")
     train.set_defaults(func=run_train)

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlops.core import layout
 from mlops.core.errors import ConfigError, UnknownModel
-from mlops.core.families import DEFAULT_FAMILIES, FAMILIES, families_for
-from mlops.core.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
+from mlops.core.families import DEFAULT_FAMILIES, FAMILIES, families_for, is_user_code
+from mlops.core.tasks import Task
 
 CONFIG_ENV = "MLOPS_CONFIG"
 CONFIG_FILE = "mlops.toml"
@@ -128,16 +128,21 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
-    target: str = Field(min_length=1)
+    # the column it predicts; a clustering has none (every column is a feature, a prediction is a cluster id)
+    target: str | None = Field(default=None, min_length=1)
     task: Task = Task.BINARY
     # absent: the task's default (mlops.core.families.DEFAULT_FAMILIES), so that a regression model needs no family
     family: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # with `family = "package.module:build"` (a build function of the project's own code, mlops.training.user_code):
+    # the directory holding that package, relative to mlops.toml; it is packaged with the training image
+    code: str | None = None
     seed: int = 42
     test_size: float = Field(default=0.2, gt=0.0, lt=0.9)
     # metric -> minimum value a candidate must reach (absolute gate)
     thresholds: dict[str, float] = Field(default_factory=dict)
-    # the metric compared against the champion; a candidate may be at most `champion_margin` worse
+    # the metric compared against the champion; a candidate may be at most `champion_margin` worse (absent: accuracy,
+    # silhouette for a clustering)
     primary_metric: str = "accuracy"
     champion_margin: float = Field(default=0.01, ge=0.0)
     canary_weight: float = Field(default=0.1, gt=0.0, lt=1.0)
@@ -158,6 +163,9 @@ class ModelConfig(BaseModel):
     guardrail_max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
     guardrail_max_p95_ratio: float = Field(default=1.5, gt=1.0)
     guardrail_min_requests: int = Field(default=200, ge=1)
+    # a model without labels (a clustering) has no feedback to test its canary on: its rollout promotes the challenger
+    # once it served `guardrail_min_requests` requests over at least this long without breaching a guardrail
+    guardrail_min_hours: float = Field(default=1.0, ge=0.0)
     # a declared data contract (see mlops.data.schema.DataContract); inferred from the first file when absent
     contract: dict[str, Any] | None = None
     # the largest file ingest accepts at all: a larger one is rejected whole, unread, with the reason. Up to
@@ -220,16 +228,36 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _family_fits_task(self) -> ModelConfig:
+        if is_user_code(self.family):
+            if self.code is None:
+                raise ValueError(f"family {self.family!r} is a build function of your own code: say where its package "
+                                 "is with code = \"<directory relative to mlops.toml>\"")
+            return self
+        if self.code is not None:
+            raise ValueError(f"code = {self.code!r} is for a family of your own code "
+                             f"(family = \"package.module:build\"); {self.family!r} is one of the platform's")
         if not FAMILIES[self.family].supports(self.task):
             raise ValueError(f"family {self.family!r} cannot be trained for a {self.task} model; use one of "
                              f"{families_for(self.task)}, or leave family out to get {DEFAULT_FAMILIES[self.task]}")
+        if problems := FAMILIES[self.family].param_problems(self.task, self.params):
+            raise ValueError(f"params of this {self.task} {self.family} model: {'; '.join(problems)}")
         return self
 
     @field_validator("family")
     @classmethod
     def _known_family(cls, value: str) -> str:
-        if value not in FAMILIES:
-            raise ValueError(f"unknown model family {value!r}; choose one of {sorted(FAMILIES)}")
+        if value not in FAMILIES and not is_user_code(value):
+            raise ValueError(f"unknown model family {value!r}; choose one of {sorted(FAMILIES)}, or name a build "
+                             "function of your own code as \"package.module:function\"")
+        return value
+
+    @field_validator("code")
+    @classmethod
+    def _code_inside_the_project(cls, value: str | None) -> str | None:
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts or not Path(value).parts):
+            raise ValueError(f"code = {value!r} must be a subdirectory of the project, relative to mlops.toml (it is "
+                             "copied into the training image at the same place; the project's own directory would "
+                             "copy everything, .venv included)")
         return value
 
     @field_validator("batch_inputs")
@@ -295,14 +323,39 @@ class ModelConfig(BaseModel):
                 "at least once")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _clustering_primary_metric(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("task") == Task.CLUSTERING and "primary_metric" not in data:
+            data = {**data, "primary_metric": "silhouette"}
+        return data
+
+    @model_validator(mode="after")
+    def _target_fits_task(self) -> ModelConfig:
+        if self.task.has_labels and self.target is None:
+            raise ValueError(f"a {self.task} model needs a target: the column of its data it learns to predict")
+        if not self.task.has_labels:
+            if self.target is not None:
+                raise ValueError(f"a clustering model has no target: every column of its data is a feature and a "
+                                 f"prediction is a cluster id; remove target = {self.target!r}, or declare the task "
+                                 "that predicts it")
+            if "rollout_metric" in self.model_fields_set:
+                raise ValueError("rollout_metric does not apply to a clustering model: it takes no feedback (no "
+                                 "labels to test on), so its canary is decided on the guardrails alone "
+                                 "(guardrail_min_requests, guardrail_min_hours); remove rollout_metric")
+            if self.guardrail_min_hours > self.rollout_max_hours:
+                raise ValueError(f"guardrail_min_hours = {self.guardrail_min_hours} is longer than rollout_max_hours "
+                                 f"= {self.rollout_max_hours}: the guardrail-only rollout could never promote")
+        return self
+
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> ModelConfig:
-        known = CLASSIFICATION_METRICS if self.task.is_classification else REGRESSION_METRICS
+        known = self.task.metrics
         for metric in [*self.thresholds, self.primary_metric]:
             if metric not in known:
                 raise ValueError(f"metric {metric!r} does not apply to a {self.task} model; use one of {known}")
-        if self.features and self.target in {self.features.entity_key, self.features.timestamp,
-                                             *(f.column for f in self.features.columns)}:
+        if self.features and self.target is not None and self.target in {
+                self.features.entity_key, self.features.timestamp, *(f.column for f in self.features.columns)}:
             raise ValueError(f"the target {self.target!r} cannot be the entity key, the timestamp or a feature's "
                              "source: the model would be trained on its own label")
         return self

@@ -33,6 +33,10 @@ class ParityError(MlopsError):
     """The exported ONNX model disagrees with the scikit-learn pipeline it came from."""
 
 
+class ExportError(MlopsError):
+    """A fitted model cannot be exported to ONNX (a step without a converter)."""
+
+
 class IntegrityError(MlopsError):
     """An artefact does not match the sha256 recorded in its manifest."""
 

@@ -206,7 +206,7 @@ def build_baseline(
     for name in contract.categorical_features:
         features[name] = categorical_summary(train_df[name].tolist())
     columns = [c.name for c in contract.feature_columns]
-    if contract.target in train_df.columns:
+    if contract.target is not None and contract.target in train_df.columns:
         columns.append(contract.target)
     return {
         "format": FORMAT,

@@ -31,9 +31,10 @@ _MAX_CATEGORY_SHARE = 0.5
 _MAX_TARGET_CLASSES = 20
 
 
-def infer_contract(df: pd.DataFrame, target: str) -> DataContract:
-    """A contract that the first accepted file satisfies, loose enough for later files to satisfy too."""
-    if target not in df.columns:
+def infer_contract(df: pd.DataFrame, target: str | None) -> DataContract:
+    """A contract that the first accepted file satisfies, loose enough for later files to satisfy too. Without a
+    ``target`` (a clustering model) every column is a feature."""
+    if target is not None and target not in df.columns:
         raise FileRejected(
             "missing_target",
             f"the target column {target!r} is not in the file "

@@ -71,7 +71,8 @@ class DataContract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = Field(default=1, ge=1)
-    target: str
+    # None: a model without a target (a clustering), whose every column is a feature
+    target: str | None = None
     columns: list[ColumnSpec] = Field(min_length=1)
     new_categories: Literal["accept", "quarantine"] = "accept"
     allow_duplicates: bool = False
@@ -82,6 +83,8 @@ class DataContract(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"columns declared twice: {dupes}")
+        if self.target is None:
+            return self
         if self.target not in names:
             raise ValueError(f"the target {self.target!r} is not among the columns {names}")
         if self.column(self.target).nullable:

@@ -24,14 +24,18 @@ from mlops.core.config import DriftConfig, ProjectConfig
 from mlops.core.errors import IntegrityError, MlopsError
 from mlops.drift.report import ReportStore, build_report
 from mlops.drift.retraining import maybe_retrain, refused_as
-from mlops.drift.statistics import DriftResult, WindowDrift
+from mlops.drift.statistics import ConceptDrift, DriftResult, WindowDrift
 from mlops.registry.store import Registry
-from mlops.registry.versions import CHAMPION, ModelVersion
+from mlops.registry.versions import CHAMPION, EXTERNAL_DATASET, ModelVersion
 from mlops.release.rollout import DELIVERY_SLACK, LATE_DELIVERY, ReadObjects, list_captures
 
 CHUNK = 5_000  # capture records per accumulator update
 MAX_PENDING = 200_000  # predictions waiting for their feedback (oldest dropped first)
 MAX_LABELLED = 100_000  # labelled rows kept from one window
+# what the drift result of a clustering says of its concept
+NO_CONCEPT = ("not measured: a clustering model has no labels (its predictions are cluster ids, which no feedback "
+              "confirms), so there is no metric on feedback to compare with its evaluation; its features and its "
+              "predicted clusters are checked for drift")
 
 
 class NoBaseline(MlopsError):
@@ -127,6 +131,16 @@ def load_baseline(models: ObjectStore, champion: ModelVersion) -> tuple[dict[str
     return json.loads(data), bool(expected)
 
 
+def _imported_without_baseline(models: ObjectStore, champion: ModelVersion) -> bool:
+    """A model imported before the platform had its data (``mlops.pipeline.external``) has no baseline, and its
+    manifest says so; any other missing baseline is an error."""
+    if champion.dataset_sha256 != EXTERNAL_DATASET:
+        return False
+    _b, key = parse_s3_uri(champion.manifest_uri)
+    manifest = models.get_json(key)
+    return "baseline" in manifest and manifest["baseline"] is None
+
+
 # -- one window ------------------------------------------------------------------------------------------
 @dataclass
 class Window:
@@ -140,9 +154,11 @@ class Window:
 
 def scan_window(captures: ObjectStore, model: str, champion: ModelVersion, baseline: dict[str, Any],
                 cfg: DriftConfig, *, start: datetime, end: datetime, classification: bool,
-                earlier: list[CaptureCoverage] | None = None, at: datetime | None = None) -> Window:
+                earlier: list[CaptureCoverage] | None = None, at: datetime | None = None,
+                labels: bool = True) -> Window:
     """The window [start, end) of the model's captured traffic, with the records of ``earlier`` checks' windows
-    that landed after those checks; ``at``: when the listing starts (the wall clock)."""
+    that landed after those checks; ``at``: when the listing starts (the wall clock). Without ``labels`` (a
+    clustering) the window's inputs are the rows kept for retraining: a clustering learns from inputs alone."""
     at, earlier = at or datetime.now(UTC), earlier or []
     check = WindowDrift(baseline, cfg, classification=classification)
     target = baseline.get("target") or "target"
@@ -200,6 +216,8 @@ def scan_window(captures: ObjectStore, model: str, champion: ModelVersion, basel
                     predictions += 1
                     late += overdue
                     rows.append(record.get("features") or {})
+                    if not labels and len(labelled) < MAX_LABELLED:
+                        labelled.append(dict(record.get("features") or {}))
                     if record.get("model_version") == champion.version:
                         champion_predictions.append(record.get("prediction"))
             elif record.get("type") == "feedback" and record.get("label") is not None:
@@ -240,13 +258,19 @@ def check_drift(model: str, *, config: ProjectConfig, window_end: datetime, regi
     champion = registry.alias(model, CHAMPION)
     if champion is None:
         return {**summary, "status": "skipped", "reason": f"{model} has no champion yet"}
+    if _imported_without_baseline(models, champion):
+        return {**summary, "status": "skipped", "reason": f"{model} v{champion.version} was imported with no data to "
+                                                          "take a drift baseline from (mlops models import)"}
     baseline, verified = load_baseline(models, champion)
     listed_at = datetime.now(UTC)  # what lands after this is the next check's
     earlier = earlier_coverage(registry, model, end=end, since=start - max(
         timedelta(hours=cfg.feedback_lookback_hours), LATE_DELIVERY) - DELIVERY_SLACK)
     window = scan_window(captures, model, champion, baseline, cfg, start=start, end=end,
-                         classification=model_cfg.task.is_classification, earlier=earlier, at=listed_at)
+                         classification=model_cfg.task.is_classification, earlier=earlier, at=listed_at,
+                         labels=model_cfg.task.has_labels)
     result = window.result
+    if not model_cfg.task.has_labels:
+        result.concept = ConceptDrift.not_measured(NO_CONCEPT)
     report = build_report(result, context={
         "model": model, "version": champion.version, "window_start": iso(start), "window_end": iso(end),
         "baseline_uri": champion.baseline_uri, "baseline_sha256_verified": verified,

@@ -15,7 +15,7 @@ from typing import Any
 from mlops.aws.storage import ObjectStore
 from mlops.core import layout
 from mlops.core.charts import bar_chart_svg
-from mlops.drift.statistics import DriftResult
+from mlops.drift.statistics import SKIPPED, DriftResult
 
 FORMAT = "mlops.drift.statistics-report/1"
 VERDICTS = {"drifted": "DRIFT", "no_drift": "ok", "insufficient_data": "not enough data"}
@@ -67,7 +67,9 @@ def render_html(report: dict[str, Any]) -> str:
     extra = ""
     if prediction:
         extra += f"<h2>Prediction drift</h2><table>{_feature_row(prediction)}</table>"
-    if concept:
+    if concept and concept["status"] == SKIPPED:  # a model without labels (a clustering)
+        extra += f"<h2>Concept drift</h2><p><b>skipped</b>: {escape(concept.get('reason') or '')}</p>"
+    elif concept:
         extra += (f"<h2>Concept drift</h2><p>{escape(concept['metric'])}: {_num(concept.get('value'))} on "
                   f"{concept['n']} predictions with feedback; at evaluation {_num(concept.get('baseline'))}. "
                   f"<b>{escape(concept['status'])}</b>. {escape(concept.get('reason') or '')}</p>")

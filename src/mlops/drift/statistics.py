@@ -43,6 +43,7 @@ from mlops.core.config import DriftConfig
 from mlops.data.baseline import OTHER
 
 DRIFTED, NO_DRIFT, INSUFFICIENT = "drifted", "no_drift", "insufficient_data"
+SKIPPED = "skipped"  # a concept a model without labels (a clustering) does not have
 UNSEEN_CELLS = 20  # unseen categories kept in their own cells; the rest share one
 MAX_TRACKED = 10_000  # distinct window categories remembered; beyond, new ones are lumped (memory bound)
 UNSEEN_OTHER = "__unseen_other__"
@@ -205,6 +206,11 @@ class ConceptDrift:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def not_measured(cls, reason: str) -> ConceptDrift:
+        """No concept drift to measure (a model without labels), said as such rather than as too little feedback."""
+        return cls("none", 0, None, status=SKIPPED, reason=reason)
 
 
 @dataclass

@@ -130,8 +130,9 @@ def feature_contract(contract: DataContract, definitions: FeatureStoreConfig) ->
             bounded = feature.aggregate != "sum"
             specs.append(ColumnSpec(name=feature.name, kind=ColumnKind.NUMERIC, nullable=source.nullable,
                                     min=source.min if bounded else None, max=source.max if bounded else None))
-    return DataContract(version=contract.version, target=contract.target,
-                        columns=[*specs, contract.column(contract.target)],
+    # a model without a target (a clustering) has its features alone
+    label = [] if contract.target is None else [contract.column(contract.target)]
+    return DataContract(version=contract.version, target=contract.target, columns=[*specs, *label],
                         new_categories=contract.new_categories, allow_duplicates=True)
 
 
@@ -140,7 +141,8 @@ def training_set(frame: pd.DataFrame, contract: DataContract,
     """The features of every curated row as of its time, next to its label, and their contract."""
     derived = feature_contract(contract, definitions)
     features = compute(frame, definitions)
-    features[contract.target] = frame[contract.target]
+    if contract.target is not None:
+        features[contract.target] = frame[contract.target]
     return features.reset_index(drop=True), derived
 
 

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 
 # -- train ---------------------------------------------------------------------------------------------------
-def _candidate_prefix(inp: PipelineInput) -> str:
-    return f"candidates/{inp.model}/{inp.run_id}/"
+def candidate_prefix(model: str, run_id: str) -> str:
+    """Where train leaves a run's candidate (models bucket), and ``mlops models import`` an imported one."""
+    return f"candidates/{model}/{run_id}/"
 
 
 def run_artefacts_prefix(model: str, run_id: str) -> str:
@@ -80,7 +81,7 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
     onnx = OnnxModel(onnx_bytes)
     predictions = onnx.predict(result.test_df).labels
     baseline = build_baseline(result.train_df, contract, predictions=predictions, seed=model_cfg.seed)
-    prefix = _candidate_prefix(inp)
+    prefix = candidate_prefix(inp.model, inp.run_id)
     sha = hashlib.sha256(onnx_bytes).hexdigest()
     models.put_bytes(prefix + "model.onnx", onnx_bytes)
     put_parquet(models, prefix + "test.parquet", result.test_df)
@@ -96,6 +97,8 @@ def train_step(inp: PipelineInput, *, config: ProjectConfig, s3: Any, models: Ob
         "classes": list(result.classes),
         "rows": {"train": len(result.train_df), "test": len(result.test_df)},
         "parity_max_abs_diff": parity.max_abs_diff,
+        # what the export was held to (mlops.training.onnx_export.parity_tolerance: XGBoost's is its own)
+        "parity_tolerance": parity.tolerance,
         "timings": {"fit_seconds": result.fit_seconds, "export_seconds": export_seconds},
         "features": features,
     }
@@ -121,13 +124,16 @@ def gate(model_cfg: ModelConfig, candidate: dict[str, Any], champion: dict[str, 
             reasons.append(f"{metric} {value} is below the threshold {minimum}")
     meets = not reasons
     beats = True
-    if champion is not None:
+    # a metric can be undefined on the rows (None: a clustering's silhouette when they all fall in one cluster): a
+    # candidate's is worse than any champion's, a champion's sets no floor
+    if champion is not None and champion["metrics"].get(model_cfg.primary_metric) is not None:
         metric = model_cfg.primary_metric
         floor = champion["metrics"][metric] - model_cfg.champion_margin
-        if candidate[metric] < floor:
+        if candidate.get(metric) is None or candidate[metric] < floor:
             beats = False
+            shown = "undefined" if candidate.get(metric) is None else f"{candidate[metric]:.4f}"
             reasons.append(
-                f"{metric} {candidate[metric]:.4f} is worse than champion v{champion['version']} "
+                f"{metric} {shown} is worse than champion v{champion['version']} "
                 f"({champion['metrics'][metric]:.4f}) by more than the margin {model_cfg.champion_margin}"
             )
     return {"meets_thresholds": meets, "beats_champion": beats, "reasons": reasons}
@@ -146,23 +152,30 @@ def evaluate_step(inp: PipelineInput, train: dict[str, Any], *, config: ProjectC
     contract = DataContract.from_json(models.get_bytes(prefix + "contract.json").decode())
     candidate_model = OnnxModel(_verified_onnx(models, prefix + "model.onnx", train["onnx_sha256"]))
     candidate = evaluate(candidate_model, test_df, contract, model_cfg.task)
-
-    champion_eval: dict[str, Any] | None = None
-    champion = registry.alias(inp.model, CHAMPION)
-    if champion is not None:
-        _b, key = parse_s3_uri(champion.model_uri)
-        champion_model = OnnxModel(_verified_onnx(models, key, champion.onnx_sha256))
-        missing = sorted(set(champion_model.input_names) - set(test_df.columns))
-        if missing:
-            # The schema changed: the champion cannot score these rows, so the comparison falls back to
-            # the champion's own recorded metrics, which is said in the result.
-            champion_eval = {"version": champion.version, "metrics": champion.metrics.get("metrics", {}),
-                             "note": f"champion needs columns {missing} absent from this dataset"}
-        else:
-            champion_eval = {"version": champion.version,
-                             **evaluate(champion_model, test_df, contract, model_cfg.task)}
+    champion_eval = champion_evaluation(inp.model, test_df, contract, model_cfg, models=models, registry=registry)
     verdict = gate(model_cfg, candidate["metrics"], champion_eval)
     return {"candidate": candidate, "champion": champion_eval, **verdict}
+
+
+def champion_evaluation(model: str, test_df: Any, contract: DataContract, model_cfg: ModelConfig, *,
+                        models: ObjectStore, registry: Registry) -> dict[str, Any] | None:
+    """The champion measured on the candidate's held-out rows (None: no champion yet). A trained candidate and an
+    imported one (``mlops.pipeline.external``) are compared with it alike."""
+    from mlops.serving.onnx_model import OnnxModel
+    from mlops.training.evaluation import evaluate
+
+    champion = registry.alias(model, CHAMPION)
+    if champion is None:
+        return None
+    _b, key = parse_s3_uri(champion.model_uri)
+    champion_model = OnnxModel(_verified_onnx(models, key, champion.onnx_sha256))
+    missing = sorted(set(champion_model.input_names) - set(test_df.columns))
+    if missing:
+        # The schema changed: the champion cannot score these rows, so the comparison falls back to
+        # the champion's own recorded metrics, which is said in the result.
+        return {"version": champion.version, "metrics": champion.metrics.get("metrics", {}),
+                "note": f"champion needs columns {missing} absent from this dataset"}
+    return {"version": champion.version, **evaluate(champion_model, test_df, contract, model_cfg.task)}
 
 
 # -- register ------------------------------------------------------------------------------------------------
@@ -179,8 +192,10 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
     onnx_bytes = _verified_onnx(models, cand + "model.onnx", train["onnx_sha256"])
     final = run_artefacts_prefix(inp.model, inp.run_id)
     dataset_manifest_bucket, dataset_manifest_key = parse_s3_uri(inp.dataset.manifest_uri)
-    # what serving and drift_check read besides the model: each verified against these before use
-    sidecars = {name: models.get_bytes(cand + name) for name in ("baseline.json", "contract.json")}
+    # what serving and drift_check read besides the model: each verified against these before use (an imported
+    # candidate without data has no baseline: its train summary lists what it has)
+    names = train.get("sidecars", ("baseline.json", "contract.json"))
+    sidecars = {name: models.get_bytes(cand + name) for name in names}
     manifest = build_manifest(
         model=inp.model,
         run_id=inp.run_id,
@@ -196,14 +211,18 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
         metrics=evaluation["candidate"]["metrics"],
         latency=evaluation["candidate"].get("latency", {}),
         timings=train["timings"],
-        extra={"parity_max_abs_diff": train["parity_max_abs_diff"], "execution_arn": execution_arn,
+        extra={"parity_max_abs_diff": train["parity_max_abs_diff"], "parity_tolerance": train.get("parity_tolerance"),
+               "execution_arn": execution_arn,
                "feature_store": train.get("features"),
                "champion_at_evaluation": evaluation.get("champion"), "reason": inp.reason,
                "training_backend": {"backend": inp.training_backend, "reason": inp.training_backend_reason},
                "dataset_manifest": {"bucket": dataset_manifest_bucket, "key": dataset_manifest_key},
                **{name.removesuffix(".json"): {"uri": models.uri(final + name),
                                                "sha256": hashlib.sha256(body).hexdigest()}
-                  for name, body in sidecars.items()}},
+                  for name, body in sidecars.items()},
+               # a model trained outside the platform (mlops.pipeline.external) says what it is instead of what a
+               # training run knows (its dataset, its backend): its source, file, importer, what it was measured on
+               **train.get("lineage", {})},
     )
     # Artefacts first, under the run's own prefix; the registry record that makes them a version comes last.
     if not models.exists(final + "model.onnx"):
@@ -220,7 +239,9 @@ def register_step(inp: PipelineInput, train: dict[str, Any], evaluation: dict[st
     version = registry.register(
         model=inp.model, run_id=inp.run_id, artefacts_prefix=models.uri(final),
         onnx_sha256=train["onnx_sha256"], dataset_sha256=inp.dataset.sha256,
-        metrics={"metrics": evaluation["candidate"]["metrics"], "latency": evaluation["candidate"].get("latency", {})},
+        metrics={"metrics": evaluation["candidate"]["metrics"], "latency": evaluation["candidate"].get("latency", {}),
+                 # an imported model's metrics as declared, not measured (no data to measure it on yet)
+                 **({"metrics_declared": True} if evaluation["candidate"].get("declared") else {})},
         alias=alias, manifest_sha256=manifest_sha256,
     )
     split, rollout = None, None

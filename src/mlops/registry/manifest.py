@@ -24,13 +24,18 @@ MANIFEST_FORMAT = "mlops.registry.manifest/1"
 CODE_VERSION_ENV = "MLOPS_CODE_VERSION"
 PACKAGE = "serverless-mlops"
 
-_LIBRARIES = {
-    "sklearn": "scikit-learn",
-    "skl2onnx": "skl2onnx",
-    "onnx": "onnx",
-    "onnxruntime": "onnxruntime",
-    "numpy": "numpy",
-    "pandas": "pandas",
+# import name -> its distributions, the first installed one counted (xgboost-cpu is the CPU-only wheel of xgboost)
+_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "sklearn": ("scikit-learn",),
+    "skl2onnx": ("skl2onnx",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime",),
+    "numpy": ("numpy",),
+    "pandas": ("pandas",),
+    # the xgboost and lightgbm families (mlops.training.boosting) and their converters
+    "xgboost": ("xgboost-cpu", "xgboost"),
+    "lightgbm": ("lightgbm",),
+    "onnxmltools": ("onnxmltools",),
 }
 
 
@@ -67,11 +72,14 @@ def code_version() -> str:
 
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for key, dist in _LIBRARIES.items():
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
+    for key, dists in _LIBRARIES.items():
+        out[key] = None
+        for dist in dists:
+            try:
+                out[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 
@@ -111,7 +119,7 @@ def build_manifest(
     family: str,
     task: str,
     params: Mapping[str, Any],
-    seed: int,
+    seed: int | None,
     onnx_bytes: bytes,
     dataset: Mapping[str, Any],
     classes: Sequence[str] = (),
@@ -134,7 +142,8 @@ def build_manifest(
     ``dataset`` needs ``sha256`` (of the source file bytes) and usually has ``uri`` and ``rows``; other
     keys (contract version, curated manifest) are kept. ``version`` is None until the registry assigns
     one (offline runs). ``features`` are column names or contract column dicts, as the caller has them.
-    ``code`` overrides :func:`code_version`; ``extra`` keys are added at the top level.
+    ``code`` overrides :func:`code_version`; ``extra`` keys are added at the top level. ``seed`` is None for a
+    model trained outside the platform (``mlops models import``).
     """
     if "sha256" not in dataset:
         raise ValueError("dataset must carry the sha256 of the data the model was trained on")

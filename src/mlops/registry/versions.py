@@ -21,6 +21,8 @@ CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 
 META = "META"  # the version counter: latest_version
+# a version's dataset_sha256 when it was trained outside the platform (mlops models import): its data is not known
+EXTERNAL_DATASET = "external"
 
 
 def version_sk(version: int) -> str:

@@ -1,6 +1,7 @@
 """What the rollout's guardrails read: each model version's requests, server errors and p95 latency, from
 the CloudWatch metrics the infer function publishes (``Requests``, ``ServerErrors``, ``Latency`` with the
-dimensions service=infer, model, model_version; see functions/infer/handler.py)."""
+dimensions service=infer, model, model_version; see functions/infer/handler.py), and how a rollout with no feedback
+labels to test on (a clustering) decides on them alone (``guardrail_only_decision``)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,43 @@ class ServingMetrics:
                              # the window may straddle two periods: the worse of the two is the safe reading
                              p95_ms=max(values[f"p{v}"]) if values.get(f"p{v}") else None)
                 for v in versions}
+
+
+# the `metric` of a guardrail-only rollout's looks (a model without labels: a clustering), in the registry and in
+# `mlops ab status`
+GUARDRAILS_ONLY = "guardrails"
+
+
+def guardrail_only_decision(health: dict[str, Any], *, elapsed_hours: float, min_requests: int, min_hours: float,
+                            max_hours: float) -> tuple[str, str]:
+    """(action, reason) of one look of a rollout with no feedback labels to test on (a clustering: its predictions are
+    cluster ids, which no outcome confirms), from ``health`` ({"champion": ArmHealth.to_dict(), "challenger": ...},
+    or empty without serving metrics); a breached guardrail has rolled the challenger back before this is asked.
+    Promote once the challenger served ``min_requests`` requests and ``min_hours`` passed within the guardrails; keep
+    the champion after ``max_hours`` without that much traffic; otherwise wait. The reason says so, plainly."""
+    plain = "guardrail-only rollout (a clustering has no feedback labels: no quality test, only error rate and p95)"
+    champion, challenger = health.get("champion"), health.get("challenger")
+    if challenger is None:
+        served = "no serving metrics to read"
+    else:
+        served = f"challenger served {challenger['requests']:.0f} requests (at least {min_requests} needed)"
+        if champion is not None:
+            served += (f", error rate {_rate(challenger['error_rate'])} vs champion {_rate(champion['error_rate'])}, "
+                       f"p95 {_ms(challenger['p95_ms'])} vs champion {_ms(champion['p95_ms'])}")
+    enough = challenger is not None and challenger["requests"] >= min_requests
+    if enough and elapsed_hours >= min_hours:
+        return "promote", f"{plain}: {served} over {elapsed_hours:.2f} h, within the guardrails"
+    if elapsed_hours > max_hours:
+        return "stop_no_difference", (f"{plain}: {served} after {elapsed_hours:.1f} h (maximum duration), not enough "
+                                      "to judge the guardrails; keep the champion")
+    waiting = [] if enough else [f"{min_requests} requests"]
+    waiting += [] if elapsed_hours >= min_hours else [f"{min_hours:g} h (now {elapsed_hours:.2f} h)"]
+    return "continue", f"{plain}: {served}; waiting for {' and '.join(waiting)}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"

@@ -16,7 +16,7 @@ from mlops.core.config import ModelConfig
 from mlops.registry.store import Registry
 from mlops.registry.versions import CHALLENGER, CHAMPION
 from mlops.release.deploy import Split
-from mlops.release.guardrails import ServingMetrics
+from mlops.release.guardrails import GUARDRAILS_ONLY, ServingMetrics
 
 RUNS_SHOWN = 5
 
@@ -63,7 +63,7 @@ def model_status(model: ModelConfig, *, registry: Registry, split: Split, metric
             "challenger": challenger, "looks": len(looks),
             "last_look": None if last_look is None else {k: last_look.get(k) for k in (
                 "at", "action", "reason", "n_control", "n_treatment", "rate_control", "rate_treatment",
-                "p_value")},
+                "p_value", "metric")},
             "history": [{"at": look["at"], "rate_control": look.get("rate_control"),
                          "rate_treatment": look.get("rate_treatment"), "n_control": look.get("n_control"),
                          "n_treatment": look.get("n_treatment")} for look in looks]},
@@ -116,6 +116,9 @@ def _rollout(status: dict[str, Any]) -> str:
     weight = status["split"]["weights"]["challenger"]
     if look is None:
         return f"canary v{rollout['challenger']} at {weight:.0%}, no look yet"
+    if look.get("metric") == GUARDRAILS_ONLY:  # a clustering: no feedback labels, no test
+        return (f"canary v{rollout['challenger']} at {weight:.0%}: look {rollout['looks']}, {look['action']} "
+                f"(guardrails only, no feedback labels to test on; requests {look['n_control']}/{look['n_treatment']})")
     return (f"canary v{rollout['challenger']} at {weight:.0%}: look {rollout['looks']}, {look['action']} "
             f"(n {look['n_control']}/{look['n_treatment']}, p {look['p_value']:.3g})")
 
@@ -152,7 +155,7 @@ def _charts(status: dict[str, Any]) -> str:
     if rollout and rollout["history"]:
         start = datetime.fromisoformat(rollout["history"][0]["at"])
         points = [((datetime.fromisoformat(h["at"]) - start).total_seconds() / 60, h) for h in rollout["history"]
-                  if h["n_control"] and h["n_treatment"]]
+                  if h["n_control"] and h["n_treatment"] and h["rate_control"] is not None]
         if points:
             charts.append(line_chart_svg(
                 {f"champion v{(status['champion'] or {}).get('version')}": [(x, h["rate_control"]) for x, h in points],
@@ -193,6 +196,7 @@ def render_html(view: dict[str, Any]) -> str:
 </section>""")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Every model - status</title>
+<link rel="icon" href="data:,">
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25em .5em;font-size:.9em;text-align:left}}section{{margin-bottom:2em}}</style>
 </head><body>

@@ -1,8 +1,10 @@
 """rollout: one look at a canary. Join the captured predictions of champion and challenger with their
 feedback (by request id), feed the always-valid sequential test (``mlops.release.abtest``), and act: promote,
-roll back, or wait for more data. The Step Functions loop (``infra/rollout.asl.json``) calls this after
-every wait; the test's state travels in the execution's payload, and every MAX_LOOKS_PER_EXECUTION looks
-to a new execution of the same state machine (below: an execution's history is bounded).
+roll back, or wait for more data. A model without feedback labels (a clustering) has no test: its looks decide on the
+guardrails, the challenger's traffic and the canary's duration alone (``guardrails.guardrail_only_decision``).
+The Step Functions loop (``infra/rollout.asl.json``) calls this after every wait; the test's state travels in the
+execution's payload, and every MAX_LOOKS_PER_EXECUTION looks to a new execution of the same state machine (below: an
+execution's history is bounded).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mlops.release.abtest import (
     ratio_from_weight,
     sequential_inflation,
 )
-from mlops.release.guardrails import ServingMetrics
+from mlops.release.guardrails import GUARDRAILS_ONLY, ServingMetrics, guardrail_only_decision
 from mlops.release.lifecycle import Lifecycle, RolloutInProgress
 
 # -- how long one execution may loop ---------------------------------------------------------------------------------
@@ -319,22 +321,36 @@ def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, 
     ttl = max(model_cfg.rollout_interval_seconds * 3, LOOK_SECONDS)
     if not registry.acquire_lock(state.model, lock_owner, ttl_seconds=ttl):
         raise RolloutInProgress(f"another rollout or a manual change holds the lock of {state.model}")
-    if state.test is None:
-        champion = registry.version(state.model, state.champion)
-        baseline = float((champion.metrics.get("metrics", {}) if champion else {}).get("accuracy", 0.8))
-        test = _new_test(model_cfg, baseline)
-    else:
-        test = SequentialTest.from_dict(state.test)
-    join_new_captures(state, captures)
-    decision = _look_at_metric(state, test, model_cfg.rollout_metric)
-    action, reason = decision.action, decision.reason
-    breach, health_numbers = _guardrails(state, model_cfg, health, now)
     elapsed_hours = (now - datetime.fromisoformat(state.started_at)).total_seconds() / 3600
+    test: SequentialTest | None = None
+    if not model_cfg.task.has_labels:
+        breach, health_numbers = _guardrails(state, model_cfg, health, now)
+        # no feedback labels (a clustering): no test, the guardrails, traffic and time decide
+        action, reason = guardrail_only_decision(
+            health_numbers, elapsed_hours=elapsed_hours, min_requests=model_cfg.guardrail_min_requests,
+            min_hours=model_cfg.guardrail_min_hours, max_hours=model_cfg.rollout_max_hours)
+        arms = [health_numbers.get(arm, {}).get("requests") for arm in ("champion", "challenger")]
+        statistics: dict[str, Any] = {
+            "n_control": int(arms[0] or 0), "n_treatment": int(arms[1] or 0), "guardrail_only": True,
+            **dict.fromkeys(("p_value", "lower", "upper", "rate_control", "rate_treatment", "boundary", "statistic"))}
+        metric = GUARDRAILS_ONLY
+    else:
+        if state.test is None:
+            champion = registry.version(state.model, state.champion)
+            baseline = float((champion.metrics.get("metrics", {}) if champion else {}).get("accuracy", 0.8))
+            test = _new_test(model_cfg, baseline)
+        else:
+            test = SequentialTest.from_dict(state.test)
+        join_new_captures(state, captures)
+        decision = _look_at_metric(state, test, model_cfg.rollout_metric)
+        action, reason, statistics, metric = (decision.action, decision.reason, decision.to_dict(),
+                                              model_cfg.rollout_metric)
+        breach, health_numbers = _guardrails(state, model_cfg, health, now)
     if breach:
         action, reason = "rollback", f"guardrail breached: {breach}"
     elif action == "continue" and elapsed_hours > model_cfg.rollout_max_hours:
         action, reason = "stop_no_difference", f"no decision after {elapsed_hours:.1f} h (maximum duration)"
-    look = {"at": now.isoformat(timespec="seconds"), **decision.to_dict(), "metric": model_cfg.rollout_metric,
+    look = {"at": now.isoformat(timespec="seconds"), **statistics, "metric": metric,
             "champion": state.champion, "action": action, "reason": reason, "health": health_numbers,
             "number": state.looks + 1}
     registry.record_look(state.model, state.challenger, look)
@@ -346,7 +362,7 @@ def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, 
         action = "rollback"
     else:
         registry.release_lock(state.model, lock_owner)
-    payload = {**state.model_dump(), "test": test.to_dict(), "looks": state.looks + 1,
+    payload = {**state.model_dump(), "test": test.to_dict() if test else None, "looks": state.looks + 1,
                "history": [*state.history[-49:], look], "action": action, "reason": reason,
                "wait_seconds": model_cfg.rollout_interval_seconds, "execution_looks": state.execution_looks + 1}
     share = max_looks or looks_per_execution(model_cfg.rollout_interval_seconds)

@@ -3,7 +3,8 @@
 Each look carries its statistics (n and metric per arm, the always-valid p-value, the confidence sequence
 of challenger - champion, the mSPRT statistic and its boundary) and the action taken; the report is the
 same data as a table, JSON, or a self-contained HTML page with two charts: the metric per arm over time,
-and the test statistic against its decision boundary.
+and the test statistic against its decision boundary. A guardrail-only rollout (a clustering: no feedback labels,
+no test) shows each look's requests, p95 latency and error rate per arm instead, and says why.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from mlops.core.charts import line_chart_svg
 from mlops.core.errors import MlopsError
 from mlops.registry.store import Registry
 from mlops.release.deploy import Split
+from mlops.release.guardrails import GUARDRAILS_ONLY
+
+# what a guardrail-only rollout's report says it is
+GUARDRAILS_ONLY_NOTE = ("guardrails only: a clustering has no feedback labels to test on, so the challenger is "
+                        "promoted once it served enough requests for long enough within the error-rate and p95 "
+                        "guardrails")
 
 
 class NoRollout(MlopsError):
@@ -36,17 +43,39 @@ def ab_status(registry: Registry, split: Split, model: str, challenger: int | No
     return {"model": model, "challenger": challenger, "champion": last.get("champion"),
             "metric": last.get("metric", "accuracy"), "state": "running" if last["action"] == "continue"
             else last["action"], "decision_reason": last.get("reason"), "aliases": aliases,
-            "split": split.to_dict(), "looks": looks}
+            "split": split.to_dict(), "looks": looks,
+            "guardrail_only": last.get("metric") == GUARDRAILS_ONLY}
 
 
 def _num(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _arm(look: dict[str, Any], arm: str, key: str) -> Any:
+    return ((look.get("health") or {}).get(arm) or {}).get(key)
+
+
+def _guardrail_table(status: dict[str, Any], head: str) -> str:
+    weights = status["split"]["weights"]
+    lines = [head, GUARDRAILS_ONLY_NOTE,
+             f"live split now: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}", "",
+             f"{'at':<25} {'req champ':>9} {'req chall':>9} {'p95 champ':>9} {'p95 chall':>9} {'err champ':>9} "
+             f"{'err chall':>9}  action"]
+    for look in status["looks"]:
+        lines.append(f"{look['at']:<25} {look['n_control']:>9} {look['n_treatment']:>9} "
+                     f"{_num(_arm(look, 'champion', 'p95_ms'), '.1f'):>9} "
+                     f"{_num(_arm(look, 'challenger', 'p95_ms'), '.1f'):>9} "
+                     f"{_num(_arm(look, 'champion', 'error_rate'), '.2%'):>9} "
+                     f"{_num(_arm(look, 'challenger', 'error_rate'), '.2%'):>9}  {look['action']}")
+    return "\n".join(lines)
+
+
 def render_table(status: dict[str, Any]) -> str:
     head = (f"{status['model']}: challenger v{status['challenger']} vs champion v{status['champion']} on "
             f"{status['metric']} - {status['state']}"
             + (f" ({status['decision_reason']})" if status["state"] != "running" else ""))
+    if status.get("guardrail_only"):
+        return _guardrail_table(status, head)
     weights = status["split"]["weights"]
     lines = [head, f"live split now: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}",
              "", f"{'at':<25} {'n champ':>8} {'n chall':>8} {'champ':>8} {'chall':>8} {'p-value':>8} "
@@ -66,10 +95,35 @@ def _minutes(looks: list[dict[str, Any]]) -> list[float]:
     return [(datetime.fromisoformat(look["at"]) - start).total_seconds() / 60 for look in looks]
 
 
+def _guardrail_page(status: dict[str, Any], xs: list[float]) -> str:
+    """A guardrail-only rollout's page: p95 latency per arm over time, and each look's figures and reason."""
+    champion, challenger = f"champion v{status['champion']}", f"challenger v{status['challenger']}"
+    points = {name: [(x, _arm(look, arm, "p95_ms")) for x, look in zip(xs, status["looks"], strict=True)
+                     if _arm(look, arm, "p95_ms") is not None]
+              for name, arm in ((champion, "champion"), (challenger, "challenger"))}
+    chart = line_chart_svg(points, title="p95 latency per arm (ms)", x_label="minutes since the first look",
+                           y_label="p95 (ms)") if any(points.values()) else "<p>No serving metrics read yet.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(str(look['at']))}</td><td>{look['n_control']}</td><td>{look['n_treatment']}</td>"
+        f"<td>{_num(_arm(look, 'champion', 'p95_ms'), '.1f')}</td><td>{_num(_arm(look, 'challenger', 'p95_ms'), '.1f')}"
+        f"</td><td>{_num(_arm(look, 'champion', 'error_rate'), '.2%')}</td>"
+        f"<td>{_num(_arm(look, 'challenger', 'error_rate'), '.2%')}</td><td>{escape(str(look['action']))}</td>"
+        f"<td>{escape(str(look.get('reason', '')))}</td></tr>" for look in status["looks"])
+    return _page(f"A/B status - {status['model']}", f"""
+<p>{escape(challenger)} against {escape(champion)}, <b>{escape(GUARDRAILS_ONLY_NOTE)}</b>:
+<b>{escape(str(status['state']))}</b> - {escape(str(status['decision_reason'] or ''))}</p>
+{chart}
+<table><tr><th>at</th><th>requests champion</th><th>requests challenger</th><th>p95 champion (ms)</th>
+<th>p95 challenger (ms)</th><th>errors champion</th><th>errors challenger</th><th>action</th><th>reason</th></tr>
+{rows}</table>""")
+
+
 def render_html(status: dict[str, Any]) -> str:
     looks = status["looks"]
     xs = _minutes(looks)
     champion, challenger = f"champion v{status['champion']}", f"challenger v{status['challenger']}"
+    if status.get("guardrail_only"):
+        return _guardrail_page(status, xs)
     started = [(x, look) for x, look in zip(xs, looks, strict=True) if look["n_control"] and look["n_treatment"]]
     metric_chart = line_chart_svg(
         {champion: [(x, look["rate_control"]) for x, look in started],
@@ -85,19 +139,23 @@ def render_html(status: dict[str, Any]) -> str:
         f"<td>{_num(look['p_value'], '.3g')}</td><td>{_num(look.get('lower'), '+.4f')} .. "
         f"{_num(look.get('upper'), '+.4f')}</td><td>{escape(str(look['action']))}</td>"
         f"<td>{escape(str(look.get('reason', '')))}</td></tr>" for look in looks)
-    title = f"A/B status - {status['model']}"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.25em .5em;font-size:.9em}}</style></head><body>
-<h1>{escape(title)}</h1>
+    return _page(f"A/B status - {status['model']}", f"""
 <p>{escape(challenger)} against {escape(champion)} on <b>{escape(status['metric'])}</b>:
 <b>{escape(str(status['state']))}</b>{(' - ' + escape(str(status['decision_reason']))) if status['state'] != 'running'
                                       else ''}</p>
 {metric_chart}
 {statistic_chart}
 <table><tr><th>at</th><th>n champion</th><th>n challenger</th><th>champion</th><th>challenger</th><th>p-value</th>
-<th>challenger - champion</th><th>action</th><th>reason</th></tr>{rows}</table>
+<th>challenger - champion</th><th>action</th><th>reason</th></tr>{rows}</table>""")
+
+
+def _page(title: str, body: str) -> str:
+    """A self-contained HTML page: its title as the heading, then ``body``."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.25em .5em;font-size:.9em}}</style></head><body>
+<h1>{escape(title)}</h1>
+{body}
 </body></html>
 """
-

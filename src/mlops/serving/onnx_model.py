@@ -5,7 +5,8 @@ library only -- never scikit-learn, skl2onnx or pandas (importing sklearn alone 
 start and ~200 MB of layer). Everything a server needs to know about the model travels in the graph:
 one input per feature column (numeric -> double [N, 1], categorical -> string [N, 1]) and the
 ``metadata_props`` written by :func:`mlops.training.onnx_export.to_onnx` (``classes`` as a JSON list,
-``task``, ``target``, ``features``).
+``task``, ``target``, ``features``). A clustering's graph (``task`` "clustering") answers a cluster id and the distance
+to every cluster's centre; its ``classes`` are the cluster ids.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Prediction:
-    """``labels``: class names (str array) for classifiers, predicted values (float64) for regressors."""
+    """``labels``: class names (str array) for classifiers, cluster ids (str array) for a clustering, predicted values
+    (float64) for regressors. ``distances``: a clustering's Euclidean distances to each cluster's centre (in the
+    model's preprocessed space), one column per id of ``classes``."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     classes: list[str]
+    distances: np.ndarray | None = None
 
     @property
     def values(self) -> np.ndarray:
@@ -157,6 +161,8 @@ class OnnxModel:
         self.is_classifier = "probabilities" in self.output_names
         self.classes: list[str] = json.loads(self.metadata.get(META_CLASSES, "[]"))
         self.task: str | None = self.metadata.get(META_TASK)
+        # a cluster id and the distances to the clusters (skl2onnx's k-means: label, scores)
+        self.is_clustering = self.task == "clustering"
         self.target: str | None = self.metadata.get(META_TARGET)
         self._numeric_names = [i.name for i in self.inputs if i.kind == "numeric"]
         self._held = threading.local()  # each thread's one-row feeds (_one_row)
@@ -182,6 +188,11 @@ class OnnxModel:
             labels = np.asarray(by_name[self.output_names[0]]).ravel().astype(str)
             proba = np.asarray(by_name["probabilities"], dtype=np.float64)
             return Prediction(labels=labels, probabilities=proba, classes=self.classes)
+        if self.is_clustering:
+            distances = np.asarray(outputs[1], dtype=np.float64)
+            clusters = self.classes or [str(i) for i in range(distances.shape[1])]
+            return Prediction(labels=np.asarray(outputs[0]).ravel().astype(str), probabilities=None, classes=clusters,
+                              distances=distances)
         values = np.asarray(outputs[0], dtype=np.float64).ravel()
         return Prediction(labels=values, probabilities=None, classes=[])
 

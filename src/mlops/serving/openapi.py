@@ -23,6 +23,8 @@ PREDICTION = {"type": "object", "required": ["request_id", "model_version", "var
                   "variant": {"enum": ["champion", "challenger", "retired"]},
                   "prediction": {"type": ["string", "number"]},
                   "probabilities": {"type": ["object", "null"], "additionalProperties": {"type": "number"}},
+                  # a clustering's: cluster id -> distance to its centre (its prediction is a cluster id)
+                  "distances": {"type": "object", "additionalProperties": {"type": "number"}},
                   "entity_id": {"type": "string"}, "features_as_of": {"type": "string"}}}
 VERSION = {"type": ["object", "null"], "required": ["version", "created_at", "metrics", "dataset_sha256"],
            "properties": {"version": {"type": "integer"}, "created_at": {"type": "string"},

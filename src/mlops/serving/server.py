@@ -182,6 +182,11 @@ class ModelServer:
         has_label, has_reward = "label" in body, "reward" in body
         if has_label == has_reward:
             raise InvalidInput("give either 'label' (the observed outcome) or 'reward' (a number)", "body")
+        loaded = self.loaded()
+        if loaded.model.is_clustering:
+            raise InvalidInput(f"{self.model_name} is a clustering model: its predictions are cluster ids, which no "
+                               "observed outcome can confirm or refute, so it takes no feedback (its canary is "
+                               "decided on the guardrails alone)", "label" if has_label else "reward")
         label = self._label(body["label"]) if has_label else None
         reward = finite_number(body["reward"], "reward") if has_reward else None
         record = {"type": "feedback", "model": self.model_name, "request_id": request_id,

@@ -139,7 +139,9 @@ def evaluate(
     repeats: int = 200,
     seed: int = 42,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``test_df`` (which holds the target as trained on) plus its latency."""
+    """Metrics of ``model`` on ``test_df`` (which holds the target as trained on) plus its latency. A clustering's
+    metrics are its clusters' separation on these rows (``mlops.training.clustering``; its silhouette sample drawn
+    with ``seed``, so a candidate and the champion are measured on the same rows)."""
     task = Task(task)
     target = contract.target
     features = [c.name for c in contract.feature_columns]
@@ -153,6 +155,10 @@ def evaluate(
         metrics = classification_metrics(
             label_strings(test_df[target]).tolist(), pred.labels, pred.probabilities, classes
         )
+    elif task is Task.CLUSTERING:
+        from mlops.training.clustering import clustering_metrics, evaluation_space
+
+        metrics = clustering_metrics(evaluation_space(test_df, contract), pred.labels, seed=seed)
     else:
         metrics = regression_metrics(test_df[target].to_numpy(dtype=np.float64), pred.values)
     scoring_seconds = time.perf_counter() - start

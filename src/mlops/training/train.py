@@ -13,6 +13,9 @@ Rules this module enforces (each violation raises :class:`mlops.core.errors.Inva
   the evaluation (and the gate built on it) meaningless;
 * the test split must be able to hold at least one row of every class.
 
+A clustering (``task = "clustering"``) has no target: no row is dropped, the split is not stratified, the splits hold
+the feature columns alone, and its "classes" are its cluster ids (``mlops.training.clustering``).
+
 Classification labels are strings everywhere (``label_strings``): integral numbers become ``"0"``/``"1"``
 rather than ``"0.0"``, classes are sorted as strings, so the ONNX label output, the feedback API and the
 metrics all speak the same labels.
@@ -21,10 +24,12 @@ metrics all speak the same labels.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,8 +37,9 @@ import pandas as pd
 
 from mlops.core.config import ModelConfig
 from mlops.core.errors import ConfigError, InvalidDataset
-from mlops.core.families import Family, get_family
+from mlops.core.families import Family, get_family, is_user_code
 from mlops.core.tasks import Task
+from mlops.training import clustering, user_code
 from mlops.training.estimators import build_estimator
 
 if TYPE_CHECKING:
@@ -119,16 +125,29 @@ def build_pipeline(
     params: Mapping[str, Any] | None,
     task: Task | str,
     seed: int,
+    code: Path | None = None,
 ) -> Pipeline:
+    """The family's estimator behind the platform's preprocessing; a family of the user's own code (``code``: where its
+    package is, mlops.training.user_code) may instead return a whole Pipeline, used as it is."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    try:
-        estimator = build_estimator(family, task, params, seed)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    name = family.name if isinstance(family, Family) else family
+    if is_user_code(name):
+        if code is None:
+            raise ConfigError(f"family {name!r} is your own code: its model needs `code` (the package's directory)")
+        estimator = user_code.build(name, code, task=Task(task).value, params=dict(params or {}), seed=seed,
+                                    numeric=list(contract.numeric_features),
+                                    categorical=list(contract.categorical_features))
+        if user_code.is_whole_model(estimator):
+            return estimator
+    else:
+        try:
+            estimator = build_estimator(family, task, params, seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     transformers: list[tuple[str, Any, list[str]]] = []
     if contract.numeric_features:
         # keep_empty_features: a column that is all-missing in training still yields a column, so the
@@ -190,7 +209,7 @@ def _check_classes(y: pd.Series, task: Task, target: str) -> list[str]:
 
 
 def split(
-    df: pd.DataFrame, target: str, test_size: float, seed: int, stratify: bool
+    df: pd.DataFrame, target: str | None, test_size: float, seed: int, stratify: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A deterministic train/test split (same frame + seed -> same rows, in the same order)."""
     from sklearn.model_selection import train_test_split
@@ -225,12 +244,16 @@ def sklearn_threads(rows: int) -> AbstractContextManager[Any]:
     return threadpool_limits(limits=1, user_api="openmp")
 
 
-def _fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series) -> float:
+def _fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series | None) -> float:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils._param_validation import InvalidParameterError
 
+    # XGBoost and LightGBM check their params' values in their C++ core, at fit time (max_depth=-2, num_leaves=1):
+    # mlops.training.boosting is loaded when the pipeline holds one of them (it built the estimator)
+    boosting = sys.modules.get("mlops.training.boosting")
+    param_errors = (InvalidParameterError, *(boosting.PARAM_ERRORS if boosting else ()))
     start = time.perf_counter()
     with warnings.catch_warnings():
         # A non-converged lbfgs still yields a usable model; the gate judges it on its metrics.
@@ -238,7 +261,7 @@ def _fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series) -> float:
         try:
             with sklearn_threads(len(X)):
                 pipeline.fit(X, y)
-        except InvalidParameterError as exc:
+        except param_errors as exc:
             # sklearn validates hyperparameter values at fit time (n_estimators=0, C=-1, ...)
             raise ConfigError(f"invalid model params: {exc}") from exc
     return time.perf_counter() - start
@@ -253,19 +276,24 @@ def train_split(
     task: Task,
     params: Mapping[str, Any] | None,
     seed: int,
-    target: str,
+    target: str | None,
     dropped_rows: int = 0,
+    code: Path | None = None,
 ) -> TrainResult:
     """Fit on an existing split (used to compare families on the very same rows)."""
     fam = get_family(family)
-    pipeline = build_pipeline(contract, fam, params, task, seed)
+    pipeline = build_pipeline(contract, fam, params, task, seed, code)
     X = feature_frame(train_df, contract)
-    y = train_df[target]
+    y = None if target is None else train_df[target]
+    if task is Task.CLUSTERING:
+        clustering.check_rows(pipeline, len(X))
     fit_seconds = _fit(pipeline, X, y)
-    classes = [str(c) for c in pipeline.classes_] if task.is_classification else []
-    cols = [*X.columns, target]
-    train_out = pd.concat([X, y], axis=1)[cols]
-    test_out = pd.concat([feature_frame(test_df, contract), test_df[target]], axis=1)[cols]
+    classes = [str(c) for c in pipeline.classes_] if task.is_classification else (
+        clustering.cluster_ids(pipeline) if task is Task.CLUSTERING else [])
+    test_X = feature_frame(test_df, contract)
+    cols = [*X.columns, *([target] if target is not None else [])]
+    train_out = X if y is None else pd.concat([X, y], axis=1)[cols]
+    test_out = test_X if target is None else pd.concat([test_X, test_df[target]], axis=1)[cols]
     return TrainResult(
         pipeline=pipeline,
         train_df=train_out,
@@ -281,15 +309,17 @@ def train_split(
 
 
 def prepare_and_split(
-    df: pd.DataFrame, contract: DataContract, *, target: str, task: Task, test_size: float, seed: int
+    df: pd.DataFrame, contract: DataContract, *, target: str | None, task: Task, test_size: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Clean the target, check the class rules and split: everything ``train`` does before fitting."""
-    prepared, dropped = _prepare_target(df, target, task)
+    """Clean the target, check the class rules and split: everything ``train`` does before fitting. Without a target
+    (a clustering) every row is kept."""
+    prepared, dropped = (df, 0) if target is None else _prepare_target(df, target, task)
     if len(prepared) < MIN_ROWS:
         raise InvalidDataset(
-            f"the dataset has {len(prepared)} rows with a target value; at least {MIN_ROWS} are needed"
+            f"the dataset has {len(prepared)} rows{' with a target value' if target is not None else ''}; at least "
+            f"{MIN_ROWS} are needed"
         )
-    if task.is_classification:
+    if task.is_classification and target is not None:
         _check_classes(prepared[target], task, target)
     train_df, test_df = split(prepared, target, test_size, seed, stratify=task.is_classification)
     return train_df, test_df, dropped
@@ -316,6 +346,7 @@ def train(df: pd.DataFrame, contract: DataContract, config: ModelConfig) -> Trai
         seed=config.seed,
         target=config.target,
         dropped_rows=dropped,
+        code=user_code.code_root(config) if config.code is not None else None,
     )
 
 
@@ -333,5 +364,5 @@ def _json_param(value: Any) -> Any:
 
 def _effective_params(pipeline: Pipeline) -> dict[str, Any]:
     """The estimator's hyperparameters as fitted (defaults included), as JSON values."""
-    params = pipeline.named_steps["model"].get_params(deep=False)
+    params = pipeline.steps[-1][1].get_params(deep=False)  # "model", or a user's Pipeline's last step
     return {key: _json_param(value) for key, value in sorted(params.items())}
