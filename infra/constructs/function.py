@@ -98,19 +98,18 @@ class Packaging(Construct):
         import is then the same in the image as next to mlops.toml here. NO_USER_CODE when no model has code."""
         if self._user_code is not None:
             return self._user_code
-        models = [m for m in load_config(self.config_file).models if m.code is not None]
-        if not models:
+        codes = [(m.name, m.code) for m in load_config(self.config_file).models if m.code is not None]
+        if not codes:
             self._user_code = NO_USER_CODE
             return NO_USER_CODE
         stage = user_code_stage(self.config_file)
         shutil.rmtree(stage, ignore_errors=True)
-        for model in models:
-            assert model.code is not None
-            source = self.config_file.resolve().parent / model.code
+        for name, code in codes:
+            source = self.config_file.resolve().parent / code
             if not source.is_dir():
-                raise FileNotFoundError(f"model {model.name!r}: its code directory {source} does not exist (`code` "
+                raise FileNotFoundError(f"model {name!r}: its code directory {source} does not exist (`code` "
                                         f"is relative to {self.config_file})")
-            shutil.copytree(source, stage / model.code, dirs_exist_ok=True,
+            shutil.copytree(source, stage / code, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         self._user_code = stage.relative_to(ROOT).as_posix()
         return self._user_code

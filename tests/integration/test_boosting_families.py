@@ -7,6 +7,7 @@ XGBoost regressor, a LightGBM multiclass classifier and a LightGBM regressor."""
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,7 +59,8 @@ params = { n_estimators = 30, num_leaves = 7 }
 thresholds = { r2 = 0.2 }
 primary_metric = "r2"
 """
-FAMILY = {"xgb-churn": "xgboost", "xgb-diabetes": "xgboost", "lgbm-wine": "lightgbm", "lgbm-diabetes": "lightgbm"}
+# model -> its family, as CONFIG declares it
+FAMILY = {model["name"]: model["family"] for model in tomllib.loads(CONFIG)["model"]}
 
 
 def churn() -> pd.DataFrame:

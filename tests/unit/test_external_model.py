@@ -137,6 +137,8 @@ def test_classes_a_double_model_does_not_name_are_read_off_its_answers(
     onnx_bytes, _pipeline = _sklearn_onnx(data, DoubleTensorType)  # its classes are a tensor, not an attribute
     adopted = adopt(onnx_bytes, _contract(), "binary", rows=rows)
     assert (adopted.classes, adopted.classes_from) == (["0", "1"], "rows")
+    # the model served is the stored copy, whose classes were learnt after the rows were scored
+    assert (adopted.served().model_bytes, adopted.served().classes) == (adopted.onnx_bytes, ["0", "1"])
     assert not any("declared double" in change for change in adopted.changes)
 
 
@@ -155,31 +157,26 @@ def test_a_regression_gives_one_number_per_row(data: tuple[pd.DataFrame, pd.Seri
     assert "a regression gives one output" in str(refused)
 
 
-def test_a_missing_input_is_named_with_what_the_platform_feeds(rows: list[dict[str, Any]]) -> None:
-    refused = _refusal(_tiny_classifier(GOOD_INPUTS), rows, _contract({"name": "x4", "kind": "numeric"}))
-    assert refused.problems == ["missing input 'x4': the contract's numeric column 'x4' is fed as an input of its "
-                                "name, a float or double tensor [N, 1]"]
-
-
-def test_an_extra_input_is_named_and_the_target_is_no_input(rows: list[dict[str, Any]]) -> None:
-    inputs = [*GOOD_INPUTS, ("x9", TensorProto.DOUBLE, ["N", 1]), ("label", TensorProto.DOUBLE, ["N", 1])]
-    refused = _refusal(_tiny_classifier(inputs), rows)
-    assert refused.problems == [
+@pytest.mark.parametrize(("inputs", "contract", "problems"), [
+    pytest.param(GOOD_INPUTS, _contract({"name": "x4", "kind": "numeric"}), [
+        "missing input 'x4': the contract's numeric column 'x4' is fed as an input of its name, a float or double "
+        "tensor [N, 1]"], id="a missing input is named with what the platform feeds"),
+    pytest.param([*GOOD_INPUTS, ("x9", TensorProto.DOUBLE, ["N", 1]), ("label", TensorProto.DOUBLE, ["N", 1])], None, [
         "extra input 'x9' (tensor(double) [N, 1]): not a column of the contract, whose feature columns are x1, x2, "
         "x3, color",
         "extra input 'label' (tensor(double) [N, 1]): it is the target, which the model predicts; the platform feeds "
-        "only the feature columns"]
-
-
-def test_a_wrong_type_is_named_with_the_type_the_platform_feeds(rows: list[dict[str, Any]]) -> None:
-    inputs = [("x1", TensorProto.INT64, ["N", 1]), GOOD_INPUTS[1], GOOD_INPUTS[2], ("color", TensorProto.FLOAT,
-                                                                                      ["N", 1])]
-    refused = _refusal(_tiny_classifier(inputs), rows)
-    assert refused.problems == [
+        "only the feature columns"], id="an extra input is named and the target is no input"),
+    pytest.param([("x1", TensorProto.INT64, ["N", 1]), GOOD_INPUTS[1], GOOD_INPUTS[2],
+                  ("color", TensorProto.FLOAT, ["N", 1])], None, [
         "input 'x1' is tensor(int64) [N, 1]; the contract's numeric column 'x1' is fed as a float or double tensor "
         "[N, 1]",
         "input 'color' is tensor(float) [N, 1]; the contract's categorical column 'color' is fed as a string tensor "
-        "[N, 1]"]
+        "[N, 1]"], id="a wrong type is named with the type the platform feeds"),
+])
+def test_an_input_that_does_not_fit_the_contract_is_named_with_what_the_platform_feeds(
+        rows: list[dict[str, Any]], inputs: list[tuple[str, int, list[Any]]], contract: DataContract | None,
+        problems: list[str]) -> None:
+    assert _refusal(_tiny_classifier(inputs), rows, contract).problems == problems
 
 
 def test_shapes_other_than_n_by_1_are_refused(rows: list[dict[str, Any]]) -> None:
@@ -249,6 +246,7 @@ def test_outputs_are_laid_out_as_serving_reads_them(rows: list[dict[str, Any]]) 
 def test_declared_classes_are_checked_against_the_answers(rows: list[dict[str, Any]]) -> None:
     adopted = adopt(_tiny_classifier(GOOD_INPUTS, classes='["0", "1"]'), _contract(), "binary", rows=rows)
     assert (adopted.classes, adopted.classes_from) == (["0", "1"], "metadata_props")
+    assert (adopted.served().model_bytes, adopted.served().classes) == (adopted.onnx_bytes, ["0", "1"])
     refused = _refusal(_tiny_classifier(GOOD_INPUTS, classes='["1", "0"]'), rows)
     assert "its label differs from the class of its highest probability" in refused.problems[0]
 

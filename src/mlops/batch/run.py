@@ -141,16 +141,18 @@ def _from_text(spec: FeatureSpec, text: str) -> Any:
     return text
 
 
+def per_class(loaded: LoadedModel) -> tuple[str, str] | None:
+    """(output column prefix, answer key) of a classifier's probabilities or a clustering's distances, per class."""
+    if loaded.model.is_classifier:
+        return "probability_", "probabilities"
+    return ("distance_", "distances") if loaded.model.is_clustering else None
+
+
 def added_columns(loaded: LoadedModel) -> dict[str, pa.DataType]:
-    model = loaded.model
-    columns: dict[str, pa.DataType] = {
-        "prediction": pa.string() if model.is_classifier or model.is_clustering else pa.float64()}
-    if model.is_classifier:
-        columns.update({f"probability_{c}": pa.float64() for c in model.classes})
-    elif model.is_clustering:  # the cluster id, and the distance to each cluster's centre
-        columns.update({f"distance_{c}": pa.float64() for c in model.classes})
-    columns["model_version"] = pa.int64()
-    return columns
+    if (figures := per_class(loaded)) is None:  # a regression: its prediction is a number
+        return {"prediction": pa.float64(), "model_version": pa.int64()}
+    return {"prediction": pa.string(), **{f"{figures[0]}{c}": pa.float64() for c in loaded.model.classes},
+            "model_version": pa.int64()}
 
 
 def object_problem(columns: list[str], schema: list[FeatureSpec], added: list[str]) -> tuple[str, str] | None:
@@ -211,12 +213,10 @@ class ObjectScorer:
         failed += [(chunk.numbers[p], None, NO_ANSWER) for p, a in zip(positions, answers, strict=True) if a is None]
         found = [a for a in answers if a is not None]
         added: dict[str, list[Any]] = {"prediction": [a["prediction"] for a in found]}
-        if self.loaded.model.is_classifier:
+        if (figures := per_class(self.loaded)) is not None:
+            prefix, key = figures
             for c in self.loaded.model.classes:
-                added[f"probability_{c}"] = [a["probabilities"][c] for a in found]
-        elif self.loaded.model.is_clustering:
-            for c in self.loaded.model.classes:
-                added[f"distance_{c}"] = [a["distances"][c] for a in found]
+                added[f"{prefix}{c}"] = [a[key][c] for a in found]
         added["model_version"] = [self.loaded.version.version] * len(found)
         return keep, added, sorted(failed, key=lambda f: f[0])
 

@@ -219,11 +219,17 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_family(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("family") is None:
+    def _task_defaults(cls, data: Any) -> Any:
+        """What the task gives a model that leaves them out: its family (DEFAULT_FAMILIES) and, for a clustering (no
+        accuracy to measure), silhouette as its primary_metric."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task", Task.BINARY)
+        if data.get("family") is None:
             # an unknown task is reported by the task field: any family here keeps that the only error
-            task = data.get("task", Task.BINARY)
             data = {**data, "family": DEFAULT_FAMILIES.get(task, DEFAULT_FAMILIES[Task.BINARY])}
+        if task == Task.CLUSTERING and "primary_metric" not in data:
+            data = {**data, "primary_metric": "silhouette"}
         return data
 
     @model_validator(mode="after")
@@ -322,13 +328,6 @@ class ModelConfig(BaseModel):
                 "year): a Step Functions execution times out after a year, and each of the rollout's executions waits "
                 "at least once")
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _clustering_primary_metric(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("task") == Task.CLUSTERING and "primary_metric" not in data:
-            data = {**data, "primary_metric": "silhouette"}
-        return data
 
     @model_validator(mode="after")
     def _target_fits_task(self) -> ModelConfig:

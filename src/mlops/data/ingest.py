@@ -32,7 +32,7 @@ from mlops.core.errors import FileRejected, RegistryConflict, UnknownModel
 from mlops.data.frames import PARQUET
 from mlops.data.inference import infer_contract
 from mlops.data.reading import CsvReader
-from mlops.data.schema import DataContract
+from mlops.data.schema import DataContract, contract_key
 from mlops.data.validation import ChunkedValidation
 from mlops.data.writers import CuratedWriter, QuarantineWriter
 
@@ -71,7 +71,7 @@ class ContractStore:
         self.store = store
 
     def _prefix(self, model: str) -> str:
-        return f"contracts/{model}/"
+        return f"{layout.CONTRACTS}{model}/"
 
     def current(self, model: str) -> DataContract | None:
         versions = sorted(
@@ -80,11 +80,11 @@ class ContractStore:
         return self.get(model, versions[-1]) if versions else None
 
     def get(self, model: str, version: int) -> DataContract:
-        return DataContract.from_json(self.store.get_bytes(f"{self._prefix(model)}v{version:06d}.json").decode())
+        return DataContract.from_json(self.store.get_bytes(contract_key(model, version)).decode())
 
     def save(self, model: str, contract: DataContract) -> DataContract:
         """Create-only: when two ingests race to write the same version, the first one wins and is used."""
-        key = f"{self._prefix(model)}v{contract.version:06d}.json"
+        key = contract_key(model, contract.version)
         try:
             self.store.put_bytes(key, contract.to_json().encode(), content_type="application/json", create_only=True)
         except RegistryConflict:
@@ -166,12 +166,11 @@ def ingest_object(*, bucket: str, key: str, version_id: str | None, etag: str | 
                 "into parts below the limit, or raise max_file_mb in mlops.toml",
             )
         chunk_bytes = chunk_bytes or max(int(model.ingest_chunk_mb * 2**20), 1)
+        reader = CsvReader(store.open(key, version_id), max_bytes=max_bytes, chunk_bytes=chunk_bytes)
         if plan_map is not None and size is not None and size > model.ingest_map_above_mb * 1024 * 1024:
-            reader = CsvReader(store.open(key, version_id), max_bytes=max_bytes, chunk_bytes=chunk_bytes)
             planned: IngestOutcome = plan_map(outcome, model, reader, store, key=key, version_id=version_id, etag=etag,
                                               size=size, chunk_bytes=chunk_bytes)
             return planned
-        reader = CsvReader(store.open(key, version_id), max_bytes=max_bytes, chunk_bytes=chunk_bytes)
         with tempfile.TemporaryDirectory(prefix="mlops-ingest-") as work:
             return _curate(outcome, model, reader, store, Path(work), size=size, progress=progress)
     except FileRejected as exc:

@@ -34,7 +34,6 @@ import base64
 import hashlib
 import io
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from mlops.data.blocks import RecordBlocks
 from mlops.data.cells import column_text
 from mlops.data.frames import PARQUET
 from mlops.data.ingest import ContractStore, IngestOutcome, MapStarter, contract_rules, publish, reject
-from mlops.data.reading import CsvReader, Header, row_errors
+from mlops.data.reading import CsvReader, Header, row_errors, whole_file_verdicts
 from mlops.data.schema import LINE, REASON, DataContract
 from mlops.data.seen_rows import SeenRows
 from mlops.data.validation import ChunkedValidation
@@ -247,9 +246,8 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
             raise FileRejected(summary["rejected"]["code"], summary["rejected"]["message"])
     contract = ContractStore(store).get(model.name, int(job["contract_version"]))
     # the reader's whole-file verdicts (no data row, mostly ragged rows), on the whole file's counts
-    whole = CsvReader(io.BytesIO(b""), max_bytes=None, header=_header(job))
-    whole.rows, whole.ragged = sum(s["rows"] for s in summaries), sum(s["ragged"] for s in summaries)
-    whole.finish()
+    rows_in = sum(s["rows"] for s in summaries)
+    whole_file_verdicts(job["header"]["names"], rows=rows_in, ragged=sum(s["ragged"] for s in summaries))
 
     # duplicates across parts, in file order
     seen = SeenRows()
@@ -268,24 +266,21 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
         seen.add(hashes[~again], lines[~again])
     del seen
 
+    # the parts' counts as one validation of the whole file
     verdict = ChunkedValidation(contract, max_bad_row_fraction=model.max_bad_row_fraction)
-    verdict.rows = whole.rows
+    verdict.rows = rows_in
     verdict.bad = sum(s["bad"] for s in summaries) + sum(len(d[0]) for d in good_duplicates)
-    reasons: Counter[str] = Counter()
-    categories: dict[str, set[str]] = {}
     for summary in summaries:
         for label, (count, first) in summary["problems"].items():
-            total, at = verdict.problems.get(label, (0, first))
-            verdict.problems[label] = (total + count, min(at, first))
-        reasons.update(dict(summary["reasons"]))
+            verdict.count(label, count, first)
+        verdict.reasons.update(dict(summary["reasons"]))
         for column, values in summary["new_categories"].items():
-            categories.setdefault(column, set()).update(values)
+            verdict.new_categories.setdefault(column, set()).update(values)
     for (_, lines, earlier), bad in zip(good_duplicates, bad_duplicates, strict=True):
         found = [*lines.tolist(), *bad]
         if found:
-            total, at = verdict.problems.get("duplicate row", (0, min(found)))
-            verdict.problems["duplicate row"] = (total + len(found), min(at, *found))
-        reasons.update(f"duplicate of line {line}" for line in [*earlier.tolist(), *bad.values()])
+            verdict.count("duplicate row", len(found), min(found))
+        verdict.reasons.update(f"duplicate of line {line}" for line in [*earlier.tolist(), *bad.values()])
     verdict.finish()  # too many bad rows over the whole file
 
     # a row of a part that repeats one of the same part names that row's line; when that row itself repeats an
@@ -296,6 +291,8 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
         first_of.update(bad)
     curated = CuratedWriter(work / "data.parquet", contract)
     quarantine = QuarantineWriter(work / "rows.csv")
+    # the ranges, read once, for the parts whose curated rows repeat an earlier part's (their text is re-read)
+    items = store.get_json(job["prefix"] + ITEMS) if any(len(lines) for _, lines, _ in good_duplicates) else []
     for i in range(n):
         prefix = _part_prefix(job, i)
         positions, lines, earlier = good_duplicates[i]
@@ -310,16 +307,15 @@ def _merge(outcome: IngestOutcome, store: ObjectStore, model: ModelConfig, job: 
                 offset += table.num_rows
         bad = _quarantined(store, prefix, summaries[i]["quarantined"], bad_duplicates[i])
         if len(lines):
-            bad = pd.concat([bad, _reread(store, job, i, dict(zip(lines.tolist(), earlier.tolist(), strict=True)))]
-                            ).sort_values(LINE, kind="stable")
+            repeats = dict(zip(lines.tolist(), earlier.tolist(), strict=True))
+            bad = pd.concat([bad, _reread(store, job, items[i], repeats)]).sort_values(LINE, kind="stable")
         if first_of and len(bad):
             bad[REASON] = bad[REASON].str.replace(
                 _DUPLICATE_OF, lambda m: f"duplicate of line {first_of.get(int(m.group(1)), int(m.group(1)))}",
                 regex=True)
         quarantine.write(bad)
-    return publish(outcome, model, store, contract, rows_in=whole.rows, curated=curated, quarantine=quarantine,
-                   top_reasons=reasons.most_common(10),
-                   new_categories={column: sorted(values) for column, values in categories.items()})
+    return publish(outcome, model, store, contract, rows_in=rows_in, curated=curated, quarantine=quarantine,
+                   top_reasons=verdict.reasons.most_common(10), new_categories=verdict.categories())
 
 
 _DUPLICATE_OF = r"duplicate of line (\d+)"
@@ -339,18 +335,22 @@ def _quarantined(store: ObjectStore, prefix: str, rows: int, duplicates: dict[in
     return bad
 
 
-def _reread(store: ObjectStore, job: dict[str, Any], index: int, duplicates: dict[int, int]) -> pd.DataFrame:
+def _reread(store: ObjectStore, job: dict[str, Any], part: dict[str, Any],
+            duplicates: dict[int, int]) -> pd.DataFrame:
     """The verbatim text of a part's rows that repeat an earlier part's, re-read from its range."""
-    items = store.get_json(job["prefix"] + ITEMS)
-    reader = _range_reader(store, job, items[index])
+    reader = _range_reader(store, job, part)
     found = []
-    for frame in reader.chunks():
-        hit = frame.index.isin(list(duplicates))
-        if hit.any():
-            rows = pd.DataFrame({str(c): column_text(frame, c)[hit].to_numpy() for c in frame.columns}, dtype="str")
-            rows[LINE] = frame.index.to_numpy(dtype=np.int64)[hit]
-            rows[REASON] = [f"duplicate of line {duplicates[line]}" for line in rows[LINE]]
-            found.append(rows)
+    try:
+        for frame in reader.chunks():
+            hit = frame.index.isin(list(duplicates))
+            if hit.any():
+                rows = pd.DataFrame({str(c): column_text(frame, c)[hit].to_numpy() for c in frame.columns},
+                                    dtype="str")
+                rows[LINE] = frame.index.to_numpy(dtype=np.int64)[hit]
+                rows[REASON] = [f"duplicate of line {duplicates[line]}" for line in rows[LINE]]
+                found.append(rows)
+    finally:
+        reader.close()
     return pd.concat(found) if found else pd.DataFrame()
 
 

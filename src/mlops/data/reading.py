@@ -60,6 +60,8 @@ if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
 # One chunk of a file in memory at a time: a few times this in RSS while it is parsed and validated, whatever the
 # file's size (bench/bench_ingest.py measures it).
 DEFAULT_CHUNK_BYTES = INGEST_CHUNK_MB << 20
+
+
 def read_csv(data: bytes, *, max_bytes: int) -> pd.DataFrame:
     """Parse an uploaded file held in memory into one all-text frame indexed by line number (``_line``)."""
     if len(data) > max_bytes:
@@ -138,19 +140,23 @@ class CsvReader:
 
     def finish(self) -> None:
         assert self.header is not None
-        names = self.header.names
-        if self.rows == 0:
-            raise FileRejected(
-                "header_only",
-                f"the file has a header ({', '.join(names)}) but no data rows; add rows below the header.",
-            )
-        if self.ragged * 2 > self.rows:
-            raise FileRejected(
-                "unparseable",
-                f"{self.ragged} of {self.rows} data rows do not have the header's {len(names)} fields; the file "
-                "must be comma-separated, with values that contain commas quoted: check the delimiter "
-                "and the quoting.",
-            )
+        whole_file_verdicts(self.header.names, rows=self.rows, ragged=self.ragged)
+
+
+def whole_file_verdicts(names: list[str], *, rows: int, ragged: int) -> None:
+    """Refuse a file (or the parts of one, counted together) with no data row, or with mostly ragged rows."""
+    if rows == 0:
+        raise FileRejected(
+            "header_only",
+            f"the file has a header ({', '.join(names)}) but no data rows; add rows below the header.",
+        )
+    if ragged * 2 > rows:
+        raise FileRejected(
+            "unparseable",
+            f"{ragged} of {rows} data rows do not have the header's {len(names)} fields; the file "
+            "must be comma-separated, with values that contain commas quoted: check the delimiter "
+            "and the quoting.",
+        )
 
 
 def _first_chunk(data: bytes, *, threads: bool = True) -> tuple[Header, pd.DataFrame]:

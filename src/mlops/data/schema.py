@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlops.core import layout
+
 # the line-number index of a frame that read_csv returns, and the reason column of quarantined rows: a data column
 # cannot take these names, or a quarantine report would overwrite it
 LINE = "_line"
@@ -136,3 +138,8 @@ class DataContract(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> DataContract:
         return cls.model_validate_json(text)
+
+
+def contract_key(model: str, version: int) -> str:
+    """Where a model's data contract ``version`` is kept (:class:`mlops.data.ingest.ContractStore`)."""
+    return f"{layout.CONTRACTS}{model}/v{version:06d}.json"

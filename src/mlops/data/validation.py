@@ -97,8 +97,7 @@ class ChunkedValidation:
         for problem in problems:
             hits = np.flatnonzero(problem.mask)
             if len(hits):
-                count, at = self.problems.get(problem.label, (0, int(lines[hits[0]])))
-                self.problems[problem.label] = (count + len(hits), min(at, int(lines[hits[0]])))
+                self.count(problem.label, len(hits), int(lines[hits[0]]))
         if n_bad and self.rows and self.bad / self.rows > self.max_bad_row_fraction and self.rows >= _EARLY_ROWS:
             self.finish()  # a file bad from its first chunks is refused before the rest is read
         if n_bad:
@@ -109,6 +108,11 @@ class ChunkedValidation:
         for name, values in result.new_categories.items():
             self.new_categories.setdefault(name, set()).update(values)
         return result
+
+    def count(self, label: str, rows: int, first_line: int) -> None:
+        """``rows`` more rows with the problem ``label``, the first of them on ``first_line``."""
+        total, at = self.problems.get(label, (0, first_line))
+        self.problems[label] = (total + rows, min(at, first_line))
 
     def finish(self) -> None:
         """Refuse the file when more of its rows are bad than the contract allows."""

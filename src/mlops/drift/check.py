@@ -158,7 +158,8 @@ def scan_window(captures: ObjectStore, model: str, champion: ModelVersion, basel
                 labels: bool = True) -> Window:
     """The window [start, end) of the model's captured traffic, with the records of ``earlier`` checks' windows
     that landed after those checks; ``at``: when the listing starts (the wall clock). Without ``labels`` (a
-    clustering) the window's inputs are the rows kept for retraining: a clustering learns from inputs alone."""
+    clustering) the window's inputs are the rows kept for retraining, a clustering learning from inputs alone, and its
+    concept drift is not measured (NO_CONCEPT)."""
     at, earlier = at or datetime.now(UTC), earlier or []
     check = WindowDrift(baseline, cfg, classification=classification)
     target = baseline.get("target") or "target"
@@ -241,7 +242,10 @@ def scan_window(captures: ObjectStore, model: str, champion: ModelVersion, basel
                 flush()
     flush()
     coverage = CaptureCoverage(iso(start), iso(end), after, before, ReadObjects.after(listed, at))
-    return Window(check.result(champion.metrics.get("metrics")), labelled, predictions, feedback, late, coverage)
+    result = check.result(champion.metrics.get("metrics"))
+    if not labels:
+        result.concept = ConceptDrift.not_measured(NO_CONCEPT)
+    return Window(result, labelled, predictions, feedback, late, coverage)
 
 
 # -- the check -------------------------------------------------------------------------------------------
@@ -269,8 +273,6 @@ def check_drift(model: str, *, config: ProjectConfig, window_end: datetime, regi
                          classification=model_cfg.task.is_classification, earlier=earlier, at=listed_at,
                          labels=model_cfg.task.has_labels)
     result = window.result
-    if not model_cfg.task.has_labels:
-        result.concept = ConceptDrift.not_measured(NO_CONCEPT)
     report = build_report(result, context={
         "model": model, "version": champion.version, "window_start": iso(start), "window_end": iso(end),
         "baseline_uri": champion.baseline_uri, "baseline_sha256_verified": verified,

@@ -21,6 +21,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,7 +73,7 @@ def compare_files(reference: Path, current: Path, *, target: str | None = None,
             raise MlopsError(f"{reference}: {exc}") from exc
         summary = StreamedBaseline(contract, reservoir=reservoir, sample=sample)
         ref_check = ChunkedValidation(contract)
-        for frame in _chain(first, frames):
+        for frame in chain([first], frames):
             summary.update(ref_check.chunk(_columns(frame, common)).good.drop(columns=NO_TARGET))
         ref.finish()
         if not summary.rows:
@@ -102,11 +103,6 @@ def _columns(frame: pd.DataFrame, common: list[str]) -> pd.DataFrame:
     # the selection keeps the reader's record of ragged lines (frame.attrs); the constant target is what a contract
     # needs and what nothing compares
     return frame[common].assign(**{NO_TARGET: "0"})
-
-
-def _chain(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    yield first
-    yield from rest
 
 
 def _loosened(contract: DataContract) -> DataContract:
@@ -150,10 +146,10 @@ class _CsvFile:
     def __init__(self, path: Path, chunk_bytes: int) -> None:
         self.path = path
         try:
-            self._stream: BinaryIO = path.open("rb")
+            stream: BinaryIO = path.open("rb")
         except OSError as exc:
             raise MlopsError(f"{path}: cannot be read ({exc})") from exc
-        self.reader = CsvReader(self._stream, max_bytes=None, chunk_bytes=chunk_bytes)
+        self.reader = CsvReader(stream, max_bytes=None, chunk_bytes=chunk_bytes)
         self._chunks = _Ahead(self.reader.chunks())
         # the first chunk holds the header: its names are known once it is parsed
         self._first = self._next()
@@ -168,7 +164,7 @@ class _CsvFile:
 
     def close(self) -> None:
         self._chunks.close()
-        self._stream.close()
+        self.reader.close()  # the stream, and the reader's hashing thread
 
     def _next(self) -> pd.DataFrame | None:
         try:

@@ -83,17 +83,21 @@ class Deployment:
         stack's API does for its stage: infra/constructs/serving.py)."""
         return execute_api_arn(self.region, ACCOUNT)
 
+    def machine_arn(self, machine: str) -> str:
+        """The ARN of the platform's state machine ``machine`` (its key in ``names``)."""
+        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names[machine]}"
+
     @property
     def batch_arn(self) -> str:
-        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names[platform.BATCH_STATE_MACHINE]}"
+        return self.machine_arn(platform.BATCH_STATE_MACHINE)
 
     @property
     def ingest_arn(self) -> str:
-        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names[platform.INGEST_STATE_MACHINE]}"
+        return self.machine_arn(platform.INGEST_STATE_MACHINE)
 
     @property
     def rollout_arn(self) -> str:
-        return f"arn:aws:states:{self.region}:{ACCOUNT}:stateMachine:{self.names['rollout']}"
+        return self.machine_arn(platform.ROLLOUT_STATE_MACHINE)
 
     def training_job_values(self) -> dict[str, str]:
         """What the SageMaker path's placeholders stand for here. moto cannot run a training job (nor the image):
@@ -197,7 +201,7 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
     deployment.role_arn = role
     lam = client("lambda")
     # The state machine ARN is known before it exists; functions that start it get it in their environment.
-    deployment.state_machine_arn = f"arn:aws:states:{region}:{ACCOUNT}:stateMachine:{deployment.names['training']}"
+    deployment.state_machine_arn = deployment.machine_arn("training")
     for spec in platform.FUNCTIONS:
         created = lam.create_function(
             FunctionName=spec.physical_name(config.project), Runtime="python3.12", Role=role,
@@ -233,18 +237,12 @@ def provision(client: Callable[[str], Any], *, config_file: Path, region: str = 
                                        environment.DATA_BUCKET: deployment.data_bucket}},
         )
         live_alias(lam, deployment.infer_function(model), deployment.api_source_arn)
-    sm = client("stepfunctions").create_state_machine(
-        name=deployment.names["training"], definition=training_definition(deployment), roleArn=role)
-    assert sm["stateMachineArn"] == deployment.state_machine_arn
-    rollout = client("stepfunctions").create_state_machine(
-        name=deployment.names["rollout"], definition=rollout_definition(deployment), roleArn=role)
-    assert rollout["stateMachineArn"] == deployment.rollout_arn
-    batch = client("stepfunctions").create_state_machine(
-        name=deployment.names[platform.BATCH_STATE_MACHINE], definition=batch_definition(deployment), roleArn=role)
-    assert batch["stateMachineArn"] == deployment.batch_arn
-    ingest = client("stepfunctions").create_state_machine(
-        name=deployment.names[platform.INGEST_STATE_MACHINE], definition=ingest_definition(deployment), roleArn=role)
-    assert ingest["stateMachineArn"] == deployment.ingest_arn
+    for machine, definition in (("training", training_definition), (platform.ROLLOUT_STATE_MACHINE, rollout_definition),
+                                (platform.BATCH_STATE_MACHINE, batch_definition),
+                                (platform.INGEST_STATE_MACHINE, ingest_definition)):
+        created = client("stepfunctions").create_state_machine(
+            name=deployment.names[machine], definition=definition(deployment), roleArn=role)
+        assert created["stateMachineArn"] == deployment.machine_arn(machine)
     for bucket in platform.BUCKETS:
         triggers = [t for t in platform.S3_TRIGGERS if t.bucket == bucket]
         if not triggers:

@@ -17,9 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from mlops.aws.storage import ObjectStore
-from mlops.core import layout
 from mlops.core.config import ModelConfig
-from mlops.data.schema import ColumnKind, ColumnSpec, DataContract
+from mlops.data.schema import ColumnKind, ColumnSpec, DataContract, contract_key
 
 MB = 2**20  # as Lambda counts its memory and mlops.toml its *_mb settings
 FLOAT64_BYTES = 8
@@ -63,11 +62,6 @@ def choose(model_cfg: ModelConfig, *, rows: int, columns: int) -> BackendChoice:
         return BackendChoice(backend="sagemaker", in_memory_mb=size,
                              reason=f"auto: {sizes} > sagemaker_above_mb {limit:,}")
     return BackendChoice(backend="lambda", in_memory_mb=size, reason=f"auto: {sizes} <= sagemaker_above_mb {limit:,}")
-
-
-def contract_key(model: str, version: int) -> str:
-    """Where ingest keeps a model's data contract (mlops.data.ingest.ContractStore, which imports pandas)."""
-    return f"{layout.CONTRACTS}{model}/v{version:06d}.json"
 
 
 def for_dataset(model_cfg: ModelConfig, manifest: dict[str, Any], data: ObjectStore) -> BackendChoice:

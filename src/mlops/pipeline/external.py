@@ -259,8 +259,6 @@ def import_model(req: ImportRequest, *, config: ProjectConfig, data: ObjectStore
     register function's input, as the training pipeline gives it; its answer). What happened, as ``mlops models import
     --json`` prints it (``status``: registered, rejected or exists). Bad input raises :class:`MlopsError` before
     anything is recorded. ``current_split``: the live alias's split now, for a version found already deployed."""
-    from mlops.serving.onnx_model import OnnxModel
-
     model_cfg = config.model(req.model)
     task = Task(model_cfg.task)
     what = f"{req.file_name} cannot be imported as {req.model}"
@@ -293,7 +291,7 @@ def import_model(req: ImportRequest, *, config: ProjectConfig, data: ObjectStore
         # deployed (or retired since): where the live alias stands is the rollout's and the people's, left as it is
         split = current_split() if current_split is not None and before.aliases else None
         return {**summary, **_answer(before.to_dict(), "exists", split=split, rollout=None)}
-    served = OnnxModel(external.onnx_bytes)
+    served = external.served()
     if manifest is not None:
         # registered, its deployment interrupted: register finishes it, on the evaluation that registered it
         evaluation = {"candidate": {"metrics": manifest["metrics"], "latency": manifest.get("latency") or {}},

@@ -323,8 +323,8 @@ def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, 
         raise RolloutInProgress(f"another rollout or a manual change holds the lock of {state.model}")
     elapsed_hours = (now - datetime.fromisoformat(state.started_at)).total_seconds() / 3600
     test: SequentialTest | None = None
+    breach, health_numbers = _guardrails(state, model_cfg, health, now)
     if not model_cfg.task.has_labels:
-        breach, health_numbers = _guardrails(state, model_cfg, health, now)
         # no feedback labels (a clustering): no test, the guardrails, traffic and time decide
         action, reason = guardrail_only_decision(
             health_numbers, elapsed_hours=elapsed_hours, min_requests=model_cfg.guardrail_min_requests,
@@ -345,7 +345,6 @@ def analyze(state: RolloutState, *, model_cfg: ModelConfig, registry: Registry, 
         decision = _look_at_metric(state, test, model_cfg.rollout_metric)
         action, reason, statistics, metric = (decision.action, decision.reason, decision.to_dict(),
                                               model_cfg.rollout_metric)
-        breach, health_numbers = _guardrails(state, model_cfg, health, now)
     if breach:
         action, reason = "rollback", f"guardrail breached: {breach}"
     elif action == "continue" and elapsed_hours > model_cfg.rollout_max_hours:

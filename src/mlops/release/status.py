@@ -55,19 +55,16 @@ def _arm(look: dict[str, Any], arm: str, key: str) -> Any:
     return ((look.get("health") or {}).get(arm) or {}).get(key)
 
 
-def _guardrail_table(status: dict[str, Any], head: str) -> str:
+def _health_cells(look: dict[str, Any]) -> list[str]:
+    """A guardrail-only look's figures per arm, as the table and the page show them: the p95 latency of the champion
+    and of the challenger, then their error rates."""
+    return [_num(_arm(look, arm, key), spec) for key, spec in (("p95_ms", ".1f"), ("error_rate", ".2%"))
+            for arm in ("champion", "challenger")]
+
+
+def _split(status: dict[str, Any]) -> str:
     weights = status["split"]["weights"]
-    lines = [head, GUARDRAILS_ONLY_NOTE,
-             f"live split now: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}", "",
-             f"{'at':<25} {'req champ':>9} {'req chall':>9} {'p95 champ':>9} {'p95 chall':>9} {'err champ':>9} "
-             f"{'err chall':>9}  action"]
-    for look in status["looks"]:
-        lines.append(f"{look['at']:<25} {look['n_control']:>9} {look['n_treatment']:>9} "
-                     f"{_num(_arm(look, 'champion', 'p95_ms'), '.1f'):>9} "
-                     f"{_num(_arm(look, 'challenger', 'p95_ms'), '.1f'):>9} "
-                     f"{_num(_arm(look, 'champion', 'error_rate'), '.2%'):>9} "
-                     f"{_num(_arm(look, 'challenger', 'error_rate'), '.2%'):>9}  {look['action']}")
-    return "\n".join(lines)
+    return f"live split now: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}"
 
 
 def render_table(status: dict[str, Any]) -> str:
@@ -75,9 +72,14 @@ def render_table(status: dict[str, Any]) -> str:
             f"{status['metric']} - {status['state']}"
             + (f" ({status['decision_reason']})" if status["state"] != "running" else ""))
     if status.get("guardrail_only"):
-        return _guardrail_table(status, head)
-    weights = status["split"]["weights"]
-    lines = [head, f"live split now: champion {weights['champion']:.0%}, challenger {weights['challenger']:.0%}",
+        lines = [head, GUARDRAILS_ONLY_NOTE, _split(status), "",
+                 f"{'at':<25} {'req champ':>9} {'req chall':>9} {'p95 champ':>9} {'p95 chall':>9} {'err champ':>9} "
+                 f"{'err chall':>9}  action"]
+        lines += [f"{look['at']:<25} {look['n_control']:>9} {look['n_treatment']:>9} "
+                  + "".join(f"{cell:>9} " for cell in _health_cells(look)) + f" {look['action']}"
+                  for look in status["looks"]]
+        return "\n".join(lines)
+    lines = [head, _split(status),
              "", f"{'at':<25} {'n champ':>8} {'n chall':>8} {'champ':>8} {'chall':>8} {'p-value':>8} "
              f"{'diff interval':>19} {'stat':>7} {'bound':>6}  action"]
     for look in status["looks"]:
@@ -105,10 +107,9 @@ def _guardrail_page(status: dict[str, Any], xs: list[float]) -> str:
                            y_label="p95 (ms)") if any(points.values()) else "<p>No serving metrics read yet.</p>"
     rows = "".join(
         f"<tr><td>{escape(str(look['at']))}</td><td>{look['n_control']}</td><td>{look['n_treatment']}</td>"
-        f"<td>{_num(_arm(look, 'champion', 'p95_ms'), '.1f')}</td><td>{_num(_arm(look, 'challenger', 'p95_ms'), '.1f')}"
-        f"</td><td>{_num(_arm(look, 'champion', 'error_rate'), '.2%')}</td>"
-        f"<td>{_num(_arm(look, 'challenger', 'error_rate'), '.2%')}</td><td>{escape(str(look['action']))}</td>"
-        f"<td>{escape(str(look.get('reason', '')))}</td></tr>" for look in status["looks"])
+        + "".join(f"<td>{cell}</td>" for cell in _health_cells(look))
+        + f"<td>{escape(str(look['action']))}</td><td>{escape(str(look.get('reason', '')))}</td></tr>"
+        for look in status["looks"])
     return _page(f"A/B status - {status['model']}", f"""
 <p>{escape(challenger)} against {escape(champion)}, <b>{escape(GUARDRAILS_ONLY_NOTE)}</b>:
 <b>{escape(str(status['state']))}</b> - {escape(str(status['decision_reason'] or ''))}</p>

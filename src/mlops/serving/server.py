@@ -187,17 +187,16 @@ class ModelServer:
             raise InvalidInput(f"{self.model_name} is a clustering model: its predictions are cluster ids, which no "
                                "observed outcome can confirm or refute, so it takes no feedback (its canary is "
                                "decided on the guardrails alone)", "label" if has_label else "reward")
-        label = self._label(body["label"]) if has_label else None
+        label = self._label(body["label"], loaded) if has_label else None
         reward = finite_number(body["reward"], "reward") if has_reward else None
         record = {"type": "feedback", "model": self.model_name, "request_id": request_id,
                   "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "label": label, "reward": reward}
         self.capture.put([record])
         return {"request_id": request_id, "accepted": True}
 
-    def _label(self, label: Any) -> str:
-        """The observed outcome as the rollout and drift_check compare it with predictions: one of the served
+    def _label(self, label: Any, loaded: LoadedModel) -> str:
+        """The observed outcome as the rollout and drift_check compare it with predictions: one of the ``loaded``
         model's classes for a classifier (1, 1.0 and "1" name the same class), a finite number for a regression."""
-        loaded = self.loaded()
         if not loaded.model.is_classifier:
             finite_number(label, "label")
             return str(label)

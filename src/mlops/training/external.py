@@ -31,6 +31,7 @@ platform's metadata_props (``classes``, ``task``, ``target``, ``features``, ``on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -43,7 +44,7 @@ import numpy as np
 
 from mlops.core.errors import MlopsError
 from mlops.core.tasks import Task
-from mlops.serving.onnx_model import META_CLASSES, META_FEATURES, META_OPSET, META_TARGET, META_TASK, OnnxModel
+from mlops.serving.onnx_model import OnnxModel
 from mlops.training.onnx_graph import (
     NameTaken,
     Port,
@@ -55,6 +56,7 @@ from mlops.training.onnx_graph import (
     free_dim,
     ports,
     rename_inputs,
+    write_metadata,
 )
 
 if TYPE_CHECKING:
@@ -91,10 +93,19 @@ class ExternalModel:
     classes: list[str]
     classes_from: str | None  # metadata_props | classifier node | rows; None for a regression
     changes: list[str] = field(default_factory=list)
+    # the model adopt scored the rows with, when it was loaded from the stored copy as it is (metadata_props included)
+    scored_with: OnnxModel | None = field(default=None, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def stored_sha256(self) -> str:
         return hashlib.sha256(self.onnx_bytes).hexdigest()
+
+    def served(self) -> OnnxModel:
+        """The stored copy loaded as serving loads it: the session adopt scored the rows with where it is that copy
+        (declared classes, a regression), else one built now; once."""
+        if self.scored_with is None:
+            self.scored_with = OnnxModel(self.onnx_bytes)
+        return self.scored_with
 
 
 # -- what is refused ---------------------------------------------------------------------------------------------
@@ -232,16 +243,21 @@ def choose_outputs(outputs: Sequence[Port], task: Task | str,
     return ([labels[0], probabilities[0]] if not problems else []), problems
 
 
+def _highest(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's column of highest probability, and whether it is clear: above the next one by more than MARGIN."""
+    order = np.argsort(probabilities, axis=1)
+    rows = np.arange(len(probabilities))
+    return order[:, -1], probabilities[rows, order[:, -1]] - probabilities[rows, order[:, -2]] > MARGIN
+
+
 def classes_from_rows(labels: np.ndarray, probabilities: np.ndarray) -> list[str] | None:
     """Each probability column's class, when every row whose highest probability it is has the same label."""
     if len(labels) == 0 or probabilities.shape[1] < 2:
         return None
-    order = np.argsort(probabilities, axis=1)
-    rows = np.arange(len(labels))
-    clear = probabilities[rows, order[:, -1]] - probabilities[rows, order[:, -2]] > MARGIN
+    top, clear = _highest(probabilities)
     classes = []
     for column in range(probabilities.shape[1]):
-        seen = set(labels[clear & (order[:, -1] == column)].tolist())
+        seen = set(labels[clear & (top == column)].tolist())
         if len(seen) != 1:
             return None
         classes.append(str(seen.pop()))
@@ -249,19 +265,7 @@ def classes_from_rows(labels: np.ndarray, probabilities: np.ndarray) -> list[str
 
 
 def _metadata(model: Any, contract: DataContract, task: Task, classes: Sequence[str], sha256: str) -> None:
-    features = [{"name": n, "kind": "numeric", "type": "tensor(double)"} for n in contract.numeric_features] + [
-        {"name": n, "kind": "categorical", "type": STRING} for n in contract.categorical_features]
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update({
-        META_CLASSES: json.dumps(list(classes)), META_TASK: task.value, META_TARGET: contract.target or "",
-        META_FEATURES: json.dumps(features),
-        META_OPSET: json.dumps({(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}),
-        "source": SOURCE, "original_sha256": sha256,
-    })
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(model, contract, task, classes, {"source": SOURCE, "original_sha256": sha256}, keep=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -291,10 +295,8 @@ def _class_problems(prediction: Any, rows: int, task: Task, declared: list[str] 
     unknown = sorted(set(labels.tolist()) - set(classes))
     if unknown:
         return [f"its label output gives {unknown[:5]}, not among its classes {classes} ({source})"], [], None
-    order = np.argsort(probabilities, axis=1)
-    index = np.arange(rows)
-    clear = probabilities[index, order[:, -1]] - probabilities[index, order[:, -2]] > MARGIN
-    disagree = int((labels[clear] != np.asarray(classes, dtype=object)[order[clear, -1]]).sum())
+    top, clear = _highest(probabilities)
+    disagree = int((labels[clear] != np.asarray(classes, dtype=object)[top[clear]]).sum())
     if disagree > DISAGREEMENT * max(int(clear.sum()), 1):
         return [f"its label differs from the class of its highest probability on {disagree} of {int(clear.sum())} "
                 f"rows, with the classes {classes} ({source}): name the classes in the order of the probability "
@@ -383,8 +385,9 @@ def adopt(onnx_bytes: bytes, contract: DataContract, task: Task | str, *, rows: 
     _metadata(model, contract, task, classes, sha256)
     changes.append("metadata_props set: classes, task, target, features, onnx_opset, source, original_sha256")
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p) or "unknown"
-    return ExternalModel(bytes(model.SerializeToString()), sha256, len(onnx_bytes), producer, classes,
-                         source if task.is_classification else None, changes)
+    stored = bytes(model.SerializeToString())
+    return ExternalModel(stored, sha256, len(onnx_bytes), producer, classes, source if task.is_classification else None,
+                         changes, scored_with=served if served.model_bytes == stored else None)
 
 
 def synthetic_rows(contract: DataContract, n: int = 64, seed: int = 0) -> list[dict[str, Any]]:

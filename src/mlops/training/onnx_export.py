@@ -26,7 +26,6 @@ overridden for the duration of one conversion (``custom_conversion_functions``, 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,16 +35,10 @@ import numpy as np
 
 from mlops.core.errors import ParityError
 from mlops.core.tasks import Task
-from mlops.serving.onnx_model import (
-    META_CLASSES,
-    META_FEATURES,
-    META_OPSET,
-    META_TARGET,
-    META_TASK,
-    OnnxModel,
-)
+from mlops.serving.onnx_model import OnnxModel
 from mlops.training import user_code
 from mlops.training.clustering import cluster_ids, cluster_parity
+from mlops.training.onnx_graph import write_metadata
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -265,22 +258,7 @@ def to_onnx(
     _restore_input_names(model, [name for name, _ in input_types(contract)])
     classes = [str(c) for c in pipeline.classes_] if task.is_classification else (
         cluster_ids(pipeline) if task is Task.CLUSTERING else [])
-    features = [{"name": n, "kind": "numeric", "type": "tensor(double)"} for n in contract.numeric_features] + [
-        {"name": n, "kind": "categorical", "type": "tensor(string)"} for n in contract.categorical_features
-    ]
-    props = {
-        META_CLASSES: json.dumps(classes),
-        META_TASK: task.value,
-        META_TARGET: contract.target or "",
-        META_FEATURES: json.dumps(features),
-        # what the graph imports: skl2onnx lowers the main opset to the highest one a node needs
-        META_OPSET: json.dumps({(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}),
-        **(metadata or {}),
-    }
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(model, contract, task, classes, metadata)
     model.producer_name = "serverless-mlops"
     return bytes(model.SerializeToString())
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlops.serving.onnx_model import META_CLASSES
+from mlops.serving.onnx_model import META_CLASSES, META_FEATURES, META_OPSET, META_TARGET, META_TASK
+
+if TYPE_CHECKING:
+    from mlops.core.tasks import Task
+    from mlops.data.schema import DataContract
 
 
 class NameTaken(ValueError):
@@ -187,6 +191,26 @@ def expose_outputs(graph: Any, plan: Sequence[tuple[str, str]]) -> list[str]:
     del graph.output[:]
     graph.output.extend(kept)
     return changes
+
+
+def write_metadata(model: Any, contract: DataContract, task: Task, classes: Sequence[str],
+                   extra: Mapping[str, str] | None = None, *, keep: bool = False) -> None:
+    """Set the metadata_props serving reads (:mod:`mlops.serving.onnx_model`): ``classes``, ``task``, ``target``,
+    ``features`` and ``onnx_opset``, then ``extra``; the model's other props are kept when ``keep``, else dropped."""
+    features = [{"name": n, "kind": "numeric", "type": "tensor(double)"} for n in contract.numeric_features] + [
+        {"name": n, "kind": "categorical", "type": "tensor(string)"} for n in contract.categorical_features]
+    props = {p.key: p.value for p in model.metadata_props} if keep else {}
+    props.update({
+        META_CLASSES: json.dumps(list(classes)), META_TASK: task.value, META_TARGET: contract.target or "",
+        META_FEATURES: json.dumps(features),
+        # what the graph imports (skl2onnx lowers the main opset to the highest one a node needs)
+        META_OPSET: json.dumps({(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}),
+        **(extra or {}),
+    })
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def declared_classes(model: Any) -> tuple[list[str] | None, str | None]:
